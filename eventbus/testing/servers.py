@@ -49,11 +49,15 @@ from typing import Any
 
 __all__ = [
     "KAFKA_VERSION",
+    "DevServers",
     "KafkaNotReadyError",
     "MissingToolError",
     "ServerError",
     "ServerProcess",
     "cache_dir",
+    "dev_down",
+    "dev_status",
+    "dev_up",
     "ensure_kafka_jars",
     "free_port",
     "kafka_answers",
@@ -238,12 +242,26 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
     if state in ("Z", "X"):
         return False
     if marker is not None:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            return False
-        return marker.encode() in cmdline
+        return _owned_by(pid, marker)
     return True
+
+
+def _owned_by(pid: int, marker: str) -> bool:
+    """True if the process's command line or working dir mentions ``marker`` (its temp dir).
+
+    redis-server rewrites its command line (process title), so the working dir, which we set to
+    the server's temp dir, is the check that works for both servers.
+    """
+    try:
+        if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "):
+            return True
+    except OSError:
+        return False
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return cwd == marker or cwd.startswith(marker.rstrip("/") + "/")
 
 
 def stop_pid(pid: int, *, marker: str | None = None, timeout: float = 20.0) -> bool:
@@ -766,6 +784,141 @@ def start_kafka(
         if "Address already in use" not in log and "BindException" not in log:
             break
     raise KafkaNotReadyError(last_error)
+
+
+# --------------------------------------------------------------------------------------------
+# detached servers for `eventbus dev` (state file under state_dir())
+
+DEV_KINDS = ("redis", "kafka")
+
+
+def dev_state_file() -> Path:
+    return state_dir() / "state.json"
+
+
+def _load_state() -> dict[str, ServerProcess]:
+    try:
+        raw = json.loads(dev_state_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, ServerProcess] = {}
+    for kind in DEV_KINDS:
+        entry = raw.get(kind) if isinstance(raw, dict) else None
+        if isinstance(entry, dict):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                out[kind] = ServerProcess.from_json(entry)
+    return out
+
+
+def _save_state(state: dict[str, ServerProcess]) -> None:
+    path = dev_state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: v.to_json() for k, v in state.items()}, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def server_answers(server: ServerProcess, timeout: float = 2.0) -> bool:
+    """True if the recorded server's port answers its protocol (PING / metadata)."""
+    if server.kind == "redis":
+        return redis_answers(server.port, server.host, timeout=timeout)
+    return kafka_answers(server.bootstrap, timeout=timeout)
+
+
+def server_running(server: ServerProcess) -> bool:
+    """Its PID is alive (and is ours: command line mentions its dir) and its port answers."""
+    return pid_alive(server.pid, str(server.workdir)) and server_answers(server)
+
+
+@dataclass
+class DevServers:
+    """What ``eventbus dev`` knows about its servers."""
+
+    servers: dict[str, ServerProcess]
+    running: dict[str, bool]
+    reused: dict[str, bool] = field(default_factory=dict)
+    stopped: dict[str, bool] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"state_file": str(dev_state_file())}
+        for kind in DEV_KINDS:
+            server = self.servers.get(kind)
+            data[f"{kind}_url"] = server.url if server else None
+            data[f"{kind}_pid"] = server.pid if server else None
+            data[f"{kind}_running"] = self.running.get(kind, False)
+            if server is not None:
+                data[kind] = {
+                    "url": server.url,
+                    "pid": server.pid,
+                    "port": server.port,
+                    "version": server.version,
+                    "running": self.running.get(kind, False),
+                    "reused": self.reused.get(kind, False),
+                    "workdir": str(server.workdir),
+                    "log": str(server.log_path),
+                }
+        if self.stopped:
+            data["stopped"] = dict(self.stopped)
+        return data
+
+
+def _discard(server: ServerProcess) -> None:
+    stop_pid(server.pid, marker=str(server.workdir))
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def dev_up(kinds: Sequence[str] = DEV_KINDS, *, redis_appendonly: bool = False) -> DevServers:
+    """Start detached servers (or reuse running ones recorded in the state file)."""
+    base = state_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    with _file_lock(base / ".lock"):
+        state = _load_state()
+        reused: dict[str, bool] = {}
+        try:
+            for kind in kinds:
+                current = state.get(kind)
+                if current is not None and server_running(current):
+                    reused[kind] = True
+                    continue
+                if current is not None:
+                    _discard(current)
+                    del state[kind]
+                if kind == "redis":
+                    state[kind] = start_redis(
+                        detached=True, base_dir=base, appendonly=redis_appendonly
+                    )
+                else:
+                    state[kind] = start_kafka(detached=True, base_dir=base)
+                reused[kind] = False
+        finally:
+            _save_state(state)
+    running = {k: k in reused or server_running(s) for k, s in state.items()}
+    return DevServers(state, running, reused)
+
+
+def dev_status() -> DevServers:
+    """Recorded servers and whether each one is running and answering."""
+    state = _load_state()
+    return DevServers(state, {kind: server_running(s) for kind, s in state.items()})
+
+
+def dev_down(kinds: Sequence[str] = DEV_KINDS) -> DevServers:
+    """Stop the recorded servers and forget them."""
+    base = state_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    with _file_lock(base / ".lock"):
+        state = _load_state()
+        stopped: dict[str, bool] = {}
+        for kind in kinds:
+            server = state.pop(kind, None)
+            if server is not None:
+                stopped[kind] = stop_pid(server.pid, marker=str(server.workdir))
+                shutil.rmtree(server.workdir, ignore_errors=True)
+        if state:
+            _save_state(state)
+        else:
+            dev_state_file().unlink(missing_ok=True)
+    return DevServers(state, {kind: server_running(s) for kind, s in state.items()}, {}, stopped)
 
 
 # --------------------------------------------------------------------------------------------

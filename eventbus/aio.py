@@ -1,0 +1,719 @@
+"""The async API: :class:`AsyncEventBus`, subscriptions, deliveries and replay.
+
+This is the one implementation of the core. :mod:`eventbus.sync` drives it from blocking code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from eventbus._registry import open_transport
+from eventbus.errors import (
+    ClosedError,
+    ConfigurationError,
+    InvalidPositionError,
+    SerializationError,
+    TopicExistsError,
+    UnsupportedError,
+)
+from eventbus.event import Codec, Event, JsonCodec, decode_record, encode_event, new_event_id
+from eventbus.topics import Plan, TopicSpec, plan
+from eventbus.transport import (
+    ConsumerOptions,
+    GroupInfo,
+    Offset,
+    Outgoing,
+    Position,
+    Record,
+    ResetTarget,
+    TopicInfo,
+    Transport,
+    TransportConsumer,
+    offset_key,
+    parse_offset,
+)
+
+if TYPE_CHECKING:
+    from eventbus.runner import AsyncRunner, RunnerStats
+
+__all__ = [
+    "AsyncDelivery",
+    "AsyncEventBus",
+    "AsyncSubscription",
+    "Replayed",
+    "call_handler",
+    "default_consumer_name",
+    "Start",
+    "connect_async",
+    "dead_letter_headers",
+    "parse_start",
+]
+
+Start = Literal["earliest", "latest"] | datetime | Position | str
+"""Where reading starts: an end of the topic, a time, a position, or any of these as text."""
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def parse_start(value: Start | None) -> Literal["earliest", "latest"] | datetime | Position:
+    """Normalise a start: ``"earliest"``, ``"latest"``, a datetime (naive means UTC), a
+    :class:`Position`, or text of either (ISO time, ``"p:offset"``). Raises
+    InvalidPositionError for anything else."""
+    if value is None or value == "earliest":
+        return "earliest"
+    if value == "latest":
+        return "latest"
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, Position):
+        return value
+    text = str(value).strip()
+    if ":" in text and text.split(":", 1)[0].isdigit():
+        return Position.parse(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidPositionError(
+            f"{value!r} is not a start: use earliest, latest, an ISO time such as "
+            "2026-01-31T12:00:00Z, or PARTITION:OFFSET"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def dead_letter_headers(
+    record: Record, reason: BaseException | str, attempts: int, group: str | None
+) -> dict[str, bytes]:
+    """The headers a dead-lettered copy carries: why, after how many attempts, from where."""
+    text = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
+    headers = {
+        "eb-dlq-reason": text[:2000].encode("utf-8", errors="replace"),
+        "eb-dlq-attempts": str(attempts).encode(),
+        "eb-dlq-source": f"{record.topic}/{record.partition}/{record.offset}".encode(),
+        "eb-dlq-time": datetime.now(UTC).isoformat().encode(),
+    }
+    if group is not None:
+        headers["eb-dlq-group"] = group.encode()
+    return headers
+
+
+class AsyncDelivery:
+    """One event handed to a group member. Ack it when done, or nack it to get it again.
+
+    ``attempt`` is 1 on first delivery and grows with each redelivery."""
+
+    __slots__ = ("_acked", "_subscription", "event", "record")
+
+    def __init__(self, subscription: AsyncSubscription, record: Record, event: Event) -> None:
+        self._subscription = subscription
+        self.record = record
+        self.event = event
+        self._acked = False
+
+    @property
+    def topic(self) -> str:
+        return self.record.topic
+
+    @property
+    def partition(self) -> int:
+        return self.record.partition
+
+    @property
+    def position(self) -> Position:
+        return self.record.position
+
+    @property
+    def attempt(self) -> int:
+        return self.record.attempt
+
+    async def ack(self) -> None:
+        """Mark the event done for the group; it is not delivered to the group again."""
+        if not self._acked:
+            self._acked = True
+            await self._subscription.consumer.ack([self.record])
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Give the event back; it is delivered again no sooner than ``delay`` seconds."""
+        if not self._acked:
+            self._acked = True
+            await self._subscription.consumer.nack(self.record, delay)
+
+    async def dead_letter(self, reason: BaseException | str) -> None:
+        """Send the event to the subscription's dead-letter topic with ``reason`` and ack it."""
+        if not self._acked:
+            self._acked = True
+            await self._subscription.send_to_dead_letter(self.record, reason, self.attempt)
+
+    def __repr__(self) -> str:
+        return f"<AsyncDelivery {self.topic} {self.position} attempt={self.attempt}>"
+
+
+class AsyncSubscription:
+    """A group member's stream of deliveries: ``async for delivery in subscription``.
+
+    Records that cannot be decoded (or do not validate as ``model``) never reach the caller:
+    they go to the dead-letter topic with the reason and are acked, and reading goes on."""
+
+    def __init__(
+        self,
+        bus: AsyncEventBus,
+        topics: tuple[str, ...],
+        group: str,
+        consumer: TransportConsumer,
+        model: type[BaseModel] | None,
+        dead_letter: str | None,
+        batch_size: int,
+    ) -> None:
+        self.bus = bus
+        self.topics = topics
+        self.group = group
+        self.consumer = consumer
+        self.model = model
+        self.dead_letter_topic = dead_letter
+        self.batch_size = batch_size
+        self._buffer: list[AsyncDelivery] = []
+        self._closed = False
+
+    async def fetch(self, max_records: int | None = None, timeout: float = 1.0) -> list[AsyncDelivery]:
+        """Up to ``max_records`` deliveries, waiting up to ``timeout`` s for the first."""
+        if self._closed:
+            raise ClosedError("this subscription is closed")
+        if self._buffer:
+            n = max_records or self.batch_size
+            out, self._buffer = self._buffer[:n], self._buffer[n:]
+            return out
+        records = await self.consumer.fetch(max_records or self.batch_size, timeout)
+        return await self._decode_all(records)
+
+    async def _decode_all(self, records: list[Record]) -> list[AsyncDelivery]:
+        out: list[AsyncDelivery] = []
+        codec, model = self.bus.codec, self.model
+        for record in records:
+            try:
+                event = decode_record(record, codec, model)
+            except SerializationError as exc:
+                await self.send_to_dead_letter(record, exc, record.attempt)
+                continue
+            out.append(AsyncDelivery(self, record, event))
+        return out
+
+    async def send_to_dead_letter(
+        self, record: Record, reason: BaseException | str, attempts: int
+    ) -> None:
+        """Move ``record`` to the dead-letter topic (acking it); nack it if there is none."""
+        if self.dead_letter_topic is None:
+            # nowhere to put it: give it back rather than lose it
+            await self.consumer.nack(record, 1.0)
+            return
+        await self.bus.ensure_topic(self.dead_letter_topic)
+        headers = dead_letter_headers(record, reason, attempts, self.group)
+        await self.consumer.dead_letter(record, self.dead_letter_topic, headers)
+
+    def __aiter__(self) -> AsyncSubscription:
+        return self
+
+    async def __anext__(self) -> AsyncDelivery:
+        while not self._closed:
+            if not self._buffer:
+                self._buffer = await self.fetch(timeout=0.5)
+            if self._buffer:
+                return self._buffer.pop(0)
+        raise StopAsyncIteration
+
+    async def close(self) -> None:
+        """Leave the group: acked events are committed, the rest go back to the group."""
+        if not self._closed:
+            self._closed = True
+            self._buffer.clear()
+            await self.consumer.close()
+
+    async def kill(self) -> None:
+        """Stop as a crashed process would (for tests and drills): nothing is committed."""
+        self._closed = True
+        await self.consumer.kill()
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """An event read by replay (no group): the event and where it sits."""
+
+    event: Event
+    topic: str
+    partition: int
+    offset: Offset
+    timestamp_ms: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.partition, self.offset)
+
+
+class AsyncEventBus:
+    """Publish, consume in groups, replay and administer topics over one transport.
+
+    Use as ``async with connect_async(url) as bus`` (or ``bus = await connect_async(url)``
+    then ``await bus.close()``). One bus may be shared by many tasks of one event loop."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        codec: Codec | None = None,
+        source: str | None = None,
+        publish_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.transport = transport
+        self.codec: Codec = codec or JsonCodec()
+        self.source = source
+        self.publish_timeout = publish_timeout
+        self._connected = False
+        self._closed = False
+        self._subscriptions: set[AsyncSubscription] = set()
+        self._known_topics: set[str] = set()
+
+    @property
+    def capabilities(self) -> Any:
+        return self.transport.capabilities
+
+    # lifecycle ----------------------------------------------------------------------------
+    async def connect(self) -> AsyncEventBus:
+        """Check the server answers; idempotent. Raises ConnectionFailedError and friends."""
+        if self._closed:
+            raise ClosedError("this bus is closed; connect a new one")
+        if not self._connected:
+            await self.transport.connect()
+            self._connected = True
+        return self
+
+    def __await__(self) -> Generator[Any, None, AsyncEventBus]:
+        return self.connect().__await__()
+
+    async def __aenter__(self) -> AsyncEventBus:
+        return await self.connect()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close open subscriptions (committing acks), flush and close the transport."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            await sub.close()
+        await self.transport.close()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("this bus is closed; connect a new one")
+
+    # publish --------------------------------------------------------------------------------
+    def _event(
+        self,
+        data: Any,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        type: str | None,
+    ) -> Event:
+        if isinstance(data, Event):
+            return data
+        return Event.model_construct(
+            id=new_event_id(),
+            time=datetime.now(UTC),
+            schema_version=None,
+            data=data,
+            key=key,
+            headers=dict(headers) if headers else {},
+            type=type if type is not None else _type_name(data),
+            source=self.source,
+        )
+
+    def encode(
+        self,
+        data: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        type: str | None = None,
+    ) -> Outgoing:
+        """The record ``publish`` would write for these arguments."""
+        return encode_event(self._event(data, key, headers, type), self.codec)
+
+    async def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        type: str | None = None,
+        timeout: float | None = None,
+    ) -> Position:
+        """Publish one event and return its position once the server holds it.
+
+        ``data`` is a pydantic model, a JSON value, or a ready :class:`Event` (then ``key``,
+        ``headers`` and ``type`` are taken from it). ``type`` defaults to the model's class
+        name. Raises TopicNotFoundError, EventTooLargeError, OperationTimeoutError,
+        ConnectionFailedError, SerializationError."""
+        self._check()
+        record = self.encode(data, key=key, headers=headers, type=type)
+        positions = await self.transport.publish(
+            topic, [record], timeout=timeout or self.publish_timeout
+        )
+        return positions[0]
+
+    async def publish_many(
+        self, topic: str, events: Iterable[Event | Any], *, timeout: float | None = None
+    ) -> list[Position]:
+        """Publish a batch (the fast path); positions come back in order once all are held.
+
+        Items are :class:`Event` objects (carrying key, headers, type) or plain data. If it
+        raises, some events may have been written: publish again, consumers dedupe by id."""
+        self._check()
+        records = [self.encode(item) for item in events]
+        if not records:
+            return []
+        return await self.transport.publish(
+            topic, records, timeout=timeout or self.publish_timeout
+        )
+
+    # consume --------------------------------------------------------------------------------
+    async def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        group: str,
+        consumer: str | None = None,
+        model: type[BaseModel] | None = None,
+        start: Literal["earliest", "latest"] | datetime = "earliest",
+        dead_letter: str | bool = True,
+        visibility_timeout: float = 30.0,
+        session_timeout: float = 10.0,
+        batch_size: int = 100,
+        options: Mapping[str, str] | None = None,
+    ) -> AsyncSubscription:
+        """Join ``group`` and return its subscription (an async iterator of deliveries).
+
+        A new group starts at ``start`` (default: the earliest retained event, so a consumer
+        deployed after its producer loses nothing). ``dead_letter`` is the topic for events
+        that cannot be decoded (True: ``<topic>.dlq``; False: they are nacked instead)."""
+        self._check()
+        names = (topics,) if isinstance(topics, str) else tuple(topics)
+        if not names:
+            raise ConfigurationError("subscribe needs at least one topic")
+        parsed = parse_start(start)
+        if isinstance(parsed, Position):
+            raise ConfigurationError(
+                "a new group starts at earliest, latest or a time; to start at a position, "
+                "use reset_group(group, topic, {partition: offset}) first"
+            )
+        opts = ConsumerOptions(
+            start=parsed,
+            visibility_timeout=visibility_timeout,
+            session_timeout=session_timeout,
+            options=dict(options or {}),
+        )
+        member = await self.transport.open_consumer(
+            names, group, consumer or default_consumer_name(), opts
+        )
+        dlq = _dead_letter_topic(names[0], dead_letter)
+        sub = AsyncSubscription(self, names, group, member, model, dlq, batch_size)
+        self._subscriptions.add(sub)
+        return sub
+
+    def runner(self, handler: Callable[[Any], Any], topics: str | Iterable[str], *, group: str,
+               **settings: Any) -> AsyncRunner:
+        """A runner for ``handler`` over ``topics`` in ``group``; see :mod:`eventbus.runner`
+        for the settings (concurrency, max_attempts, backoff, dead_letter, model, ...)."""
+        from eventbus.runner import AsyncRunner
+
+        names = (topics,) if isinstance(topics, str) else tuple(topics)
+        return AsyncRunner(self, handler, names, group=group, **settings)
+
+    async def run(self, handler: Callable[[Any], Any], topics: str | Iterable[str], *,
+                  group: str, **settings: Any) -> RunnerStats:
+        """Run ``handler`` until cancelled (or the runner's ``stop()``): acks after it
+        returns, retries with backoff, dead-letters after the last attempt, and keeps per-key
+        order under ``concurrency``. Returns the runner's stats."""
+        return await self.runner(handler, topics, group=group, **settings).run()
+
+    async def ensure_topic(self, name: str, partitions: int = 1) -> None:
+        """Create ``name`` if it does not exist (used for dead-letter topics)."""
+        if name in self._known_topics:
+            return
+        try:
+            await self.transport.create_topic(TopicSpec(name=name, partitions=partitions))
+        except TopicExistsError:
+            pass
+        self._known_topics.add(name)
+
+    # replay ---------------------------------------------------------------------------------
+    async def replay(
+        self,
+        topic: str,
+        *,
+        start: Start | Mapping[int, Offset] = "earliest",
+        end: datetime | Position | Mapping[int, Offset] | str | None = None,
+        model: type[BaseModel] | None = None,
+        follow: bool = False,
+        poll_interval: float = 0.2,
+        page_size: int = 500,
+    ) -> AsyncIterator[Replayed]:
+        """Read a topic without a group, in order within each partition (and merged by time
+        across partitions), from ``start`` to ``end`` (inclusive). Without ``end`` it stops at
+        the last event present when replay began, unless ``follow`` keeps it waiting for more.
+
+        A :class:`Position` start reads only its partition; a mapping reads the partitions it
+        names. Undecodable records are yielded as raw events unless ``model`` is given, when
+        they raise SerializationError."""
+        self._check()
+        info = await self.transport.describe_topic(topic)
+        cursors = _replay_cursors(start, len(info.partitions))
+        for part in info.partitions:  # "latest": only what comes after the current end
+            if cursors.get(part.partition, (None, True))[0] == "latest":
+                cursors[part.partition] = (part.last, False) if part.last is not None else (None, True)
+        stop = _replay_stops(end, info)
+        heads: dict[int, list[Record]] = {p: [] for p in cursors}
+        done: set[int] = set()
+
+        async def refill(p: int) -> None:
+            begin, inclusive = cursors[p]
+            page = await self.transport.read(
+                topic, p, begin, inclusive=inclusive, limit=page_size
+            )
+            heads[p] = page
+            if page:
+                cursors[p] = (page[-1].offset, False)
+
+        while True:
+            for p in cursors:
+                if p not in done and not heads[p]:
+                    await refill(p)
+            live = [p for p in cursors if heads[p] and p not in done]
+            if not live:
+                if not follow:
+                    return
+                await asyncio.sleep(poll_interval)  # follow mode: poll for new events
+                continue
+            p = min(live, key=lambda q: (heads[q][0].timestamp_ms, q))
+            record = heads[p].pop(0)
+            if stop(record):
+                done.add(p)
+                heads[p] = []
+                if len(done) == len(cursors) and not follow:
+                    return
+                continue
+            event = decode_record(record, self.codec, model)
+            yield Replayed(event, topic, p, record.offset, record.timestamp_ms)
+
+    # admin ----------------------------------------------------------------------------------
+    async def create_topic(self, spec: TopicSpec | str, **fields: Any) -> TopicSpec:
+        """Create a topic from a spec or a name and spec fields. Raises TopicExistsError."""
+        self._check()
+        spec = spec if isinstance(spec, TopicSpec) else TopicSpec(name=spec, **fields)
+        await self.transport.create_topic(spec)
+        self._known_topics.add(spec.name)
+        return spec
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        self._check()
+        return await self.transport.describe_topic(name)
+
+    async def list_topics(self) -> list[str]:
+        self._check()
+        return await self.transport.list_topics()
+
+    async def alter_topic(self, spec: TopicSpec) -> None:
+        self._check()
+        await self.transport.alter_topic(spec)
+
+    async def delete_topic(self, name: str) -> None:
+        self._check()
+        await self.transport.delete_topic(name)
+        self._known_topics.discard(name)
+
+    async def plan(self, specs: Iterable[TopicSpec], *, delete_missing: bool = False) -> Plan:
+        """The changes that would make the server match ``specs`` (nothing is changed)."""
+        self._check()
+        wanted = list(specs)
+        names = set(await self.transport.list_topics())
+        scope = names if delete_missing else names & {s.name for s in wanted}
+        actual = {name: (await self.transport.describe_topic(name)).spec for name in scope}
+        return plan(actual, wanted, delete_missing=delete_missing)
+
+    async def apply(
+        self,
+        specs: Iterable[TopicSpec],
+        *,
+        allow_destructive: bool = False,
+        delete_missing: bool = False,
+    ) -> Plan:
+        """Make the server match ``specs``; returns what was changed (empty the second time).
+
+        Refuses destructive changes (fewer partitions, a cleanup policy flip, deletes) with
+        ConfigurationError unless ``allow_destructive``; fewer partitions then recreate the
+        topic, deleting its events."""
+        the_plan = await self.plan(specs, delete_missing=delete_missing)
+        if the_plan.destructive and not allow_destructive:
+            raise ConfigurationError(
+                "the plan has destructive changes: "
+                + "; ".join(c.describe() for c in the_plan.changes if c.destructive)
+                + ". Review them and pass allow_destructive=True (--allow-destructive) to apply"
+            )
+        for change in the_plan.changes:
+            if change.action == "create" and change.spec is not None:
+                await self.transport.create_topic(change.spec)
+            elif change.action == "delete":
+                await self.transport.delete_topic(change.topic)
+            elif change.spec is not None:
+                current = (await self.transport.describe_topic(change.topic)).spec
+                merged = _merge(current, change.spec)
+                if merged.partitions < current.partitions:
+                    await self.transport.delete_topic(change.topic)
+                    await self.transport.create_topic(merged)
+                else:
+                    await self.transport.alter_topic(merged)
+        return the_plan
+
+    async def list_groups(self) -> list[str]:
+        self._check()
+        return await self.transport.list_groups()
+
+    async def describe_group(self, group: str) -> GroupInfo:
+        """Members, per-partition position, lag and pending. Raises GroupNotFoundError."""
+        self._check()
+        return await self.transport.describe_group(group)
+
+    async def reset_group(
+        self, group: str, topic: str, to: Start | Mapping[int, Offset]
+    ) -> dict[int, tuple[Offset | None, Offset | None]]:
+        """Move a group on a topic to earliest, latest, a time, a position (its partition) or
+        an offset per partition; returns ``{partition: (before, after)}``. Raises
+        GroupActiveError where the transport cannot reset a group with live members."""
+        self._check()
+        target: ResetTarget
+        if isinstance(to, Mapping):
+            target = {int(p): o for p, o in to.items()}
+        else:
+            parsed = parse_start(to)
+            target = {parsed.partition: parsed.offset} if isinstance(parsed, Position) else parsed
+        if isinstance(target, datetime) and not self.capabilities.timestamp_replay:
+            raise UnsupportedError(
+                f"{self.capabilities.transport} cannot reset to a time "
+                "(capability timestamp_replay is false)"
+            )
+        return await self.transport.reset_group(group, topic, target)
+
+
+def _type_name(data: Any) -> str | None:
+    return type(data).__name__ if isinstance(data, BaseModel) else None
+
+
+def _dead_letter_topic(topic: str, dead_letter: str | bool | None) -> str | None:
+    if dead_letter is True:
+        return f"{topic}.dlq"
+    if not dead_letter:
+        return None
+    return str(dead_letter)
+
+
+def _merge(current: TopicSpec, desired: TopicSpec) -> TopicSpec:
+    """Desired spec, keeping the server's retention where the desired one leaves it unset."""
+    return desired.model_copy(
+        update={
+            "retention_ms": desired.retention_ms or current.retention_ms,
+            "retention_bytes": desired.retention_bytes or current.retention_bytes,
+            "config": {**current.config, **desired.config},
+        }
+    )
+
+
+def _replay_cursors(
+    start: Start | Mapping[int, Offset], partitions: int
+) -> dict[int, tuple[Offset | datetime | None, bool]]:
+    if isinstance(start, Mapping):
+        return {int(p): (o, True) for p, o in start.items()}
+    parsed = parse_start(start)
+    if isinstance(parsed, Position):
+        if not 0 <= parsed.partition < partitions:
+            raise InvalidPositionError(f"the topic has no partition {parsed.partition}")
+        return {parsed.partition: (parsed.offset, True)}
+    if parsed == "latest":
+        return {p: ("latest", True) for p in range(partitions)}  # resolved below
+    if parsed == "earliest":
+        return {p: (None, True) for p in range(partitions)}
+    return {p: (parsed, True) for p in range(partitions)}
+
+
+def _replay_stops(
+    end: datetime | Position | Mapping[int, Offset] | str | None, info: TopicInfo
+) -> Callable[[Record], bool]:
+    """A predicate: True when a record lies past the end of the replay."""
+    last = {p.partition: p.last for p in info.partitions}
+    if end is None or end == "latest":
+        return lambda r: last.get(r.partition) is None or offset_key(r.offset) > offset_key(
+            last[r.partition]  # type: ignore[arg-type]
+        )
+    if isinstance(end, str) and not isinstance(end, datetime):
+        parsed = parse_start(end)
+        if isinstance(parsed, str):
+            raise InvalidPositionError(f"{end!r} is not an end: use a time or a position")
+        end = parsed
+    if isinstance(end, datetime):
+        limit_ms = int(end.timestamp() * 1000)
+        return lambda r: r.timestamp_ms > limit_ms
+    ends: dict[int, Offset] = (
+        {end.partition: end.offset} if isinstance(end, Position) else dict(end)
+    )
+    return lambda r: r.partition in ends and offset_key(r.offset) > offset_key(ends[r.partition])
+
+
+def connect_async(
+    url: str = "memory://",
+    *,
+    codec: Codec | None = None,
+    source: str | None = None,
+    publish_timeout: float = DEFAULT_TIMEOUT,
+    options: Mapping[str, Any] | None = None,
+) -> AsyncEventBus:
+    """An :class:`AsyncEventBus` for ``url``; connect with ``async with`` or ``await``.
+
+    Raises UnknownTransportError, MissingExtraError or ConfigurationError for the URL at once;
+    connection errors surface when it connects."""
+    transport = open_transport(url, options)
+    return AsyncEventBus(transport, codec=codec, source=source, publish_timeout=publish_timeout)
+
+
+async def call_handler(
+    handler: Callable[[Any], Any], delivery: Any, run_sync: Callable[..., Awaitable[Any]]
+) -> None:
+    """Call a sync or async handler with a delivery; sync ones run via ``run_sync``."""
+    if asyncio.iscoroutinefunction(handler):
+        await handler(delivery)
+    else:
+        result = await run_sync(handler, delivery)
+        if asyncio.iscoroutine(result):
+            await result
+

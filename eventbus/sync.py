@@ -1,0 +1,348 @@
+"""The blocking API: a thin facade that runs the async core on a private loop thread.
+
+Each method submits the matching :class:`~eventbus.aio.AsyncEventBus` coroutine and waits, so
+the semantics are the async ones by construction. Safe to call from many threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from eventbus._portal import Portal
+from eventbus._registry import open_transport
+from eventbus.aio import (
+    DEFAULT_TIMEOUT,
+    AsyncDelivery,
+    AsyncEventBus,
+    AsyncSubscription,
+    Replayed,
+    Start,
+)
+from eventbus.event import Codec, Event
+from eventbus.runner import AsyncRunner, RunnerStats
+from eventbus.topics import Plan, TopicSpec
+from eventbus.transport import Capabilities, GroupInfo, Offset, Outgoing, Position, TopicInfo
+
+__all__ = ["Delivery", "EventBus", "Runner", "Subscription", "connect"]
+
+
+class Delivery:
+    """One event handed to a group member (blocking twin of AsyncDelivery)."""
+
+    __slots__ = ("_inner", "_portal")
+
+    def __init__(self, inner: AsyncDelivery, portal: Portal) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def event(self) -> Event:
+        return self._inner.event
+
+    @property
+    def topic(self) -> str:
+        return self._inner.topic
+
+    @property
+    def partition(self) -> int:
+        return self._inner.partition
+
+    @property
+    def position(self) -> Position:
+        return self._inner.position
+
+    @property
+    def attempt(self) -> int:
+        return self._inner.attempt
+
+    def ack(self) -> None:
+        """Mark the event done for the group."""
+        self._portal.call(self._inner.ack())
+
+    def nack(self, delay: float = 0.0) -> None:
+        """Give the event back; it is delivered again no sooner than ``delay`` seconds."""
+        self._portal.call(self._inner.nack(delay))
+
+    def dead_letter(self, reason: BaseException | str) -> None:
+        """Send the event to the dead-letter topic with ``reason`` and ack it."""
+        self._portal.call(self._inner.dead_letter(reason))
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.topic} {self.position} attempt={self.attempt}>"
+
+
+class Subscription:
+    """A group member's deliveries: ``for delivery in subscription``; close to leave."""
+
+    def __init__(self, inner: AsyncSubscription, portal: Portal) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    def fetch(self, max_records: int | None = None, timeout: float = 1.0) -> list[Delivery]:
+        """Up to ``max_records`` deliveries, waiting up to ``timeout`` s for the first."""
+        batch = self._portal.call(self._inner.fetch(max_records, timeout))
+        return [Delivery(d, self._portal) for d in batch]
+
+    def __iter__(self) -> Iterator[Delivery]:
+        return self
+
+    def __next__(self) -> Delivery:
+        try:
+            return Delivery(self._portal.call(self._inner.__anext__()), self._portal)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Leave the group: acked events are committed, the rest go back to the group."""
+        self._portal.call(self._inner.close())
+
+    def kill(self) -> None:
+        """Stop as a crashed process would (tests and drills): nothing is committed."""
+        self._portal.call(self._inner.kill())
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Runner:
+    """A blocking runner: ``run()`` until ``stop()`` (from another thread) or Ctrl-C."""
+
+    def __init__(self, inner: AsyncRunner, portal: Portal) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def stats(self) -> RunnerStats:
+        return self._inner.stats
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the runner has joined its group (or ``timeout``)."""
+        return self._inner.started.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop gracefully: in-flight handlers finish, acks are committed."""
+        self._inner.stop()
+
+    def run(self) -> RunnerStats:
+        """Consume until stopped. Ctrl-C stops gracefully, like ``stop()``."""
+        future = asyncio.run_coroutine_threadsafe(self._inner.run(), self._portal.loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            self._inner.stop()
+            return future.result()
+
+
+class EventBus:
+    """The blocking API over one transport. Use as ``with eventbus.connect(url) as bus``.
+
+    Methods mirror :class:`~eventbus.aio.AsyncEventBus` (same arguments, same errors), and
+    handlers given to :meth:`run` are plain functions, called on worker threads."""
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        codec: Codec | None = None,
+        source: str | None = None,
+        publish_timeout: float = DEFAULT_TIMEOUT,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        transport = open_transport(url, options)  # bad URLs raise here, before any thread
+        self._portal = Portal()
+        self._bus = AsyncEventBus(
+            transport, codec=codec, source=source, publish_timeout=publish_timeout
+        )
+        try:
+            self._portal.call(self._bus.connect())
+        except BaseException:
+            self._portal.stop()
+            raise
+
+    @property
+    def aio(self) -> AsyncEventBus:
+        """The async bus underneath (runs on this bus's private loop thread)."""
+        return self._bus
+
+    @property
+    def capabilities(self) -> Capabilities:
+        caps: Capabilities = self._bus.transport.capabilities
+        return caps
+
+    def close(self) -> None:
+        """Close subscriptions (committing acks), flush and close. Idempotent."""
+        try:
+            self._portal.call(self._bus.close())
+        finally:
+            self._portal.stop()
+
+    def __enter__(self) -> EventBus:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # publish
+    def encode(self, data: Any, **kwargs: Any) -> Outgoing:
+        return self._bus.encode(data, **kwargs)
+
+    def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        type: str | None = None,
+        timeout: float | None = None,
+    ) -> Position:
+        """Publish one event; returns its position once the server holds it (or raises)."""
+        return self._portal.call(
+            self._bus.publish(topic, data, key=key, headers=headers, type=type, timeout=timeout)
+        )
+
+    def publish_many(
+        self, topic: str, events: Iterable[Event | Any], *, timeout: float | None = None
+    ) -> list[Position]:
+        """Publish a batch; positions in order once the server holds all of them."""
+        return self._portal.call(self._bus.publish_many(topic, list(events), timeout=timeout))
+
+    # consume
+    def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        group: str,
+        consumer: str | None = None,
+        model: type[BaseModel] | None = None,
+        start: Literal["earliest", "latest"] | datetime = "earliest",
+        dead_letter: str | bool = True,
+        visibility_timeout: float = 30.0,
+        session_timeout: float = 10.0,
+        batch_size: int = 100,
+        options: Mapping[str, str] | None = None,
+    ) -> Subscription:
+        """Join ``group``; see :meth:`AsyncEventBus.subscribe`."""
+        inner = self._portal.call(
+            self._bus.subscribe(
+                topics,
+                group=group,
+                consumer=consumer,
+                model=model,
+                start=start,
+                dead_letter=dead_letter,
+                visibility_timeout=visibility_timeout,
+                session_timeout=session_timeout,
+                batch_size=batch_size,
+                options=options,
+            )
+        )
+        return Subscription(inner, self._portal)
+
+    def runner(
+        self, handler: Callable[[Delivery], Any], topics: str | Iterable[str], *, group: str,
+        **settings: Any,
+    ) -> Runner:
+        """A blocking runner; see :mod:`eventbus.runner` for the settings."""
+        portal = self._portal
+        inner = self._bus.runner(
+            handler, topics, group=group, wrap=lambda d: Delivery(d, portal), **settings
+        )
+        return Runner(inner, portal)
+
+    def run(
+        self, handler: Callable[[Delivery], Any], topics: str | Iterable[str], *, group: str,
+        **settings: Any,
+    ) -> RunnerStats:
+        """Run ``handler`` until Ctrl-C; see :meth:`AsyncEventBus.run`."""
+        return self.runner(handler, topics, group=group, **settings).run()
+
+    def replay(
+        self,
+        topic: str,
+        *,
+        start: Start | Mapping[int, Offset] = "earliest",
+        end: datetime | Position | Mapping[int, Offset] | str | None = None,
+        model: type[BaseModel] | None = None,
+        follow: bool = False,
+    ) -> Iterator[Replayed]:
+        """Read a topic without a group; see :meth:`AsyncEventBus.replay`."""
+        agen = self._bus.replay(topic, start=start, end=end, model=model, follow=follow)
+        try:
+            while True:
+                try:
+                    yield self._portal.call(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._portal.call(agen.aclose())
+
+    # admin
+    def create_topic(self, spec: TopicSpec | str, **fields: Any) -> TopicSpec:
+        return self._portal.call(self._bus.create_topic(spec, **fields))
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        return self._portal.call(self._bus.describe_topic(name))
+
+    def list_topics(self) -> list[str]:
+        return self._portal.call(self._bus.list_topics())
+
+    def alter_topic(self, spec: TopicSpec) -> None:
+        self._portal.call(self._bus.alter_topic(spec))
+
+    def delete_topic(self, name: str) -> None:
+        self._portal.call(self._bus.delete_topic(name))
+
+    def plan(self, specs: Iterable[TopicSpec], *, delete_missing: bool = False) -> Plan:
+        return self._portal.call(self._bus.plan(specs, delete_missing=delete_missing))
+
+    def apply(
+        self,
+        specs: Iterable[TopicSpec],
+        *,
+        allow_destructive: bool = False,
+        delete_missing: bool = False,
+    ) -> Plan:
+        return self._portal.call(
+            self._bus.apply(
+                specs, allow_destructive=allow_destructive, delete_missing=delete_missing
+            )
+        )
+
+    def list_groups(self) -> list[str]:
+        return self._portal.call(self._bus.list_groups())
+
+    def describe_group(self, group: str) -> GroupInfo:
+        return self._portal.call(self._bus.describe_group(group))
+
+    def reset_group(
+        self, group: str, topic: str, to: Start | Mapping[int, Offset]
+    ) -> dict[int, tuple[Offset | None, Offset | None]]:
+        return self._portal.call(self._bus.reset_group(group, topic, to))
+
+
+def connect(
+    url: str = "memory://",
+    *,
+    codec: Codec | None = None,
+    source: str | None = None,
+    publish_timeout: float = DEFAULT_TIMEOUT,
+    options: Mapping[str, Any] | None = None,
+) -> EventBus:
+    """A connected blocking :class:`EventBus` for ``url`` (``memory://``, ``redis://``,
+    ``rediss://``, ``kafka://``, ``redpanda://``). Raises UnknownTransportError,
+    MissingExtraError, ConfigurationError, ConnectionFailedError, AuthenticationError."""
+    return EventBus(url, codec=codec, source=source, publish_timeout=publish_timeout, options=options)

@@ -1,0 +1,197 @@
+"""Topic specs and the plan/apply diff between what is wanted and what a server has.
+
+A :class:`TopicSpec` is the same on every transport. :func:`plan` compares specs with the
+topics a server reports and returns the changes; the bus's ``apply`` makes them, and applying
+the same specs twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["Change", "Plan", "TopicSpec", "parse_duration_ms", "plan"]
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+
+
+def parse_duration_ms(value: str | int) -> int:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"500ms"`` or an int of ms, to milliseconds.
+
+    Raises ValueError with the accepted forms."""
+    if isinstance(value, int):
+        return value
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(
+            f"{value!r} is not a duration: use a number with ms, s, m, h, d or w (e.g. 7d)"
+        )
+    return int(match.group(1)) * _UNIT_MS[match.group(2) or "ms"]
+
+
+def _parse_size(value: str | int) -> int:
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a size: use bytes or a unit such as 512KiB, 1MiB, 1GB")
+    unit = (match.group(2) or "B").upper().rstrip("B").rstrip("I")
+    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit]
+    return int(match.group(1)) * 1024**power
+
+
+class TopicSpec(BaseModel):
+    """What a topic should look like, on any transport.
+
+    ``retention_ms`` / ``retention_bytes`` of ``None`` keep events until deleted (or the
+    server's default on Kafka); ``retention_bytes`` is per partition, as on Kafka.
+    ``dead_letter`` and ``groups`` document intent for tooling; the server does not store them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    partitions: int = Field(default=1, ge=1, le=10_000)
+    retention_ms: int | None = Field(default=None, ge=1)
+    retention_bytes: int | None = Field(default=None, ge=1)
+    max_event_bytes: int = Field(default=1_048_576, ge=1)
+    cleanup_policy: Literal["delete", "compact"] = "delete"
+    dead_letter: str | None = None
+    groups: tuple[str, ...] = ()
+    config: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name", "dead_letter")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid topic name: use 1-249 characters from letters, "
+                "digits, '.', '_' and '-'"
+            )
+        return value
+
+    @field_validator("retention_ms", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration_ms(value) if isinstance(value, str) else value
+
+    @field_validator("retention_bytes", "max_event_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return _parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config_strings(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+
+Action = Literal["create", "update", "delete"]
+_COMPARED = ("partitions", "retention_ms", "retention_bytes", "max_event_bytes", "cleanup_policy")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change a plan makes: what, to which topic, each field's (actual, desired)."""
+
+    action: Action
+    topic: str
+    fields: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    destructive: bool = False
+    warnings: tuple[str, ...] = ()
+    spec: TopicSpec | None = None
+
+    def describe(self) -> str:
+        if self.action != "update":
+            return f"{self.action} {self.topic}"
+        parts = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.fields.items())
+        return f"update {self.topic} ({parts})"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The changes that make a server match a set of specs. Empty means nothing to do."""
+
+    changes: tuple[Change, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    @property
+    def destructive(self) -> bool:
+        return any(c.destructive for c in self.changes)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+
+def _diff(actual: TopicSpec, desired: TopicSpec) -> Change | None:
+    fields: dict[str, tuple[Any, Any]] = {}
+    for name in _COMPARED:
+        want = getattr(desired, name)
+        have = getattr(actual, name)
+        if name.startswith("retention") and want is None:
+            continue  # not given: keep whatever the server has
+        if want != have:
+            fields[name] = (have, want)
+    for key, want in desired.config.items():
+        if actual.config.get(key) != want:
+            fields[f"config.{key}"] = (actual.config.get(key), want)
+    if not fields:
+        return None
+    warnings: list[str] = []
+    destructive = False
+    if "partitions" in fields:
+        have, want = fields["partitions"]
+        if want < have:
+            destructive = True
+            warnings.append(
+                f"{desired.name}: partitions cannot shrink ({have} -> {want}); recreate the "
+                "topic (deleting its events) to change this"
+            )
+        else:
+            warnings.append(
+                f"{desired.name}: adding partitions ({have} -> {want}) moves existing keys to "
+                "other partitions; per-key order across the change is not kept"
+            )
+    if "cleanup_policy" in fields:
+        destructive = True
+        warnings.append(f"{desired.name}: changing the cleanup policy changes what is retained")
+    return Change("update", desired.name, fields, destructive, tuple(warnings), desired)
+
+
+def plan(
+    actual: Mapping[str, TopicSpec],
+    desired: Iterable[TopicSpec],
+    *,
+    delete_missing: bool = False,
+) -> Plan:
+    """Changes that take topics from ``actual`` (name -> spec read back) to ``desired``.
+
+    With ``delete_missing``, topics in ``actual`` but not in ``desired`` are deleted
+    (destructive). Raises ValueError when ``desired`` names a topic twice."""
+    changes: list[Change] = []
+    seen: set[str] = set()
+    for spec in desired:
+        if spec.name in seen:
+            raise ValueError(f"topic {spec.name!r} is specified twice; keep one entry")
+        seen.add(spec.name)
+        current = actual.get(spec.name)
+        if current is None:
+            changes.append(Change("create", spec.name, spec=spec))
+        elif (change := _diff(current, spec)) is not None:
+            changes.append(change)
+    if delete_missing:
+        for name in sorted(set(actual) - seen):
+            changes.append(Change("delete", name, destructive=True))
+    return Plan(tuple(changes))

@@ -1,0 +1,381 @@
+"""The transport contract: what an adapter implements, in bytes, records and positions.
+
+Everything above this line (envelope, codec, validation, retries, dead letters, dedupe, the
+sync facade) lives once in the core. An adapter implements :class:`Transport` and
+:class:`TransportConsumer`, declares its :class:`Capabilities`, and maps its driver's exceptions
+to :mod:`eventbus.errors` at its edge. All methods are coroutines, run on one event loop per
+transport instance; an adapter over a blocking driver runs the driver off the loop.
+
+Guarantees every adapter gives (the conformance suite in :mod:`eventbus.testing` checks each):
+
+- ``publish`` returns only once the server holds every record (or raises). A record with a key
+  lands on ``partition_for_key(key, partitions)``; a record with ``partition`` set lands there;
+  otherwise the adapter picks one. Records of one call to one partition keep their order.
+- A consumer in a group receives records of one partition in position order. A record handed to
+  a member is not handed to another member until it is acked (never again), nacked (again after
+  the delay), or its member dies or stays silent past the visibility timeout (again, with
+  ``attempt`` increased). Closing a consumer returns what it did not ack to the group.
+- Positions (``Offset``) are an ``int`` (memory, Kafka) or a Redis entry id ``"<ms>-<seq>"``;
+  they only grow within a partition. Never derive counts from offset arithmetic: gaps exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from eventbus.topics import TopicSpec
+
+__all__ = [
+    "Capabilities",
+    "ConsumerOptions",
+    "GroupInfo",
+    "GroupMember",
+    "GroupPartition",
+    "Offset",
+    "Outgoing",
+    "PartitionInfo",
+    "Position",
+    "Record",
+    "ResetTarget",
+    "TopicInfo",
+    "Transport",
+    "TransportConsumer",
+    "offset_key",
+    "parse_offset",
+    "record_size",
+]
+
+Offset = int | str
+"""A position inside one partition: an int offset, or a Redis entry id ``"<ms>-<seq>"``."""
+
+ResetTarget = Literal["earliest", "latest"] | datetime | Mapping[int, Offset]
+"""Where a group is moved to: an end of the topic, a time, or an offset per partition.
+
+For a mapping, the offset is the next record the group reads in that partition."""
+
+
+def offset_key(offset: Offset) -> tuple[int, int]:
+    """A sort key that orders offsets of one partition, for ints and Redis ids alike."""
+    if isinstance(offset, int):
+        return (offset, 0)
+    ms, _, seq = offset.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+def parse_offset(text: str) -> Offset:
+    """Parse an offset as printed: ``"42"`` is an int offset, ``"1700000000000-0"`` a Redis id.
+
+    Raises :class:`~eventbus.errors.InvalidPositionError` for anything else."""
+    from eventbus.errors import InvalidPositionError
+
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    ms, sep, seq = text.partition("-")
+    if sep and ms.isdigit() and seq.isdigit():
+        return f"{int(ms)}-{int(seq)}"
+    raise InvalidPositionError(
+        f"{text!r} is not a position: use an integer offset (Kafka, memory) or a Redis entry "
+        "id such as 1700000000000-0"
+    )
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class Position:
+    """Where an event sits: a partition and an offset inside it. Printed as ``"p:offset"``."""
+
+    partition: int
+    offset: Offset
+
+    def __str__(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """Parse ``"p:offset"``; raises :class:`~eventbus.errors.InvalidPositionError`."""
+        from eventbus.errors import InvalidPositionError
+
+        part, sep, off = text.partition(":")
+        if not sep or not part.strip().isdigit():
+            raise InvalidPositionError(
+                f"{text!r} is not a position: write PARTITION:OFFSET, for example 0:42 or "
+                "0:1700000000000-0"
+            )
+        return cls(int(part), parse_offset(off))
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One record to publish: bytes and string headers, as the adapter writes them."""
+
+    value: bytes
+    key: bytes | None = None
+    headers: Mapping[str, bytes] = field(default_factory=dict)
+    timestamp_ms: int | None = None
+    """Record time; the adapter may use the server's clock where it cannot store one."""
+    partition: int | None = None
+    """Explicit partition; ``None`` means hash the key (or any partition without a key)."""
+
+
+def record_size(record: Outgoing) -> int:
+    """The size that counts against a topic's max event bytes: value, key and headers."""
+    size = len(record.value) + len(record.key or b"")
+    return size + sum(len(k) + len(v) for k, v in record.headers.items())
+
+
+@dataclass(slots=True)
+class Record:
+    """One record as read back: where it sits, its bytes, and how often it was delivered."""
+
+    topic: str
+    partition: int
+    offset: Offset
+    value: bytes
+    key: bytes | None = None
+    headers: dict[str, bytes] = field(default_factory=dict)
+    timestamp_ms: int = 0
+    attempt: int = 1
+    """Delivery count: 1 on first delivery, more after redelivery (from the server or a header)."""
+    raw_fields: dict[str, bytes] | None = None
+    """For entries written by other clients (for example a plain Redis XADD): their fields."""
+
+    @property
+    def position(self) -> Position:
+        return Position(self.partition, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport can do. The conformance suite and the docs read these flags."""
+
+    transport: str
+    ordering_scope: str = "partition"
+    """Per-key order holds within this scope (all transports: one partition)."""
+    native_delivery_count: bool = False
+    """The server counts deliveries per record (Redis PEL); otherwise a header carries it."""
+    redelivery_on_timeout: bool = True
+    """A record held by a live member past the visibility timeout goes to another member."""
+    timestamp_replay: bool = True
+    """Reads and resets can start at a time."""
+    retention_by_time: bool = True
+    retention_by_size: bool = True
+    compaction: bool = False
+    transactions: bool = False
+    reset_active_group: bool = True
+    """A group's positions can be reset while it has live members (Kafka: no)."""
+    auto_create_topics: bool = False
+    """Publishing to an unknown topic creates it (only when configured so)."""
+    atomic_dead_letter: bool = False
+    """Dead-lettering writes the copy and acks the original in one atomic step."""
+    max_event_bytes: int = 1_048_576
+    """The default largest encoded event a topic accepts (Kafka's default, enforced everywhere)."""
+    partitions_can_grow: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """How a group member behaves; every adapter honours each field or documents why not."""
+
+    start: Literal["earliest", "latest"] | datetime = "earliest"
+    """Where a group that does not exist yet starts. Existing groups keep their positions."""
+    visibility_timeout: float = 30.0
+    """Seconds a delivered, un-acked record stays with its member before it may be redelivered."""
+    session_timeout: float = 10.0
+    """Seconds without a fetch or heartbeat after which a member counts as dead."""
+    options: Mapping[str, str] = field(default_factory=dict)
+    """Adapter-specific settings, passed through."""
+
+    def replace(self, **changes: object) -> ConsumerOptions:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """One partition of a topic: first and last offsets held, and how many records."""
+
+    partition: int
+    first: Offset | None
+    last: Offset | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A topic as the server has it: its spec (as read back) and its partitions."""
+
+    spec: TopicSpec
+    partitions: Sequence[PartitionInfo]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """A live member of a group and the partitions it owns (topic, partition)."""
+
+    name: str
+    assignments: Sequence[tuple[str, int]] = ()
+    idle_ms: int | None = None
+    pending: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPartition:
+    """A group's state in one partition.
+
+    ``committed`` is the next offset the group reads (Kafka semantics) where known; on Redis it
+    is the last delivered id. ``lag`` counts records not yet delivered to the group; ``pending``
+    counts delivered but un-acked records (0 where the transport does not track them)."""
+
+    topic: str
+    partition: int
+    committed: Offset | None
+    lag: int | None
+    pending: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A consumer group: its state, members and per-partition positions."""
+
+    group: str
+    state: str
+    members: Sequence[GroupMember]
+    partitions: Sequence[GroupPartition]
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag or 0 for p in self.partitions)
+
+    @property
+    def pending(self) -> int:
+        return sum(p.pending for p in self.partitions)
+
+
+@runtime_checkable
+class TransportConsumer(Protocol):
+    """One member of a consumer group, over one or more topics."""
+
+    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+        """Return up to ``max_records`` records for this member, waiting up to ``timeout`` s
+        for the first; ``[]`` when none came. Calling fetch is also the member's heartbeat
+        (adapters may heartbeat in the background as well). Raises ClosedError after close."""
+        ...
+
+    async def ack(self, records: Sequence[Record]) -> None:
+        """Mark records done for the group. Idempotent; acking a record this member no longer
+        owns (it was redelivered elsewhere) is ignored, not an error."""
+        ...
+
+    async def nack(self, record: Record, delay: float = 0.0) -> None:
+        """Give a record back: it is delivered again (``attempt`` + 1) no sooner than ``delay``
+        seconds from now. Later records of its partition are not held back."""
+        ...
+
+    async def dead_letter(self, record: Record, topic: str, headers: Mapping[str, bytes]) -> None:
+        """Write the record (key, value, its headers updated with ``headers``) to ``topic`` and
+        ack it; atomically where ``Capabilities.atomic_dead_letter`` says so."""
+        ...
+
+    async def close(self) -> None:
+        """Leave the group. What was acked is committed; what was not goes back to the group."""
+        ...
+
+    async def kill(self) -> None:
+        """Stop as a crashed process would: no commit, no goodbye. Held records come back to
+        the group only after the session or visibility timeout. For tests and drills."""
+        ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A connection to one server (or in-memory broker)."""
+
+    capabilities: Capabilities
+
+    async def connect(self) -> None:
+        """Check the server answers and the credentials work; raises ConnectionFailedError or
+        AuthenticationError with a message that says what to check."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what is buffered and release connections. Idempotent."""
+        ...
+
+    async def publish(
+        self, topic: str, records: Sequence[Outgoing], *, timeout: float
+    ) -> list[Position]:
+        """Write records and return their positions, in order, once the server holds all of
+        them. Raises TopicNotFoundError (unless auto-create is configured), EventTooLargeError
+        before writing anything when one record exceeds the topic's limit, and
+        OperationTimeoutError when ``timeout`` passes (some records may then be written)."""
+        ...
+
+    async def read(
+        self,
+        topic: str,
+        partition: int,
+        start: Offset | datetime | None,
+        *,
+        inclusive: bool = True,
+        limit: int = 1000,
+    ) -> list[Record]:
+        """Read up to ``limit`` records of one partition in order, without a group, from the
+        beginning (``None``), from an offset (``inclusive`` or just after it), or from the
+        first record whose timestamp is at or after a datetime. ``attempt`` is 1."""
+        ...
+
+    async def open_consumer(
+        self, topics: Sequence[str], group: str, consumer: str, options: ConsumerOptions
+    ) -> TransportConsumer:
+        """Join ``group`` as member ``consumer``, creating the group at ``options.start`` when
+        it does not exist. Raises TopicNotFoundError for a missing topic."""
+        ...
+
+    async def create_topic(self, spec: TopicSpec) -> None:
+        """Create a topic; raises TopicExistsError if it exists."""
+        ...
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        """Raises TopicNotFoundError."""
+        ...
+
+    async def list_topics(self) -> list[str]:
+        """Names of the topics (internal ones hidden), sorted."""
+        ...
+
+    async def alter_topic(self, spec: TopicSpec) -> None:
+        """Make the topic match ``spec``: grow partitions, change retention, limits, configs.
+        Raises UnsupportedError for what cannot change (fewer partitions)."""
+        ...
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic and its data. Raises TopicNotFoundError."""
+        ...
+
+    async def list_groups(self) -> list[str]:
+        """Names of the consumer groups, sorted."""
+        ...
+
+    async def describe_group(self, group: str) -> GroupInfo:
+        """Raises GroupNotFoundError."""
+        ...
+
+    async def reset_group(
+        self, group: str, topic: str, to: ResetTarget
+    ) -> dict[int, tuple[Offset | None, Offset | None]]:
+        """Move ``group`` on ``topic`` so it next reads from ``to``; creates the group if it
+        does not exist. Returns ``{partition: (before, after)}`` in ``GroupPartition.committed``
+        terms. Raises GroupActiveError where ``reset_active_group`` is false and members live.
+        Pending (delivered, un-acked) records of the group on that topic are dropped."""
+        ...

@@ -84,7 +84,7 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
 def _check_env_redis(url: str) -> str:
     host, port = _host_port(url, 6379)
     if urlsplit(url).scheme == "redis" and not urlsplit(url).password:
-        ok = servers.wait_until(lambda: servers.redis_answers(port, host), timeout=10)
+        ok = servers.wait_until(lambda: servers.redis_answers(port, host), timeout=5)
         if not ok:
             _unavailable(f"EVENTBUS_TEST_REDIS_URL={url} does not answer PING")
     return url

@@ -1,0 +1,493 @@
+"""The conformance suite: every delivery claim of eventbus, written once, run on every transport.
+
+Use it from a test module by subclassing :class:`ConformanceSuite` and giving the ``url``
+fixture (a fresh, reachable server; unique topic and group names keep tests apart)::
+
+    import pytest
+    from eventbus.testing.conformance import ConformanceSuite
+
+    class TestMyTransport(ConformanceSuite):
+        @pytest.fixture
+        def url(self) -> str:
+            return "mytransport://127.0.0.1:1234"
+
+Class attributes tune timing for slow servers (``session_timeout``, ``visibility_timeout``,
+``deadline``). Where a transport's :class:`~eventbus.transport.Capabilities` says it cannot do
+something, the test checks the clear error or skips naming the flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import eventbus
+from eventbus.errors import EventTooLargeError, TopicNotFoundError
+from eventbus.sync import Delivery, EventBus, Subscription
+from eventbus.topics import TopicSpec
+
+__all__ = ["ConformanceSuite", "drain", "unique", "wait_until"]
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)  # polling interval of a condition wait, not a fixed settle time
+
+
+def drain(
+    sub: Subscription, count: int, timeout: float, *, ack: bool = True, exact: bool = True
+) -> list[Delivery]:
+    """Fetch until ``count`` deliveries arrived (acking them unless told not to)."""
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"received {len(got)} of {count} events within {timeout}s")
+        batch = sub.fetch(count - len(got), timeout=0.5)
+        for delivery in batch:
+            if ack:
+                delivery.ack()
+        got.extend(batch)
+    if exact:
+        assert len(got) == count, f"expected {count} deliveries, got {len(got)}"
+    return got
+
+
+class Task(BaseModel):
+    """A typed payload for the typed-consumption tests."""
+
+    task_id: int
+    title: str
+
+
+class ConformanceSuite:
+    """The suite. Subclasses provide the ``url`` fixture."""
+
+    session_timeout: float = 6.0
+    visibility_timeout: float = 2.0
+    deadline: float = 60.0
+
+    # fixtures -----------------------------------------------------------------------------
+    @pytest.fixture
+    def bus(self, url: str) -> Iterator[EventBus]:
+        with eventbus.connect(url) as bus:
+            yield bus
+
+    @pytest.fixture
+    def make_topic(self, bus: EventBus) -> Callable[..., str]:
+        def make(partitions: int = 3, **fields: Any) -> str:
+            name = unique("conf")
+            bus.create_topic(name, partitions=partitions, **fields)
+            return name
+
+        return make
+
+    def subscribe(self, bus: EventBus, topic: str, group: str, **kw: Any) -> Subscription:
+        kw.setdefault("session_timeout", self.session_timeout)
+        kw.setdefault("visibility_timeout", self.visibility_timeout)
+        return bus.subscribe(topic, group=group, **kw)
+
+    # publishing and reading ---------------------------------------------------------------
+    def test_round_trip_with_key_headers_and_type(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic()
+        pos = bus.publish(
+            topic, {"n": 1, "s": "é"}, key="user-7", headers={"trace": "abc"}, type="Created"
+        )
+        assert pos.partition == eventbus.partition_for_key("user-7", 3)
+        with self.subscribe(bus, topic, unique("g")) as sub:
+            (d,) = drain(sub, 1, self.deadline)
+        assert d.event.data == {"n": 1, "s": "é"}
+        assert d.event.key == "user-7"
+        assert d.event.type == "Created"
+        assert d.event.headers == {"trace": "abc"}
+        assert d.position == pos
+        assert d.attempt == 1
+
+    def test_publish_many_positions_and_per_key_order(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=3)
+        events = [eventbus.Event(data={"seq": i}, key=f"k{i % 5}") for i in range(100)]
+        positions = bus.publish_many(topic, events)
+        assert len(positions) == 100
+        for event, pos in zip(events, positions, strict=True):
+            assert pos.partition == eventbus.partition_for_key(event.key or "", 3)
+        with self.subscribe(bus, topic, unique("g"), batch_size=50) as sub:
+            got = drain(sub, 100, self.deadline)
+        by_key: dict[str, list[int]] = {}
+        for d in got:
+            by_key.setdefault(d.event.key or "", []).append(d.event.data["seq"])
+        for key, seqs in by_key.items():
+            assert seqs == sorted(seqs), f"key {key} out of order: {seqs}"
+        assert sorted(d.event.id for d in got) == sorted(e.id for e in events)
+
+    def test_oversize_event_is_rejected_and_nothing_written(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        with pytest.raises(EventTooLargeError, match="bytes"):
+            bus.publish(topic, "x" * (bus.capabilities.max_event_bytes + 10))
+        assert bus.describe_topic(topic).count == 0
+
+    def test_unknown_topic_fails_clearly(self, bus: EventBus) -> None:
+        with pytest.raises(TopicNotFoundError, match="does not exist|unknown|not found"):
+            bus.publish(unique("missing"), {"a": 1})
+
+    def test_auto_create_when_configured(self, url: str) -> None:
+        sep = "&" if "?" in url else "?"
+        with eventbus.connect(f"{url}{sep}auto_create=true") as bus:
+            topic = unique("auto")
+            bus.publish(topic, {"a": 1})
+            assert topic in bus.list_topics()
+
+    # groups -------------------------------------------------------------------------------
+    def test_group_members_split_work_without_duplicates(
+        self, bus: EventBus, url: str, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=4)
+        group = unique("g")
+        bus.publish_many(topic, [eventbus.Event(data=i, key=f"k{i}") for i in range(60)])
+        with eventbus.connect(url) as other:
+            a = self.subscribe(bus, topic, group, consumer="a")
+            b = self.subscribe(other, topic, group, consumer="b")
+            seen: list[tuple[str, int]] = []
+            deadline = time.monotonic() + self.deadline
+            while len(seen) < 60 and time.monotonic() < deadline:
+                for name, sub in (("a", a), ("b", b)):
+                    for d in sub.fetch(10, timeout=0.2):
+                        d.ack()
+                        seen.append((name, d.event.data))
+            a.close()
+            b.close()
+        values = [v for _, v in seen]
+        assert sorted(values) == list(range(60)), "every event exactly once across the group"
+
+    def test_two_groups_each_see_every_event(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic()
+        bus.publish_many(topic, list(range(20)))
+        for group in (unique("g1"), unique("g2")):
+            with self.subscribe(bus, topic, group) as sub:
+                got = drain(sub, 20, self.deadline)
+            assert sorted(d.event.data for d in got) == list(range(20))
+
+    def test_new_group_starts_at_earliest_by_default_or_latest_when_asked(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        bus.publish(topic, "before")
+        with self.subscribe(bus, topic, unique("g")) as sub:
+            assert [d.event.data for d in drain(sub, 1, self.deadline)] == ["before"]
+        with self.subscribe(bus, topic, unique("g"), start="latest") as sub:
+            assert sub.fetch(10, timeout=1.0) == []  # joins the group at the end
+            bus.publish(topic, "after")
+            assert [d.event.data for d in drain(sub, 1, self.deadline)] == ["after"]
+
+    def test_unacked_event_returns_after_consumer_closes(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        bus.publish_many(topic, ["a", "b"])
+        first = self.subscribe(bus, topic, group, consumer="first")
+        got = drain(first, 2, self.deadline, ack=False)
+        got[0].ack()
+        first.close()
+        with self.subscribe(bus, topic, group, consumer="second") as second:
+            (again,) = drain(second, 1, self.deadline)
+        assert again.event.data == "b"
+        if bus.capabilities.native_delivery_count:
+            assert again.attempt == 2
+
+    def test_unacked_event_returns_after_consumer_crashes(
+        self, bus: EventBus, url: str, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        bus.publish_many(topic, ["a", "b", "c"])
+        with eventbus.connect(url) as doomed_bus:
+            doomed = self.subscribe(doomed_bus, topic, group, consumer="doomed")
+            got = drain(doomed, 3, self.deadline, ack=False)
+            got[0].ack()
+            doomed.kill()  # no commit, no goodbye
+            with self.subscribe(bus, topic, group, consumer="survivor") as survivor:
+                again = drain(survivor, 2, self.deadline + self.session_timeout)
+        assert [d.event.data for d in again] == ["b", "c"]
+
+    def test_nack_with_delay_redelivers_later(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        bus.publish(topic, "retry-me")
+        with self.subscribe(bus, topic, unique("g")) as sub:
+            (first,) = drain(sub, 1, self.deadline, ack=False)
+            nacked_at = time.monotonic()
+            first.nack(delay=0.5)
+            (second,) = drain(sub, 1, self.deadline)
+            assert time.monotonic() - nacked_at >= 0.45, "came back before its delay"
+        assert second.event.id == first.event.id
+        assert second.attempt == 2
+
+    def test_stuck_member_loses_record_after_visibility_timeout(
+        self, bus: EventBus, url: str, make_topic: Callable[..., str]
+    ) -> None:
+        if not bus.capabilities.redelivery_on_timeout:
+            pytest.skip("capability redelivery_on_timeout is false")
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        bus.publish(topic, "slow")
+        stuck = self.subscribe(bus, topic, group, consumer="stuck")
+        drain(stuck, 1, self.deadline, ack=False)
+        # the stuck member keeps heartbeating (fetching) but never acks; it gets it back
+        (again,) = drain(stuck, 1, self.deadline)
+        assert again.attempt == 2
+        stuck.close()
+
+    def test_lag_and_pending_are_exact(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        bus.publish_many(topic, list(range(10)))
+        sub = self.subscribe(bus, topic, group)
+        drain(sub, 4, self.deadline)
+        sub.close()
+        info = bus.describe_group(group)
+        assert info.lag == 6 and info.pending == 0
+        sub = self.subscribe(bus, topic, group)
+        drain(sub, 3, self.deadline, ack=False)
+        info = bus.describe_group(group)
+        # delivered but un-acked counts as pending where tracked, as lag where not (Kafka)
+        assert info.lag + info.pending == 6
+        assert info.pending in (0, 3)
+        sub.close()
+
+    def test_reset_group_to_earliest_latest_and_position(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        positions = bus.publish_many(topic, list(range(5)))
+        with self.subscribe(bus, topic, group) as sub:
+            drain(sub, 5, self.deadline)
+        changes = bus.reset_group(group, topic, "earliest")
+        assert set(changes) == {0}
+        with self.subscribe(bus, topic, group) as sub:
+            assert [d.event.data for d in drain(sub, 5, self.deadline)] == list(range(5))
+        bus.reset_group(group, topic, positions[3])
+        with self.subscribe(bus, topic, group) as sub:
+            assert [d.event.data for d in drain(sub, 2, self.deadline)] == [3, 4]
+        bus.reset_group(group, topic, "latest")
+        with self.subscribe(bus, topic, group) as sub:
+            assert sub.fetch(10, timeout=1.0) == []
+
+    # replay -------------------------------------------------------------------------------
+    def test_replay_from_beginning_position_and_time(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        first = bus.publish_many(topic, ["a", "b", "c"])
+        marker = datetime.now(UTC) + timedelta(milliseconds=3)  # strictly after a, b, c
+        wait_until(lambda: datetime.now(UTC) >= marker + timedelta(milliseconds=3), 1, "time")
+        later = bus.publish_many(topic, ["d", "e"])
+        assert [r.event.data for r in bus.replay(topic)] == ["a", "b", "c", "d", "e"]
+        assert [r.event.data for r in bus.replay(topic, start=first[1])] == ["b", "c", "d", "e"]
+        assert [r.event.data for r in bus.replay(topic, start=first[1], end=later[0])] == [
+            "b", "c", "d",
+        ]
+        if bus.capabilities.timestamp_replay:
+            assert [r.event.data for r in bus.replay(topic, start=marker)] == ["d", "e"]
+        assert list(bus.replay(topic, start="latest")) == []
+
+    # runner -------------------------------------------------------------------------------
+    def _run_until(self, runner: eventbus.Runner, done: Callable[[], bool]) -> None:
+        thread = threading.Thread(target=runner.run)
+        thread.start()
+        try:
+            wait_until(done, self.deadline, "the runner to finish its work")
+        finally:
+            runner.stop()
+            thread.join(self.deadline)
+        assert not thread.is_alive()
+
+    def test_runner_dead_letters_after_last_attempt_and_goes_on(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        bus.publish_many(topic, ["poison", "fine"])
+        handled: list[str] = []
+        attempts: list[int] = []
+
+        def handler(d: Delivery) -> None:
+            if d.event.data == "poison":
+                attempts.append(d.attempt)
+                raise ValueError("cannot handle poison")
+            handled.append(d.event.data)
+
+        runner = bus.runner(handler, topic, group=unique("g"), max_attempts=3, backoff=0.01)
+        self._run_until(runner, lambda: handled == ["fine"] and runner.stats.dead_lettered == 1)
+        assert attempts == [1, 2, 3]
+        dead = list(bus.replay(f"{topic}.dlq"))
+        assert [r.event.data for r in dead] == ["poison"]
+        dlq_headers = self._raw_headers(bus, f"{topic}.dlq")
+        assert "cannot handle poison" in dlq_headers["eb-dlq-reason"]
+        assert dlq_headers["eb-dlq-attempts"] == "3"
+
+    def _raw_headers(self, bus: EventBus, topic: str) -> dict[str, str]:
+        async def read() -> dict[str, str]:
+            records = await bus.aio.transport.read(topic, 0, None, limit=1)
+            return {k: v.decode() for k, v in records[0].headers.items()}
+
+        return asyncio.run_coroutine_threadsafe(read(), bus._portal.loop).result(self.deadline)
+
+    def test_typed_consumption_dead_letters_invalid_payloads(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        bus.publish(topic, Task(task_id=1, title="ok"))
+        bus.publish(topic, {"task_id": "not a number"})
+        bus.publish(topic, Task(task_id=2, title="also ok"))
+        with self.subscribe(bus, topic, unique("g"), model=Task) as sub:
+            got = drain(sub, 2, self.deadline)
+        assert [d.event.data for d in got] == [Task(task_id=1, title="ok"), Task(task_id=2, title="also ok")]
+        assert got[0].event.type == "Task"
+        dead = list(bus.replay(f"{topic}.dlq"))
+        assert [r.event.data for r in dead] == [{"task_id": "not a number"}]
+        assert "does not validate as Task" in self._raw_headers(bus, f"{topic}.dlq")["eb-dlq-reason"]
+
+    def test_runner_concurrency_keeps_per_key_order(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=2)
+        total = 200
+        bus.publish_many(
+            topic, [eventbus.Event(data={"seq": i}, key=f"k{i % 7}") for i in range(total)]
+        )
+        lock = threading.Lock()
+        active: set[str] = set()
+        order: dict[str, list[int]] = {}
+        overlaps: list[str] = []
+        peak = [0]
+
+        def handler(d: Delivery) -> None:
+            key = d.event.key or ""
+            with lock:
+                if key in active:
+                    overlaps.append(key)
+                active.add(key)
+                peak[0] = max(peak[0], len(active))
+            time.sleep(0.001)  # simulated work inside the handler, not a wait
+            with lock:
+                active.discard(key)
+                order.setdefault(key, []).append(d.event.data["seq"])
+
+        runner = bus.runner(handler, topic, group=unique("g"), concurrency=8)
+        self._run_until(runner, lambda: runner.stats.handled == total)
+        assert overlaps == []
+        for key, seqs in order.items():
+            assert seqs == sorted(seqs), f"key {key} handled out of order"
+        assert sum(len(s) for s in order.values()) == total
+        assert peak[0] > 1, "handlers of different keys should overlap"
+
+    def test_graceful_shutdown_loses_nothing_acked(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=2)
+        group = unique("g")
+        bus.publish_many(topic, [eventbus.Event(data=i, key=str(i)) for i in range(50)])
+        first: list[int] = []
+        runner = bus.runner(lambda d: first.append(d.event.data), topic, group=group)
+        self._run_until(runner, lambda: len(first) >= 20)
+        bus.publish_many(topic, [eventbus.Event(data=i, key=str(i)) for i in range(50, 60)])
+        second: list[int] = []
+        runner = bus.runner(lambda d: second.append(d.event.data), topic, group=group)
+        self._run_until(runner, lambda: len(first) + len(second) >= 60)
+        assert sorted(first + second) == list(range(60))
+
+    # admin --------------------------------------------------------------------------------
+    def test_create_describe_plan_apply_are_idempotent(self, bus: EventBus) -> None:
+        name = unique("spec")
+        spec = TopicSpec(name=name, partitions=2, retention_ms=86_400_000)
+        plan = bus.plan([spec])
+        assert [c.action for c in plan.changes] == ["create"]
+        bus.apply([spec])
+        assert bus.plan([spec]).empty
+        assert bus.apply([spec]).empty
+        info = bus.describe_topic(name)
+        assert len(info.partitions) == 2
+        assert info.spec.retention_ms == 86_400_000
+        assert name in bus.list_topics()
+        grown = spec.model_copy(update={"partitions": 3})
+        change = bus.plan([grown]).changes[0]
+        assert change.fields["partitions"] == (2, 3)
+        assert any("moves existing keys" in w for w in change.warnings)
+        bus.apply([grown])
+        assert len(bus.describe_topic(name).partitions) == 3
+        shrink = spec.model_copy(update={"partitions": 1})
+        with pytest.raises(eventbus.errors.ConfigurationError, match="destructive"):
+            bus.apply([shrink])
+        bus.delete_topic(name)
+        assert name not in bus.list_topics()
+        with pytest.raises(TopicNotFoundError):
+            bus.describe_topic(name)
+
+    def test_groups_list_and_describe(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=2)
+        group = unique("g")
+        bus.publish_many(topic, [eventbus.Event(data=i, key=str(i)) for i in range(6)])
+        with self.subscribe(bus, topic, group, consumer="m1") as sub:
+            drain(sub, 6, self.deadline)
+            info = bus.describe_group(group)
+            assert [m.name for m in info.members] == ["m1"] or info.members == []
+        assert group in bus.list_groups()
+        info = bus.describe_group(group)
+        assert {(p.topic, p.partition) for p in info.partitions} == {(topic, 0), (topic, 1)}
+        assert info.lag == 0
+        with pytest.raises(eventbus.errors.GroupNotFoundError):
+            bus.describe_group(unique("nobody"))
+
+    # the async API ------------------------------------------------------------------------
+    def test_async_api_round_trip(self, url: str, make_topic: Callable[..., str]) -> None:
+        topic = make_topic(partitions=1)
+
+        async def main() -> list[Any]:
+            async with eventbus.connect_async(url) as bus:
+                await bus.publish(topic, {"a": 1}, key="k")
+                await bus.publish_many(topic, [{"a": 2}, {"a": 3}])
+                sub = await bus.subscribe(
+                    topic, group=unique("g"), session_timeout=self.session_timeout
+                )
+                out: list[Any] = []
+                async with sub:
+                    async for delivery in sub:
+                        out.append(delivery.event.data)
+                        await delivery.ack()
+                        if len(out) == 3:
+                            break
+                return out
+
+        assert asyncio.run(asyncio.wait_for(main(), self.deadline)) == [
+            {"a": 1}, {"a": 2}, {"a": 3},
+        ]

@@ -37,7 +37,6 @@ _REGISTRY: dict[str, TransportEntry] = {
     "redpanda": TransportEntry(
         "eventbus.adapters.kafka:KafkaTransport", "kafka", "confluent_kafka"
     ),
-    "migrate": TransportEntry("eventbus.migration.transport:MigrationTransport"),
 }
 
 

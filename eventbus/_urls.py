@@ -18,7 +18,7 @@ def split(url: str) -> SplitResult:
         raise ConfigurationError(
             f"malformed URL {redact(url)!r}: {exc}; expected scheme://[user:password@]host:port"
         ) from None
-    if not parts.scheme:
+    if not parts.scheme or "://" not in url:
         raise ConfigurationError(
             f"URL {redact(url)!r} has no scheme: start it with memory://, redis://, rediss://, "
             "kafka:// or redpanda://"

@@ -6,6 +6,7 @@ This is the one implementation of the core. :mod:`eventbus.sync` drives it from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
@@ -39,7 +40,6 @@ from eventbus.transport import (
     Transport,
     TransportConsumer,
     offset_key,
-    parse_offset,
 )
 
 if TYPE_CHECKING:
@@ -186,7 +186,9 @@ class AsyncSubscription:
         self._buffer: list[AsyncDelivery] = []
         self._closed = False
 
-    async def fetch(self, max_records: int | None = None, timeout: float = 1.0) -> list[AsyncDelivery]:
+    async def fetch(
+        self, max_records: int | None = None, timeout: float = 1.0
+    ) -> list[AsyncDelivery]:
         """Up to ``max_records`` deliveries, waiting up to ``timeout`` s for the first."""
         if self._closed:
             raise ClosedError("this subscription is closed")
@@ -395,9 +397,7 @@ class AsyncEventBus:
         records = [self.encode(item) for item in events]
         if not records:
             return []
-        return await self.transport.publish(
-            topic, records, timeout=timeout or self.publish_timeout
-        )
+        return await self.transport.publish(topic, records, timeout=timeout or self.publish_timeout)
 
     # consume --------------------------------------------------------------------------------
     async def subscribe(
@@ -443,8 +443,14 @@ class AsyncEventBus:
         self._subscriptions.add(sub)
         return sub
 
-    def runner(self, handler: Callable[[Any], Any], topics: str | Iterable[str], *, group: str,
-               **settings: Any) -> AsyncRunner:
+    def runner(
+        self,
+        handler: Callable[[Any], Any],
+        topics: str | Iterable[str],
+        *,
+        group: str,
+        **settings: Any,
+    ) -> AsyncRunner:
         """A runner for ``handler`` over ``topics`` in ``group``; see :mod:`eventbus.runner`
         for the settings (concurrency, max_attempts, backoff, dead_letter, model, ...)."""
         from eventbus.runner import AsyncRunner
@@ -452,8 +458,14 @@ class AsyncEventBus:
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         return AsyncRunner(self, handler, names, group=group, **settings)
 
-    async def run(self, handler: Callable[[Any], Any], topics: str | Iterable[str], *,
-                  group: str, **settings: Any) -> RunnerStats:
+    async def run(
+        self,
+        handler: Callable[[Any], Any],
+        topics: str | Iterable[str],
+        *,
+        group: str,
+        **settings: Any,
+    ) -> RunnerStats:
         """Run ``handler`` until cancelled (or the runner's ``stop()``): acks after it
         returns, retries with backoff, dead-letters after the last attempt, and keeps per-key
         order under ``concurrency``. Returns the runner's stats."""
@@ -463,10 +475,8 @@ class AsyncEventBus:
         """Create ``name`` if it does not exist (used for dead-letter topics)."""
         if name in self._known_topics:
             return
-        try:
+        with contextlib.suppress(TopicExistsError):
             await self.transport.create_topic(TopicSpec(name=name, partitions=partitions))
-        except TopicExistsError:
-            pass
         self._known_topics.add(name)
 
     # replay ---------------------------------------------------------------------------------
@@ -493,16 +503,16 @@ class AsyncEventBus:
         cursors = _replay_cursors(start, len(info.partitions))
         for part in info.partitions:  # "latest": only what comes after the current end
             if cursors.get(part.partition, (None, True))[0] == "latest":
-                cursors[part.partition] = (part.last, False) if part.last is not None else (None, True)
+                cursors[part.partition] = (
+                    (part.last, False) if part.last is not None else (None, True)
+                )
         stop = _replay_stops(end, info)
         heads: dict[int, list[Record]] = {p: [] for p in cursors}
         done: set[int] = set()
 
         async def refill(p: int) -> None:
             begin, inclusive = cursors[p]
-            page = await self.transport.read(
-                topic, p, begin, inclusive=inclusive, limit=page_size
-            )
+            page = await self.transport.read(topic, p, begin, inclusive=inclusive, limit=page_size)
             heads[p] = page
             if page:
                 cursors[p] = (page[-1].offset, False)
@@ -673,8 +683,12 @@ def _replay_stops(
     """A predicate: True when a record lies past the end of the replay."""
     last = {p.partition: p.last for p in info.partitions}
     if end is None or end == "latest":
-        return lambda r: last.get(r.partition) is None or offset_key(r.offset) > offset_key(
-            last[r.partition]  # type: ignore[arg-type]
+        return lambda r: (
+            last.get(r.partition) is None
+            or offset_key(r.offset)
+            > offset_key(
+                last[r.partition]  # type: ignore[arg-type]
+            )
         )
     if isinstance(end, str) and not isinstance(end, datetime):
         parsed = parse_start(end)
@@ -716,4 +730,3 @@ async def call_handler(
         result = await run_sync(handler, delivery)
         if asyncio.iscoroutine(result):
             await result
-

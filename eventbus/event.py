@@ -106,9 +106,7 @@ class JsonCodec:
 def _check_headers(headers: Mapping[str, str]) -> None:
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
-            raise ConfigurationError(
-                f"header {name!r}: header names and values must be strings"
-            )
+            raise ConfigurationError(f"header {name!r}: header names and values must be strings")
         if name.startswith(RESERVED_PREFIX):
             raise ConfigurationError(
                 f"header {name!r} uses the reserved prefix {RESERVED_PREFIX!r}; rename it"

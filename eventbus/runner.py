@@ -172,7 +172,9 @@ class AsyncRunner:
                 room.clear()
                 await _wait_any(room, self._wake, 0.5)
                 continue
-            records = await sub.consumer.fetch(min(self.batch_size, limit - self.stats.in_flight), 0.25)
+            records = await sub.consumer.fetch(
+                min(self.batch_size, limit - self.stats.in_flight), 0.25
+            )
             for record in records:
                 lane: object = (
                     (record.topic, record.partition, record.key)
@@ -218,10 +220,16 @@ class AsyncRunner:
                     return
                 log.warning(
                     "handler failed on %s/%s/%s (attempt %d of %d): %r",
-                    record.topic, record.partition, record.offset,
-                    attempt, self.max_attempts, exc,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    attempt,
+                    self.max_attempts,
+                    exc,
                 )
-                if await self._sleep_or_stop(backoff_delay(attempt, self.backoff, self.max_backoff)):
+                if await self._sleep_or_stop(
+                    backoff_delay(attempt, self.backoff, self.max_backoff)
+                ):
                     return  # stopping: leave it un-acked, it comes back
                 attempt += 1
                 record.attempt = attempt
@@ -243,7 +251,12 @@ class AsyncRunner:
         self.stats.dead_lettered += 1
         log.error(
             "dead-lettered %s/%s/%s to %s after %d attempts: %r",
-            record.topic, record.partition, record.offset, sub.dead_letter_topic, attempt, exc,
+            record.topic,
+            record.partition,
+            record.offset,
+            sub.dead_letter_topic,
+            attempt,
+            exc,
         )
 
     async def _sleep_or_stop(self, seconds: float) -> bool:

@@ -7,7 +7,7 @@ the semantics are the async ones by construction. Safe to call from many threads
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
@@ -253,7 +253,11 @@ class EventBus:
         return Subscription(inner, self._portal)
 
     def runner(
-        self, handler: Callable[[Delivery], Any], topics: str | Iterable[str], *, group: str,
+        self,
+        handler: Callable[[Delivery], Any],
+        topics: str | Iterable[str],
+        *,
+        group: str,
         **settings: Any,
     ) -> Runner:
         """A blocking runner; see :mod:`eventbus.runner` for the settings."""
@@ -264,7 +268,11 @@ class EventBus:
         return Runner(inner, portal)
 
     def run(
-        self, handler: Callable[[Delivery], Any], topics: str | Iterable[str], *, group: str,
+        self,
+        handler: Callable[[Delivery], Any],
+        topics: str | Iterable[str],
+        *,
+        group: str,
         **settings: Any,
     ) -> RunnerStats:
         """Run ``handler`` until Ctrl-C; see :meth:`AsyncEventBus.run`."""
@@ -284,11 +292,11 @@ class EventBus:
         try:
             while True:
                 try:
-                    yield self._portal.call(agen.__anext__())
+                    yield self._portal.call(_next(agen))
                 except StopAsyncIteration:
                     return
         finally:
-            self._portal.call(agen.aclose())
+            self._portal.call(_close(agen))
 
     # admin
     def create_topic(self, spec: TopicSpec | str, **fields: Any) -> TopicSpec:
@@ -334,6 +342,16 @@ class EventBus:
         return self._portal.call(self._bus.reset_group(group, topic, to))
 
 
+async def _next(agen: AsyncIterator[Replayed]) -> Replayed:
+    return await agen.__anext__()
+
+
+async def _close(agen: AsyncIterator[Replayed]) -> None:
+    aclose = getattr(agen, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 def connect(
     url: str = "memory://",
     *,
@@ -345,4 +363,6 @@ def connect(
     """A connected blocking :class:`EventBus` for ``url`` (``memory://``, ``redis://``,
     ``rediss://``, ``kafka://``, ``redpanda://``). Raises UnknownTransportError,
     MissingExtraError, ConfigurationError, ConnectionFailedError, AuthenticationError."""
-    return EventBus(url, codec=codec, source=source, publish_timeout=publish_timeout, options=options)
+    return EventBus(
+        url, codec=codec, source=source, publish_timeout=publish_timeout, options=options
+    )

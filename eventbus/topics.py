@@ -44,7 +44,7 @@ def _parse_size(value: str | int) -> int:
         raise ValueError(f"{value!r} is not a size: use bytes or a unit such as 512KiB, 1MiB, 1GB")
     unit = (match.group(2) or "B").upper().rstrip("B").rstrip("I")
     power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit]
-    return int(match.group(1)) * 1024**power
+    return int(match.group(1)) * int(1024**power)
 
 
 class TopicSpec(BaseModel):
@@ -91,7 +91,9 @@ class TopicSpec(BaseModel):
     @classmethod
     def _config_strings(cls, value: Any) -> Any:
         if isinstance(value, Mapping):
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+            return {
+                str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()
+            }
         return value
 
 

@@ -325,8 +325,7 @@ class MemoryTransport:
             if record.partition is not None:
                 if not 0 <= record.partition < count:
                     raise InvalidPositionError(
-                        f"topic {topic!r} has partitions 0..{count - 1}, "
-                        f"not {record.partition}"
+                        f"topic {topic!r} has partitions 0..{count - 1}, not {record.partition}"
                     )
                 p = record.partition
             elif record.key is not None:
@@ -488,15 +487,15 @@ class MemoryTransport:
                 part = target.partitions[p]
                 pending = state.pending.get((topic_name, p), {})
                 lag = sum(1 for s in part.records if s.offset >= position)
-                partitions.append(
-                    GroupPartition(topic_name, p, position, lag, len(pending))
-                )
+                partitions.append(GroupPartition(topic_name, p, position, lag, len(pending)))
             members = [
                 GroupMember(
                     name,
                     tuple(state.assignment.get(name, [])),
                     int((now - m.last_seen) * 1000),
-                    sum(1 for tp in state.pending.values() for e in tp.values() if e.member == name),
+                    sum(
+                        1 for tp in state.pending.values() for e in tp.values() if e.member == name
+                    ),
                 )
                 for name, m in sorted(state.members.items())
             ]

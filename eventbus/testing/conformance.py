@@ -149,7 +149,7 @@ class ConformanceSuite:
         assert bus.describe_topic(topic).count == 0
 
     def test_unknown_topic_fails_clearly(self, bus: EventBus) -> None:
-        with pytest.raises(TopicNotFoundError, match="does not exist|unknown|not found"):
+        with pytest.raises(TopicNotFoundError, match=r"does not exist|unknown|not found"):
             bus.publish(unique("missing"), {"a": 1})
 
     def test_auto_create_when_configured(self, url: str) -> None:
@@ -263,9 +263,7 @@ class ConformanceSuite:
         assert again.attempt == 2
         stuck.close()
 
-    def test_lag_and_pending_are_exact(
-        self, bus: EventBus, make_topic: Callable[..., str]
-    ) -> None:
+    def test_lag_and_pending_are_exact(self, bus: EventBus, make_topic: Callable[..., str]) -> None:
         topic = make_topic(partitions=1)
         group = unique("g")
         bus.publish_many(topic, list(range(10)))
@@ -313,7 +311,9 @@ class ConformanceSuite:
         assert [r.event.data for r in bus.replay(topic)] == ["a", "b", "c", "d", "e"]
         assert [r.event.data for r in bus.replay(topic, start=first[1])] == ["b", "c", "d", "e"]
         assert [r.event.data for r in bus.replay(topic, start=first[1], end=later[0])] == [
-            "b", "c", "d",
+            "b",
+            "c",
+            "d",
         ]
         if bus.capabilities.timestamp_replay:
             assert [r.event.data for r in bus.replay(topic, start=marker)] == ["d", "e"]
@@ -369,11 +369,16 @@ class ConformanceSuite:
         bus.publish(topic, Task(task_id=2, title="also ok"))
         with self.subscribe(bus, topic, unique("g"), model=Task) as sub:
             got = drain(sub, 2, self.deadline)
-        assert [d.event.data for d in got] == [Task(task_id=1, title="ok"), Task(task_id=2, title="also ok")]
+        assert [d.event.data for d in got] == [
+            Task(task_id=1, title="ok"),
+            Task(task_id=2, title="also ok"),
+        ]
         assert got[0].event.type == "Task"
         dead = list(bus.replay(f"{topic}.dlq"))
         assert [r.event.data for r in dead] == [{"task_id": "not a number"}]
-        assert "does not validate as Task" in self._raw_headers(bus, f"{topic}.dlq")["eb-dlq-reason"]
+        assert (
+            "does not validate as Task" in self._raw_headers(bus, f"{topic}.dlq")["eb-dlq-reason"]
+        )
 
     def test_runner_concurrency_keeps_per_key_order(
         self, bus: EventBus, make_topic: Callable[..., str]
@@ -451,9 +456,7 @@ class ConformanceSuite:
         with pytest.raises(TopicNotFoundError):
             bus.describe_topic(name)
 
-    def test_groups_list_and_describe(
-        self, bus: EventBus, make_topic: Callable[..., str]
-    ) -> None:
+    def test_groups_list_and_describe(self, bus: EventBus, make_topic: Callable[..., str]) -> None:
         topic = make_topic(partitions=2)
         group = unique("g")
         bus.publish_many(topic, [eventbus.Event(data=i, key=str(i)) for i in range(6)])
@@ -489,5 +492,7 @@ class ConformanceSuite:
                 return out
 
         assert asyncio.run(asyncio.wait_for(main(), self.deadline)) == [
-            {"a": 1}, {"a": 2}, {"a": 3},
+            {"a": 1},
+            {"a": 2},
+            {"a": 3},
         ]

@@ -72,6 +72,6 @@ def test_missing_programs_skip_naming_the_package(tmp_path: Path) -> None:
     assert "apt-get install openjdk-17-jre-headless" in result.stdout
 
 
-def test_env_url_is_used_as_is(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+def test_env_url_is_used_as_is(redis_url: str) -> None:
     # the session server answers, so an env URL pointing at it passes the check unchanged
     assert fixtures._check_env_redis(redis_url) == redis_url

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import shlex
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -49,7 +49,7 @@ def _kinds(redis_only: bool, kafka_only: bool) -> tuple[str, ...]:
     return servers.DEV_KINDS
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -105,7 +105,6 @@ def up(
         result = servers.dev_up(kinds, redis_appendonly=appendonly)
     except servers.ServerError as exc:
         _fail(str(exc))
-        return
     _print(result, output, "eventbus dev servers")
 
 
@@ -127,5 +126,4 @@ def down(
         result = servers.dev_down(kinds)
     except servers.ServerError as exc:
         _fail(str(exc))
-        return
     _print(result, output, "eventbus dev servers")

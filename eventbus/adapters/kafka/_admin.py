@@ -1,0 +1,432 @@
+"""Topics and groups through librdkafka's AdminClient, as coroutines.
+
+The AdminClient has no asyncio API: its calls return ``concurrent.futures.Future`` objects,
+which are awaited with ``asyncio.wrap_future``; its one blocking call (``list_topics``) runs in
+a worker thread. Every call carries a timeout, and every error is translated at this edge.
+
+Topic size limits: Kafka's ``max.message.bytes`` bounds a whole record *batch* (batch header,
+record framing, headers), while ``TopicSpec.max_event_bytes`` bounds one event's key + value +
+headers on every transport. A topic created here gets ``max.message.bytes = max_event_bytes +
+RECORD_OVERHEAD`` so that an event of exactly ``max_event_bytes`` fits, and reading a topic back
+reports ``max.message.bytes - RECORD_OVERHEAD``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import confluent_kafka.admin as _kafka_admin
+from confluent_kafka import (
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from eventbus.adapters.kafka._errors import kafka_error, translate
+from eventbus.errors import (
+    GroupActiveError,
+    GroupNotFoundError,
+    InvalidPositionError,
+    OperationTimeoutError,
+    TopicNotFoundError,
+    UnsupportedError,
+)
+from eventbus.topics import TopicSpec
+from eventbus.transport import (
+    GroupInfo,
+    GroupMember,
+    GroupPartition,
+    Offset,
+    PartitionInfo,
+    ResetTarget,
+    TopicInfo,
+)
+
+__all__ = ["RECORD_OVERHEAD", "KafkaAdmin", "TopicMeta", "to_ms"]
+
+RECORD_OVERHEAD = 512
+"""Bytes of batch and record framing a topic's ``max.message.bytes`` allows beyond one event."""
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+"""Kafka's default ``max.message.bytes`` (used when the config cannot be read)."""
+_MAPPED = {"retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes"}
+
+T = TypeVar("T")
+K: Any = _kafka_admin
+"""confluent_kafka.admin, untyped: its re-exports carry no type information."""
+
+
+def to_ms(when: datetime) -> int:
+    """Milliseconds since the epoch; a naive datetime is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+class TopicMeta:
+    """What publish needs to know about a topic: partition count and batch limit."""
+
+    __slots__ = ("fetched", "max_message_bytes", "partitions")
+
+    def __init__(self, partitions: int, max_message_bytes: int) -> None:
+        self.partitions = partitions
+        self.max_message_bytes = max_message_bytes
+        self.fetched = time.monotonic()
+
+    @property
+    def max_event_bytes(self) -> int:
+        return max(1, self.max_message_bytes - RECORD_OVERHEAD)
+
+
+def topic_configs(spec: TopicSpec) -> dict[str, str]:
+    """The Kafka topic configs that express ``spec`` (``spec.config`` passes through last)."""
+    configs = {
+        "max.message.bytes": str(spec.max_event_bytes + RECORD_OVERHEAD),
+        "cleanup.policy": spec.cleanup_policy,
+    }
+    if spec.retention_ms is not None:
+        configs["retention.ms"] = str(spec.retention_ms)
+    if spec.retention_bytes is not None:
+        configs["retention.bytes"] = str(spec.retention_bytes)
+    configs.update(spec.config)
+    return configs
+
+
+def spec_from_configs(name: str, partitions: int, entries: Mapping[str, Any]) -> TopicSpec:
+    """Read a topic's configs back into a TopicSpec; ``config`` holds the other overrides."""
+
+    def value(key: str) -> str | None:
+        entry = entries.get(key)
+        return None if entry is None else entry.value
+
+    def positive(key: str) -> int | None:
+        text = value(key)
+        number = int(text) if text not in (None, "") else -1
+        return number if number > 0 else None
+
+    policy = value("cleanup.policy") or "delete"
+    extra = {
+        key: entry.value
+        for key, entry in entries.items()
+        if key not in _MAPPED and entry.source == K.ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    }
+    if policy not in ("delete", "compact"):
+        extra["cleanup.policy"] = policy
+    mmb = int(value("max.message.bytes") or DEFAULT_MAX_MESSAGE_BYTES)
+    return TopicSpec(
+        name=name,
+        partitions=partitions,
+        retention_ms=positive("retention.ms"),
+        retention_bytes=positive("retention.bytes"),
+        max_event_bytes=max(1, mmb - RECORD_OVERHEAD),
+        cleanup_policy="compact" if "compact" in policy else "delete",
+        config=extra,
+    )
+
+
+def _committed(offset: int) -> int | None:
+    return offset if offset >= 0 else None
+
+
+class KafkaAdmin:
+    """Admin operations over one AdminClient. All methods are coroutines with timeouts."""
+
+    def __init__(self, config: dict[str, Any], where: str, timeout: float) -> None:
+        try:
+            self._client = AdminClient(config)
+        except KafkaException as exc:
+            raise translate(exc, "creating the Kafka admin client", where=where) from None
+        self._where = where
+        self.timeout = timeout
+        self._meta: dict[str, TopicMeta] = {}
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _wait(self, future: concurrent.futures.Future[T], what: str) -> T:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 5.0)
+        except TimeoutError:
+            raise OperationTimeoutError(f"{what} timed out at {self._where}") from None
+        except KafkaException as exc:
+            raise translate(exc, what, where=self._where) from None
+
+    async def metadata(self, topic: str | None = None, timeout: float | None = None) -> Any:
+        """Cluster metadata (for one topic, or all) from a worker thread."""
+        wait = self.timeout if timeout is None else timeout
+        try:
+            return await asyncio.to_thread(self._client.list_topics, topic, wait)
+        except KafkaException as exc:
+            raise translate(exc, "reading cluster metadata", where=self._where) from None
+
+    async def partition_count(self, topic: str) -> int:
+        """The partition count; raises TopicNotFoundError."""
+        md = await self.metadata(topic)
+        info = md.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            raise TopicNotFoundError(
+                f"topic {topic!r} does not exist at {self._where}; create it first "
+                "(eventbus topics create, or auto_create=true in the URL)"
+            )
+        return len(info.partitions)
+
+    async def _configs(self, topic: str) -> dict[str, Any]:
+        resource = K.ConfigResource(K.ResourceType.TOPIC, topic)
+        futures = self._client.describe_configs([resource], request_timeout=self.timeout)
+        result: dict[str, Any] = await self._wait(futures[resource], f"describe topic {topic!r}")
+        return result
+
+    async def topic_meta(self, topic: str, max_age: float = 30.0) -> TopicMeta:
+        """Partition count and limit for publish, cached ``max_age`` s. TopicNotFoundError."""
+        cached = self._meta.get(topic)
+        if cached is not None and time.monotonic() - cached.fetched < max_age:
+            return cached
+        count = await self.partition_count(topic)
+        entries = await self._configs(topic)
+        entry = entries.get("max.message.bytes")
+        mmb = int(entry.value) if entry is not None else DEFAULT_MAX_MESSAGE_BYTES
+        meta = self._meta[topic] = TopicMeta(count, mmb)
+        return meta
+
+    def forget(self, topic: str) -> None:
+        """Drop cached metadata of ``topic`` (after it changed)."""
+        self._meta.pop(topic, None)
+
+    async def _until(self, check: Any, what: str, timeout: float = 15.0) -> None:
+        """Poll the coroutine function ``check`` until it returns True, or time out."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while not await check():
+            if time.monotonic() > deadline:
+                raise OperationTimeoutError(f"{what}: not visible in metadata after {timeout} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    # -- topics ---------------------------------------------------------------------------
+
+    async def create_topic(self, spec: TopicSpec) -> None:
+        """Create and wait until metadata shows every partition. TopicExistsError."""
+        new = K.NewTopic(
+            spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=-1,
+            config=topic_configs(spec),
+        )
+        futures = self._client.create_topics([new], request_timeout=self.timeout)
+        await self._wait(futures[spec.name], f"create topic {spec.name!r}")
+        self.forget(spec.name)
+        await self._until(
+            lambda: self._has_partitions(spec.name, spec.partitions), f"topic {spec.name!r}"
+        )
+
+    async def _has_partitions(self, topic: str, count: int) -> bool:
+        md = await self.metadata(topic)
+        info = md.topics.get(topic)
+        return info is not None and info.error is None and len(info.partitions) >= count
+
+    async def _gone(self, topic: str) -> bool:
+        md = await self.metadata(None)
+        return topic not in md.topics
+
+    async def list_topics(self) -> list[str]:
+        md = await self.metadata(None)
+        return sorted(name for name in md.topics if not name.startswith("__"))
+
+    async def watermarks(self, topic: str, partitions: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """``{partition: (low, high)}``: the first offset held and the next offset written."""
+        parts = list(partitions)
+        low = await self.list_offsets(topic, parts, K.OffsetSpec.earliest())
+        high = await self.list_offsets(topic, parts, K.OffsetSpec.latest())
+        return {p: (low[p], high[p]) for p in parts}
+
+    async def list_offsets(
+        self, topic: str, partitions: Iterable[int], spec: Any
+    ) -> dict[int, int]:
+        """Offsets per partition for an ``OffsetSpec`` (``-1`` when a time is past the end)."""
+        request = {TopicPartition(topic, p): spec for p in partitions}
+        if not request:
+            return {}
+        futures = self._client.list_offsets(request, request_timeout=self.timeout)
+        out: dict[int, int] = {}
+        for tp, future in futures.items():
+            info = await self._wait(future, f"list offsets of {topic!r}")
+            out[tp.partition] = info.offset
+        return out
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        count = await self.partition_count(name)
+        entries = await self._configs(name)
+        marks = await self.watermarks(name, range(count))
+        parts = [
+            PartitionInfo(
+                partition=p,
+                first=low if high > low else None,
+                last=high - 1 if high > low else None,
+                count=max(0, high - low),
+            )
+            for p, (low, high) in sorted(marks.items())
+        ]
+        return TopicInfo(spec=spec_from_configs(name, count, entries), partitions=parts)
+
+    async def alter_topic(self, spec: TopicSpec) -> None:
+        """Grow partitions and set configs incrementally (never the old alter_configs)."""
+        current = await self.partition_count(spec.name)
+        if spec.partitions < current:
+            raise UnsupportedError(
+                f"topic {spec.name!r} has {current} partitions; Kafka cannot shrink it to "
+                f"{spec.partitions} (capability partitions_can_grow: only growth). Recreate the "
+                "topic to change this."
+            )
+        entries = [
+            K.ConfigEntry(key, value, incremental_operation=K.AlterConfigOpType.SET)
+            for key, value in topic_configs(spec).items()
+        ]
+        resource = K.ConfigResource(K.ResourceType.TOPIC, spec.name, incremental_configs=entries)
+        futures = self._client.incremental_alter_configs([resource], request_timeout=self.timeout)
+        await self._wait(futures[resource], f"alter topic {spec.name!r}")
+        if spec.partitions > current:
+            grow = K.NewPartitions(spec.name, spec.partitions)
+            parts = self._client.create_partitions([grow], request_timeout=self.timeout)
+            await self._wait(parts[spec.name], f"add partitions to {spec.name!r}")
+            await self._until(
+                lambda: self._has_partitions(spec.name, spec.partitions), f"topic {spec.name!r}"
+            )
+        self.forget(spec.name)
+
+    async def delete_topic(self, name: str) -> None:
+        futures = self._client.delete_topics([name], request_timeout=self.timeout)
+        await self._wait(futures[name], f"delete topic {name!r}")
+        self.forget(name)
+        await self._until(lambda: self._gone(name), f"deletion of topic {name!r}")
+
+    # -- groups ---------------------------------------------------------------------------
+
+    async def list_groups(self) -> list[str]:
+        future = self._client.list_consumer_groups(request_timeout=self.timeout)
+        result = await self._wait(future, "list consumer groups")
+        return sorted(g.group_id for g in result.valid)
+
+    async def _describe(self, group: str) -> Any:
+        """The ConsumerGroupDescription, retrying while the coordinator is still loading."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            futures = self._client.describe_consumer_groups([group], request_timeout=self.timeout)
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(futures[group]), self.timeout + 5)
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                retriable = err is not None and err.code() in (
+                    KafkaError.NOT_COORDINATOR,
+                    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                    KafkaError.COORDINATOR_NOT_AVAILABLE,
+                )
+                if not retriable or time.monotonic() > deadline:
+                    raise translate(exc, f"describe group {group!r}", where=self._where) from None
+            except TimeoutError:
+                raise OperationTimeoutError(f"describe group {group!r} timed out") from None
+            await asyncio.sleep(0.1)
+
+    async def committed(self, group: str, partitions: list[TopicPartition] | None) -> list[Any]:
+        """The group's committed TopicPartitions (all of them when ``partitions`` is None)."""
+        request = ConsumerGroupTopicPartitions(group, partitions)
+        futures = self._client.list_consumer_group_offsets([request], request_timeout=self.timeout)
+        result = await self._wait(futures[group], f"read offsets of group {group!r}")
+        return list(result.topic_partitions or [])
+
+    async def describe_group(self, group: str) -> GroupInfo:
+        desc = await self._describe(group)
+        offsets = await self.committed(group, None)
+        members = [
+            GroupMember(
+                name=m.client_id or m.member_id,
+                assignments=sorted(
+                    (tp.topic, tp.partition) for tp in (m.assignment.topic_partitions or [])
+                ),
+            )
+            for m in desc.members
+        ]
+        if desc.state == ConsumerGroupState.DEAD and not offsets and not members:
+            raise GroupNotFoundError(f"consumer group {group!r} does not exist at {self._where}")
+        wanted: dict[tuple[str, int], int | None] = {
+            (tp.topic, tp.partition): _committed(tp.offset) for tp in offsets
+        }
+        for member in members:
+            for key in member.assignments:
+                wanted.setdefault(key, None)
+        partitions = await self._group_partitions(wanted)
+        state = desc.state.name.lower() if desc.state is not None else "unknown"
+        return GroupInfo(group=group, state=state, members=members, partitions=partitions)
+
+    async def _group_partitions(
+        self, wanted: Mapping[tuple[str, int], int | None]
+    ) -> list[GroupPartition]:
+        by_topic: dict[str, list[int]] = {}
+        for topic, partition in wanted:
+            by_topic.setdefault(topic, []).append(partition)
+        out: list[GroupPartition] = []
+        for topic, parts in sorted(by_topic.items()):
+            try:
+                high = await self.list_offsets(topic, parts, K.OffsetSpec.latest())
+            except TopicNotFoundError:
+                high = {}
+            for p in sorted(parts):
+                committed = wanted[(topic, p)]
+                lag = None if committed is None or p not in high else max(0, high[p] - committed)
+                out.append(GroupPartition(topic, p, committed, lag))
+        return out
+
+    async def reset_group(
+        self, group: str, topic: str, to: ResetTarget
+    ) -> dict[int, tuple[Offset | None, Offset | None]]:
+        """Move an idle group's offsets; GroupActiveError while it has members."""
+        desc = await self._describe(group)
+        if desc.members:
+            names = ", ".join(sorted(m.client_id or m.member_id for m in desc.members))
+            raise GroupActiveError(
+                f"consumer group {group!r} has {len(desc.members)} live member(s) ({names}); "
+                "Kafka moves a group's offsets only while it has no members: stop (close) its "
+                "consumers and retry (capability reset_active_group is false)"
+            )
+        count = await self.partition_count(topic)
+        targets = await self._targets(topic, count, to)
+        before_tps = await self.committed(group, [TopicPartition(topic, p) for p in range(count)])
+        before = {tp.partition: _committed(tp.offset) for tp in before_tps}
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(topic, p, off, metadata="") for p, off in targets.items()]
+        )
+        futures = self._client.alter_consumer_group_offsets([request], request_timeout=self.timeout)
+        await self._wait(futures[group], f"reset group {group!r} on {topic!r}")
+        result: dict[int, tuple[Offset | None, Offset | None]] = {}
+        for p, off in sorted(targets.items()):
+            result[p] = (before.get(p), off)
+        return result
+
+    async def _targets(self, topic: str, count: int, to: ResetTarget) -> dict[int, int]:
+        parts = range(count)
+        if to == "earliest":
+            return await self.list_offsets(topic, parts, K.OffsetSpec.earliest())
+        if to == "latest":
+            return await self.list_offsets(topic, parts, K.OffsetSpec.latest())
+        if isinstance(to, datetime):
+            found = await self.list_offsets(topic, parts, K.OffsetSpec.for_timestamp(to_ms(to)))
+            latest = await self.list_offsets(topic, parts, K.OffsetSpec.latest())
+            return {p: off if off >= 0 else latest[p] for p, off in found.items()}
+        if isinstance(to, Mapping):
+            out: dict[int, int] = {}
+            for p, off in to.items():
+                if not 0 <= p < count or not isinstance(off, int) or off < 0:
+                    raise InvalidPositionError(
+                        f"cannot reset to {p}:{off}: topic {topic!r} has partitions 0-{count - 1}"
+                        " and Kafka offsets are non-negative integers"
+                    )
+                out[p] = off
+            return out
+        raise InvalidPositionError(
+            f"reset target {to!r} is not earliest, latest, a datetime or {{partition: offset}}"
+        )

@@ -1,0 +1,165 @@
+"""The producer side: librdkafka's Producer, a poll thread, and delivery reports as futures.
+
+``produce()`` only queues; librdkafka delivers reports inside ``poll()``. One daemon thread per
+producer polls, so reports arrive while the event loop keeps producing. A publish call owns one
+:class:`_Batch`: each record's report fills its slot (the report carries no headers, so all we
+need is the slot index, bound in the callback), and the last report resolves one asyncio future
+with ``loop.call_soon_threadsafe``. There is no flush per record: many records go out in few
+requests, at the raw client's speed. A full local queue (``BufferError``) is backpressure: the
+publish waits a moment (without blocking the loop) and retries, until its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+from eventbus.adapters.kafka._errors import translate
+from eventbus.errors import ClosedError, OperationTimeoutError
+from eventbus.transport import Outgoing, Position
+
+__all__ = ["PolledProducer", "producer_config"]
+
+_YIELD_EVERY = 2000
+"""Records produced between two yields to the event loop during a large publish."""
+
+
+def producer_config(base: dict[str, Any], batch_size: int | None = None) -> dict[str, Any]:
+    """Producer settings: idempotent, acks=all, Java's murmur2 partitioner, a short linger.
+
+    User settings in ``base`` (from the URL or ``options["config"]``) override these."""
+    config: dict[str, Any] = {
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "message.max.bytes": 64 * 1024 * 1024,
+        "compression.type": "none",
+    }
+    if batch_size is not None:
+        config["batch.size"] = batch_size
+    config.update(base)
+    return config
+
+
+def _produce_kwargs(record: Outgoing) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if record.key is not None:
+        kwargs["key"] = record.key
+    if record.partition is not None:
+        kwargs["partition"] = record.partition
+    if record.timestamp_ms is not None:
+        kwargs["timestamp"] = record.timestamp_ms
+    if record.headers:
+        kwargs["headers"] = list(record.headers.items())
+    return kwargs
+
+
+class _Batch:
+    """The delivery reports of one publish call; resolves ``future`` when all have arrived."""
+
+    __slots__ = ("error", "future", "loop", "positions", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.positions: list[Position | None] = [None] * count
+        self.remaining = count
+        self.error: Any = None
+
+    def delivered(self, index: int, err: Any, msg: Any) -> None:
+        """Delivery callback (poll thread). Reports arrive once per record."""
+        if err is not None:
+            if self.error is None:
+                self.error = err
+        else:
+            self.positions[index] = Position(msg.partition(), msg.offset())
+        self.remaining -= 1
+        if self.remaining == 0:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                self.loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+class PolledProducer:
+    """A ``confluent_kafka.Producer`` whose delivery reports are served by its own thread."""
+
+    def __init__(self, config: dict[str, Any], where: str) -> None:
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise translate(exc, "creating the Kafka producer", where=where) from None
+        self._where = where
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._poll_forever, name="eventbus-kafka-producer-poll", daemon=True
+        )
+        self._thread.start()
+
+    def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def publish(
+        self, topic: str, records: Sequence[Outgoing], deadline: float
+    ) -> list[Position]:
+        """Produce ``records`` to ``topic`` and wait for every delivery report.
+
+        ``deadline`` is a ``time.monotonic()`` value. Raises the translated first delivery
+        error, or OperationTimeoutError (some records may have been written)."""
+        if self._closed:
+            raise ClosedError("the Kafka producer is closed; open a new transport")
+        loop = asyncio.get_running_loop()
+        batch = _Batch(loop, len(records))
+        produce = self._producer.produce
+        for index, record in enumerate(records):
+            kwargs = _produce_kwargs(record)
+            kwargs["on_delivery"] = functools.partial(batch.delivered, index)
+            while True:
+                try:
+                    produce(topic, record.value, **kwargs)
+                    break
+                except BufferError:  # local queue full: let the poll thread drain it
+                    if time.monotonic() > deadline:
+                        raise self._timeout(topic, index, len(records)) from None
+                    await asyncio.sleep(0.002)
+                except KafkaException as exc:
+                    raise translate(exc, f"publish to {topic!r}", where=self._where) from None
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(batch.future), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            raise self._timeout(topic, len(records) - batch.remaining, len(records)) from None
+        if batch.error is not None:
+            raise translate(batch.error, f"publish to {topic!r}", where=self._where)
+        return [p for p in batch.positions if p is not None]
+
+    def _timeout(self, topic: str, done: int, total: int) -> OperationTimeoutError:
+        return OperationTimeoutError(
+            f"publish to {topic!r} timed out after {done} of {total} records were confirmed; "
+            f"some may have been written. Is the cluster at {self._where} healthy?"
+        )
+
+    async def close(self, timeout: float) -> int:
+        """Flush (up to ``timeout`` s) and stop the poll thread; returns records left unsent."""
+        if self._closed:
+            return 0
+        self._closed = True
+        self._stop.set()  # one thread serves reports at a time: stop polling, then flush
+        await asyncio.to_thread(self._thread.join, 5.0)
+        left: int = await asyncio.to_thread(self._producer.flush, timeout)
+        return left

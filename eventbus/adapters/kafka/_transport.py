@@ -1,0 +1,274 @@
+"""KafkaTransport: the Transport contract over confluent-kafka (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import weakref
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from eventbus.adapters.kafka._admin import KafkaAdmin, TopicMeta
+from eventbus.adapters.kafka._consumer import KafkaConsumer
+from eventbus.adapters.kafka._errors import translate
+from eventbus.adapters.kafka._producer import PolledProducer, producer_config
+from eventbus.adapters.kafka._reader import KafkaReader
+from eventbus.adapters.kafka._settings import KafkaSettings
+from eventbus.errors import (
+    ClosedError,
+    ConnectionFailedError,
+    EventBusError,
+    EventTooLargeError,
+    InvalidPositionError,
+    TopicExistsError,
+    TopicNotFoundError,
+)
+from eventbus.topics import TopicSpec
+from eventbus.transport import (
+    Capabilities,
+    ConsumerOptions,
+    GroupInfo,
+    Offset,
+    Outgoing,
+    Position,
+    Record,
+    ResetTarget,
+    TopicInfo,
+    record_size,
+)
+
+__all__ = ["CAPABILITIES", "KafkaTransport"]
+
+CAPABILITIES = Capabilities(
+    transport="kafka",
+    ordering_scope="partition",
+    native_delivery_count=False,
+    redelivery_on_timeout=False,
+    timestamp_replay=True,
+    retention_by_time=True,
+    retention_by_size=True,
+    compaction=True,
+    transactions=False,
+    reset_active_group=False,
+    auto_create_topics=False,
+    atomic_dead_letter=False,
+    max_event_bytes=1_048_576,
+    partitions_can_grow=True,
+)
+
+_MAIN_BATCH = 1_000_000
+"""librdkafka's default ``batch.size``; topics whose limit is lower get a producer that batches
+less, because the broker checks ``max.message.bytes`` against whole batches."""
+
+
+class KafkaTransport:
+    """A connection to one Kafka-API cluster (Apache Kafka or Redpanda)."""
+
+    capabilities: Capabilities
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self.capabilities = dataclasses.replace(
+            CAPABILITIES, auto_create_topics=settings.auto_create
+        )
+        self._where = settings.display
+        self._admin: KafkaAdmin | None = None
+        self._producers: dict[int | None, PolledProducer] = {}
+        self._reader: KafkaReader | None = None
+        self._consumers: weakref.WeakSet[KafkaConsumer] = weakref.WeakSet()
+        self._closed = False
+        self._auth_failed: Any = None
+
+    @classmethod
+    def from_url(cls, url: str, options: dict[str, Any]) -> KafkaTransport:
+        """Build (not connect) a transport; raises ConfigurationError for a bad URL/option."""
+        return cls(KafkaSettings.from_url(url, options))
+
+    def __repr__(self) -> str:
+        return f"KafkaTransport({self._where})"
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _on_error(self, err: Any) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            self._auth_failed = err
+
+    async def connect(self) -> None:
+        """Reach the cluster within ``connect_timeout`` s; ConnectionFailedError or
+        AuthenticationError (naming the redacted address and what to check) otherwise."""
+        if self._closed:
+            raise ClosedError("this Kafka transport is closed; open a new bus")
+        base = {**self.settings.base_config(), "error_cb": self._on_error}
+        self._admin = KafkaAdmin(base, self._where, self.settings.connect_timeout)
+        try:
+            await self._admin.metadata(None, self.settings.connect_timeout)
+        except EventBusError as exc:
+            if self._auth_failed is not None:
+                raise translate(self._auth_failed, "connect", where=self._where) from None
+            raise ConnectionFailedError(
+                f"cannot reach the Kafka cluster at {self._where} within "
+                f"{self.settings.connect_timeout} s ({exc}); check the host and port, that the "
+                "broker is running, and security_protocol/sasl settings"
+            ) from None
+        if self._auth_failed is not None:
+            raise translate(self._auth_failed, "connect", where=self._where)
+
+    def _admin_client(self) -> KafkaAdmin:
+        if self._closed:
+            raise ClosedError("this Kafka transport is closed; open a new bus")
+        if self._admin is None:
+            raise ConnectionFailedError("the Kafka transport is not connected; call connect()")
+        return self._admin
+
+    async def close(self) -> None:
+        """Flush producers, close consumers and the reader. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for consumer in list(self._consumers):
+            with contextlib.suppress(EventBusError):
+                await consumer.close()
+        for producer in self._producers.values():
+            await producer.close(max(5.0, self.settings.connect_timeout))
+        if self._reader is not None:
+            await self._reader.close()
+
+    # -- publish ----------------------------------------------------------------------------
+
+    def _producer_for(self, meta: TopicMeta) -> PolledProducer:
+        limit = None if meta.max_message_bytes >= _MAIN_BATCH + 1024 else meta.max_message_bytes
+        producer = self._producers.get(limit)
+        if producer is None:
+            batch = None if limit is None else max(1, limit - 256)
+            config = producer_config(self.settings.base_config(), batch)
+            producer = self._producers[limit] = PolledProducer(config, self._where)
+        return producer
+
+    async def _meta_for_publish(self, topic: str) -> TopicMeta:
+        admin = self._admin_client()
+        try:
+            return await admin.topic_meta(topic)
+        except TopicNotFoundError:
+            if not self.settings.auto_create:
+                raise
+        with contextlib.suppress(TopicExistsError):
+            await admin.create_topic(TopicSpec(name=topic, partitions=1))
+        return await admin.topic_meta(topic)
+
+    async def publish(
+        self, topic: str, records: Sequence[Outgoing], *, timeout: float
+    ) -> list[Position]:
+        """Produce all records; resolves when every delivery report has arrived."""
+        deadline = time.monotonic() + timeout
+        if not records:
+            self._admin_client()
+            return []
+        meta = await self._meta_for_publish(topic)
+        limit = meta.max_event_bytes
+        for record in records:
+            size = record_size(record)
+            if size > limit:
+                raise EventTooLargeError(
+                    f"event of {size} bytes exceeds topic {topic!r}'s limit of {limit} bytes; "
+                    "nothing was written. Make it smaller, or raise the topic's max_event_bytes "
+                    "(eventbus sets Kafka's max.message.bytes to it plus 512 bytes of framing)"
+                )
+            if record.partition is not None and not 0 <= record.partition < meta.partitions:
+                raise InvalidPositionError(
+                    f"topic {topic!r} has partitions 0..{meta.partitions - 1}, "
+                    f"not {record.partition}"
+                )
+        producer = self._producer_for(meta)
+        try:
+            return await producer.publish(topic, records, deadline)
+        except TopicNotFoundError:
+            self._admin_client().forget(topic)
+            raise
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def read(
+        self,
+        topic: str,
+        partition: int,
+        start: Offset | datetime | None,
+        *,
+        inclusive: bool = True,
+        limit: int = 1000,
+    ) -> list[Record]:
+        """Replay one partition without a group (see ``_reader``)."""
+        count = await self._admin_client().partition_count(topic)
+        if not 0 <= partition < count:
+            raise InvalidPositionError(f"topic {topic!r} has no partition {partition}")
+        if self._reader is None:
+            self._reader = KafkaReader(
+                self.settings.base_config(), self._where, self.settings.connect_timeout
+            )
+        return await self._reader.read(topic, partition, start, inclusive=inclusive, limit=limit)
+
+    async def open_consumer(
+        self, topics: Sequence[str], group: str, consumer: str, options: ConsumerOptions
+    ) -> KafkaConsumer:
+        """Join ``group``; returns once the group has given this member its first assignment."""
+        admin = self._admin_client()
+        for topic in topics:
+            await admin.partition_count(topic)
+        session_ms = int(options.session_timeout * 1000)
+        config: dict[str, Any] = {
+            **self.settings.base_config(),
+            "group.id": group,
+            "client.id": consumer,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "latest" if options.start == "latest" else "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": session_ms,
+            "heartbeat.interval.ms": max(100, min(3000, session_ms // 3)),
+            "enable.partition.eof": False,
+            **dict(options.options),
+        }
+        member = KafkaConsumer(config, topics, options, self._publish_for_dlq, self._where)
+        await member.start(timeout=max(30.0, options.session_timeout * 3))
+        self._consumers.add(member)
+        return member
+
+    async def _publish_for_dlq(self, topic: str, records: Sequence[Outgoing]) -> list[Position]:
+        return await self.publish(topic, records, timeout=max(30.0, self.settings.connect_timeout))
+
+    # -- admin ------------------------------------------------------------------------------
+
+    async def create_topic(self, spec: TopicSpec) -> None:
+        """Create and wait until metadata shows it; TopicExistsError if it exists."""
+        await self._admin_client().create_topic(spec)
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        """Partitions with watermarks (count = high - low: an estimate, gaps exist) and the
+        configs read back as a TopicSpec. TopicNotFoundError."""
+        return await self._admin_client().describe_topic(name)
+
+    async def list_topics(self) -> list[str]:
+        return await self._admin_client().list_topics()
+
+    async def alter_topic(self, spec: TopicSpec) -> None:
+        await self._admin_client().alter_topic(spec)
+
+    async def delete_topic(self, name: str) -> None:
+        await self._admin_client().delete_topic(name)
+
+    async def list_groups(self) -> list[str]:
+        return await self._admin_client().list_groups()
+
+    async def describe_group(self, group: str) -> GroupInfo:
+        """State, members with assignments, committed offsets and lag (high watermark -
+        committed). ``pending`` is 0: Kafka does not track delivered, un-acked records."""
+        return await self._admin_client().describe_group(group)
+
+    async def reset_group(
+        self, group: str, topic: str, to: ResetTarget
+    ) -> dict[int, tuple[Offset | None, Offset | None]]:
+        """Move an idle group; GroupActiveError while it has members."""
+        return await self._admin_client().reset_group(group, topic, to)

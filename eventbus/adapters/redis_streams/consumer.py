@@ -1,0 +1,361 @@
+"""RedisConsumer: one member of a consumer group, with Kafka-like partition ownership.
+
+Redis hands a stream's entries to whichever consumer reads, so two readers of one stream break
+per-key order. Here each partition stream has one owner at a time:
+
+- Membership and ownership live in two hashes per topic and group (``layout``). The HEARTBEAT
+  script (run at every fetch slice, so at least every ``poll_interval``) refreshes this
+  member's session deadline, drops members past theirs, computes the wanted assignment (sorted
+  live members, partition p to member p mod n) and moves ownership: a member releases what it
+  no longer wants, and takes what it wants once free. A partition never has two owners.
+- A member reads (XREADGROUP ``>``) only the streams it owns, all of one topic in one call.
+- Sweeps, on a partition just acquired and then every ``sweep_interval``: entries pending at
+  members that are no longer live (closed or dead) are claimed at once (XCLAIM, min idle 0);
+  on acquisition this member's own leftover entries too (a restart re-reads its PEL first);
+  entries idle past ``visibility_timeout`` at anyone are claimed with XCLAIM min-idle-time.
+  ``Record.attempt`` is the PEL delivery count after the claim.
+- nack(record, delay) keeps the entry in this member's PEL and notes a local due time; when
+  due (and the partition is still ours) it is claimed again by id with XCLAIM RETRYCOUNT =
+  attempt + 1. Later entries keep flowing meanwhile. Visibility sweeps skip nacked ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from eventbus.adapters.redis_streams import layout
+from eventbus.adapters.redis_streams.groups import ensure_group
+from eventbus.errors import ClosedError, GroupNotFoundError
+from eventbus.transport import ConsumerOptions, Outgoing, Record
+
+if TYPE_CHECKING:
+    from eventbus.adapters.redis_streams.transport import RedisTransport
+
+__all__ = ["RedisConsumer"]
+
+TP = tuple[str, int]
+Entry = tuple[str, int, str]
+"""(topic, partition, entry id)"""
+
+
+@dataclass
+class _Owned:
+    topic: str
+    partition: int
+    key: str
+    swept_at: float = 0.0
+    fresh: bool = True
+    """Just acquired: the next sweep also claims this member's own leftover entries."""
+
+
+class RedisConsumer:
+    """A group member over one or more topics. Open with :meth:`open`."""
+
+    def __init__(
+        self,
+        transport: RedisTransport,
+        topics: Sequence[str],
+        group: str,
+        name: str,
+        options: ConsumerOptions,
+    ) -> None:
+        self._t = transport
+        self._topics = tuple(dict.fromkeys(topics))
+        self._group = group
+        self._name = name
+        self._options = options
+        self._owned: dict[TP, _Owned] = {}
+        self._live: dict[str, set[str]] = {}
+        self._nacked: dict[Entry, tuple[float, int]] = {}
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._rotation = 0
+        self._vis_ms = max(1, int(options.visibility_timeout * 1000))
+        self._sweep_interval = max(
+            0.05, min(options.visibility_timeout / 4, options.session_timeout / 4, 1.0)
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        transport: RedisTransport,
+        topics: Sequence[str],
+        group: str,
+        name: str,
+        options: ConsumerOptions,
+    ) -> RedisConsumer:
+        """Create the group where missing (at ``options.start``) and join it."""
+        for topic in topics:
+            await ensure_group(transport, await transport.meta(topic, fresh=True), group, options)
+        consumer = cls(transport, topics, group, name, options)
+        await consumer._heartbeat()
+        return consumer
+
+    # membership ------------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        replies = await asyncio.gather(*(self._beat(topic) for topic in self._topics))
+        for topic, (mine, live) in zip(self._topics, replies, strict=True):
+            self._live[topic] = live
+            for p in mine:
+                if (topic, p) not in self._owned:
+                    self._owned[(topic, p)] = _Owned(topic, p, layout.stream_key(topic, p))
+            for tp in [tp for tp in self._owned if tp[0] == topic and tp[1] not in mine]:
+                del self._owned[tp]
+
+    async def _beat(self, topic: str) -> tuple[set[int], set[str]]:
+        with self._t.edge(f"heartbeat of {self._name!r} in group {self._group!r}"):
+            _now, _parts, mine, live = await self._t.script("HEARTBEAT")(
+                keys=[
+                    layout.members_key(topic, self._group),
+                    layout.owners_key(topic, self._group),
+                    layout.meta_key(topic),
+                ],
+                args=[self._name, int(self._options.session_timeout * 1000), 1],
+            )
+        return {int(p) for p in mine}, {layout.text(m) for m in live}
+
+    # fetch -----------------------------------------------------------------------------------
+    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+        """Due nacks first, then claimed entries (older), then new entries of owned streams.
+        Waits in slices of ``poll_interval``, heartbeating each time; returns within about
+        ``timeout`` (plus one server round trip)."""
+        if self._closed:
+            raise ClosedError("this Redis consumer is closed; open a new one")
+        max_records = max(1, max_records)
+        deadline = time.monotonic() + max(0.0, timeout)
+        async with self._lock:
+            while not self._closed:
+                await self._heartbeat()
+                out = await self._due_nacks(max_records)
+                if len(out) < max_records:
+                    out += await self._sweeps(max_records - len(out))
+                if not out:
+                    out = await self._read_new(max_records, self._block_for(deadline))
+                if out or time.monotonic() >= deadline:
+                    return out
+        return []
+
+    def _block_for(self, deadline: float) -> float:
+        now = time.monotonic()
+        wait = min(deadline - now, self._t.settings.block_ms / 1000)
+        if self._nacked:
+            wait = min(wait, min(due for due, _ in self._nacked.values()) - now)
+        return max(0.0, wait)
+
+    async def _due_nacks(self, budget: int) -> list[Record]:
+        now = time.monotonic()
+        due = sorted(
+            (e for e, (when, _) in self._nacked.items() if when <= now), key=_entry_order
+        )[:budget]
+        if not due:
+            return []
+        claims: list[tuple[Entry, int]] = []
+        for entry in due:
+            _, attempt = self._nacked.pop(entry)
+            if (entry[0], entry[1]) in self._owned:
+                claims.append((entry, attempt))
+            # else: the partition moved; its new owner claims the entry after the
+            # visibility timeout (it is still pending here)
+
+        def build(pipe: Any) -> None:
+            for (topic, p, entry_id), attempt in claims:
+                pipe.xclaim(
+                    layout.stream_key(topic, p), self._group, self._name, 0, [entry_id],
+                    retrycount=attempt,
+                )  # fmt: skip
+
+        replies = await self._t.pipeline(build, "redeliver nacked entries") if claims else []
+        out: list[Record] = []
+        for ((topic, p, _), attempt), reply in zip(claims, replies, strict=True):
+            out += [layout.decode_entry(topic, p, i, f, attempt) for i, f in reply if f]
+        return out
+
+    async def _sweeps(self, budget: int) -> list[Record]:
+        now = time.monotonic()
+        out: list[Record] = []
+        for owned in list(self._owned.values()):
+            if len(out) >= budget:
+                break
+            if owned.fresh or now - owned.swept_at >= self._sweep_interval:
+                try:
+                    out += await self._sweep(owned, budget - len(out))
+                except GroupNotFoundError:
+                    await self._regroup(owned.topic)
+                    continue
+                owned.swept_at, owned.fresh = now, False
+        return out
+
+    async def _sweep(self, owned: _Owned, budget: int) -> list[Record]:
+        """Claim what this partition's owner should redeliver now (see the module docstring)."""
+        live = self._live.get(owned.topic, set())
+        key, group = owned.key, self._group
+        with self._t.edge(f"claim pending entries of group {group!r}"):
+            consumers = await self._t.client.xinfo_consumers(key, group)
+            now_ids: dict[str, int] = {}
+            for info in consumers:
+                name = layout.text(info["name"])
+                mine = owned.fresh and name == self._name
+                if int(info["pending"]) and (name not in live or mine):
+                    rows = await self._t.client.xpending_range(
+                        key, group, "-", "+", budget, consumername=name
+                    )
+                    now_ids.update(_rows(rows))
+            late = await self._t.client.xpending_range(
+                key, group, "-", "+", budget, idle=self._vis_ms
+            )
+            late_ids = {i: c for i, c in _rows(late).items() if i not in now_ids}
+        skip = {e[2] for e in self._nacked if e[:2] == (owned.topic, owned.partition)}
+        out = await self._claim(owned, now_ids, 0, skip, budget)
+        out += await self._claim(owned, late_ids, self._vis_ms, skip, budget - len(out))
+        return sorted(out, key=lambda r: layout.offset_order(r.offset))
+
+    async def _claim(
+        self, owned: _Owned, ids: Mapping[str, int], min_idle: int, skip: set[str], budget: int
+    ) -> list[Record]:
+        chosen = sorted((i for i in ids if i not in skip), key=layout.offset_order)[:budget]
+        if not chosen:
+            return []
+        with self._t.edge(f"claim pending entries of group {self._group!r}"):
+            claimed = await self._t.client.xclaim(
+                owned.key, self._group, self._name, min_idle, chosen
+            )
+        out = []
+        for entry_id, fields in claimed:
+            if not fields:  # trimmed while pending: nothing to deliver
+                continue
+            attempt = ids[layout.text(entry_id)] + 1
+            out.append(layout.decode_entry(owned.topic, owned.partition, entry_id, fields, attempt))
+        return out
+
+    async def _read_new(self, budget: int, block: float) -> list[Record]:
+        by_topic: dict[str, list[_Owned]] = {}
+        for owned in sorted(self._owned.values(), key=lambda o: (o.topic, o.partition)):
+            by_topic.setdefault(owned.topic, []).append(owned)
+        if not by_topic:
+            if block > 0:
+                await asyncio.sleep(block)  # nothing owned yet: wait for the next heartbeat
+            return []
+        out: list[Record] = []
+        for topic, streams in by_topic.items():
+            if len(out) < budget:
+                out += await self._xreadgroup(topic, streams, budget - len(out), None)
+        block_ms = int(block * 1000)
+        if out or block_ms < 1:
+            return out
+        share = max(1, budget // len(by_topic))
+        replies = await asyncio.gather(
+            *(self._xreadgroup(t, s, share, block_ms) for t, s in by_topic.items())
+        )
+        return [r for reply in replies for r in reply]
+
+    async def _xreadgroup(
+        self, topic: str, streams: list[_Owned], budget: int, block_ms: int | None
+    ) -> list[Record]:
+        self._rotation += 1
+        shift = self._rotation % len(streams)
+        streams = (streams[shift:] + streams[:shift])[:budget]
+        count = max(1, budget // len(streams))
+        keys = {o.key: o for o in streams}
+        try:
+            with self._t.edge(f"read group {self._group!r}"):
+                reply = await self._t.client.xreadgroup(
+                    self._group, self._name, dict.fromkeys(keys, ">"), count=count, block=block_ms
+                )
+        except GroupNotFoundError:
+            await self._regroup(topic)
+            return []
+        items = reply.items() if isinstance(reply, dict) else reply or []
+        out: list[Record] = []
+        for key, entries in items:
+            owned = keys[layout.text(key)]
+            if entries and isinstance(entries[0], list) and len(entries) == 1:
+                entries = entries[0]  # RESP3 shape: [[entries]]
+            out += [layout.decode_entry(topic, owned.partition, i, f, 1) for i, f in entries]
+        return out
+
+    async def _regroup(self, topic: str) -> None:
+        """The group (or a partition's group) vanished, or the topic grew: create it again."""
+        meta = await self._t.meta(topic, fresh=True)
+        await ensure_group(self._t, meta, self._group, self._options)
+
+    # settle ----------------------------------------------------------------------------------
+    async def ack(self, records: Sequence[Record]) -> None:
+        """XACK, one call per partition in one round trip. Acking twice is harmless."""
+        by_key: dict[str, list[str]] = {}
+        for record in records:
+            entry_id = layout.id_of(record.offset, record.topic)
+            self._nacked.pop((record.topic, record.partition, entry_id), None)
+            by_key.setdefault(layout.stream_key(record.topic, record.partition), []).append(
+                entry_id
+            )
+        if by_key:
+            await self._t.pipeline(
+                lambda p: [p.xack(k, self._group, *ids) for k, ids in by_key.items()],
+                f"ack in group {self._group!r}",
+            )
+
+    async def nack(self, record: Record, delay: float = 0.0) -> None:
+        """Redeliver no sooner than ``delay`` s (the entry stays pending here meanwhile)."""
+        entry = (record.topic, record.partition, layout.id_of(record.offset, record.topic))
+        self._nacked[entry] = (time.monotonic() + max(0.0, delay), record.attempt + 1)
+
+    async def dead_letter(self, record: Record, topic: str, headers: Mapping[str, bytes]) -> None:
+        """XADD the copy to ``topic`` and XACK the original: one Lua script when both streams
+        share a hash slot (always outside Cluster), otherwise add then ack."""
+        t = self._t
+        meta = await t.meta(topic, create=t.settings.auto_create)
+        copy = Outgoing(value=record.value, key=record.key, headers={**record.headers, **headers})
+        t.check_sizes(meta, [copy])
+        target = layout.stream_key(topic, t.partition_of(meta, copy))
+        source = layout.stream_key(record.topic, record.partition)
+        entry_id = layout.id_of(record.offset, record.topic)
+        self._nacked.pop((record.topic, record.partition, entry_id), None)
+        if not t.same_slot(target, source):
+            await t.publish(topic, [copy], timeout=t.settings.socket_timeout)
+            await self.ack([record])
+            return
+        try:
+            with t.edge(f"dead-letter to {topic!r}"):
+                await t.script("DEAD_LETTER")(
+                    keys=[target, source],
+                    args=[self._group, entry_id, meta.minid(), *layout.encode_fields(copy)],
+                )
+        except Exception as exc:
+            t.raise_if_missing(topic, exc)
+            raise
+
+    async def close(self) -> None:
+        """Leave the group at once: partitions move on the others' next heartbeat; what this
+        member did not ack stays pending and is claimed by the new owners right away."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:  # let a running fetch finish its slice first
+            for topic in self._topics:
+                with self._t.edge(f"leave group {self._group!r}"):
+                    await self._t.script("LEAVE")(
+                        keys=[
+                            layout.members_key(topic, self._group),
+                            layout.owners_key(topic, self._group),
+                        ],
+                        args=[self._name],
+                    )
+            self._owned.clear()
+
+    async def kill(self) -> None:
+        """Stop without a goodbye: others take over after the session timeout."""
+        self._closed = True
+        self._owned.clear()
+
+
+def _rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """XPENDING rows as {entry id: times delivered}."""
+    return {layout.text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+
+def _entry_order(entry: Entry) -> tuple[str, int, tuple[int, int]]:
+    return (entry[0], entry[1], layout.offset_order(entry[2]))

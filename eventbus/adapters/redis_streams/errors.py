@@ -1,0 +1,84 @@
+"""Translate redis-py exceptions into eventbus errors, at the edge of every operation.
+
+Messages name the (redacted) URL and what to check; they never contain credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from redis import exceptions as rx
+
+from eventbus.errors import (
+    AuthenticationError,
+    ConnectionFailedError,
+    EventBusError,
+    GroupNotFoundError,
+    OperationTimeoutError,
+)
+
+__all__ = ["edge", "is_busygroup", "is_nogroup", "translate"]
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith("NOGROUP")
+
+
+def is_busygroup(exc: BaseException) -> bool:
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith("BUSYGROUP")
+
+
+def _auth(message: str) -> bool:
+    return any(m in message for m in ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password"))
+
+
+def translate(exc: BaseException, url: str, action: str) -> EventBusError | None:
+    """The eventbus error for a redis-py exception, or None if it is not one."""
+    if not isinstance(exc, rx.RedisError):
+        return None
+    message = str(exc)
+    where = f"{action} on {url}"
+    if isinstance(exc, rx.AuthenticationError | rx.NoPermissionError) or _auth(message):
+        return AuthenticationError(
+            f"{where}: Redis refused the credentials or the ACL user lacks permission "
+            f"({message.split(' ', 1)[0]}). Check the user and password in the URL and the "
+            "user's ACL rules (streams, hashes, sets, scripts)."
+        )
+    if isinstance(exc, rx.TimeoutError):
+        return OperationTimeoutError(
+            f"{where}: Redis did not answer in time. Check the server load and network, or "
+            "raise socket_timeout in the URL (?socket_timeout=30)."
+        )
+    if isinstance(exc, rx.ConnectionError | rx.ClusterDownError | rx.ClusterError):
+        return ConnectionFailedError(
+            f"{where}: cannot reach Redis ({type(exc).__name__}). Check that the server runs, "
+            "the host and port, TLS (rediss://) and, for Redis Cluster, ?cluster=true."
+        )
+    if isinstance(exc, rx.ReadOnlyError) or message.startswith("READONLY"):
+        return ConnectionFailedError(
+            f"{where}: the server is a read-only replica. Point the URL at the primary."
+        )
+    if message.startswith("OOM"):
+        return EventBusError(
+            f"{where}: Redis is out of memory (maxmemory reached). Raise maxmemory, shorten "
+            "topic retention, or delete data; nothing was written by the failing command."
+        )
+    if is_nogroup(exc):
+        return GroupNotFoundError(f"{where}: the consumer group does not exist ({message})")
+    if message.startswith("CROSSSLOT") or "slot" in message.lower():
+        return EventBusError(f"{where}: keys span Redis Cluster hash slots ({message})")
+    return EventBusError(f"{where}: Redis error: {message}")
+
+
+@contextlib.contextmanager
+def edge(url: str, action: str) -> Iterator[None]:
+    """Run a block, re-raising redis-py exceptions as eventbus errors (without the chain's
+    driver types leaking: the original stays as ``__cause__`` for debugging)."""
+    try:
+        yield
+    except rx.RedisError as exc:
+        mapped = translate(exc, url, action)
+        if mapped is None:  # pragma: no cover - translate maps every RedisError
+            raise
+        raise mapped from exc

@@ -1,0 +1,230 @@
+"""Consumer group admin over XGROUP / XINFO / XPENDING: create, describe, reset.
+
+A group's position on a partition is its last-delivered id (``GroupPartition.committed``).
+Resets set it with XGROUP SETID ... ENTRIESREAD n, computing n so that Redis keeps reporting a
+correct lag; when Redis reports no lag (after a foreign SETID or deletions), describe counts
+the entries after the last-delivered id instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from eventbus.adapters.redis_streams import layout
+from eventbus.adapters.redis_streams.errors import is_busygroup
+from eventbus.errors import GroupNotFoundError, InvalidPositionError, TopicNotFoundError
+from eventbus.transport import (
+    ConsumerOptions,
+    GroupInfo,
+    GroupMember,
+    GroupPartition,
+    Offset,
+    ResetTarget,
+)
+
+if TYPE_CHECKING:
+    from eventbus.adapters.redis_streams.transport import RedisTransport, TopicMeta
+
+__all__ = ["count_after", "describe_group", "ensure_group", "reset_group", "start_id"]
+
+COUNT_PAGE = 10_000
+
+
+def start_id(start: str | datetime) -> str:
+    """The last-delivered id that makes a new group start at ``start``."""
+    if isinstance(start, datetime):
+        return layout.id_before(layout.time_id(start))
+    if start == "earliest":
+        return "0"
+    if start == "latest":
+        return "$"
+    raise InvalidPositionError(f"unknown start {start!r}: use earliest, latest or a datetime")
+
+
+async def ensure_group(
+    t: RedisTransport, meta: TopicMeta, group: str, options: ConsumerOptions
+) -> None:
+    """Create ``group`` on every partition stream where it is missing. A brand-new group
+    starts at ``options.start``; partitions added to an existing group start at their
+    beginning (they are younger than the group)."""
+    first, *rest = meta.streams()
+    begin = start_id(options.start)
+    created = True
+    try:
+        with t.edge(f"create group {group!r}"):
+            await t.client.xgroup_create(first, group, begin, mkstream=True)
+    except Exception as exc:
+        if not is_busygroup(exc.__cause__ or exc):
+            raise
+        created = False
+    if not rest:
+        return
+    with t.edge(f"create group {group!r}"):
+        pipe = t.client.pipeline(transaction=False)
+        for key in rest:
+            pipe.xgroup_create(key, group, begin if created else "0", mkstream=True)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and not is_busygroup(reply):
+                raise reply
+
+
+async def count_after(t: RedisTransport, key: str, low: str) -> int:
+    """Entries with ids from ``low`` (inclusive; prefix ``(`` for exclusive) to the end."""
+    total = 0
+    while True:
+        with t.edge("count entries"):
+            page = await t.client.xrange(key, low, "+", count=COUNT_PAGE)
+        total += len(page)
+        if len(page) < COUNT_PAGE:
+            return total
+        low = "(" + layout.text(page[-1][0])
+
+
+def _find(groups: list[Mapping[str, Any]], group: str) -> Mapping[str, Any] | None:
+    for info in groups:
+        if layout.text(info["name"]) == group:
+            return info
+    return None
+
+
+async def _topic_state(
+    t: RedisTransport, meta: TopicMeta, group: str
+) -> tuple[list[GroupPartition], dict[str, GroupMember]]:
+    keys = meta.streams()
+    replies = await t.pipeline(
+        lambda p: [p.xinfo_groups(k) for k in keys], f"describe group {group!r}"
+    )
+    partitions: list[GroupPartition] = []
+    present: list[str] = []
+    for p, (key, groups) in enumerate(zip(keys, replies, strict=True)):
+        info = _find(groups, group)
+        if info is None:
+            continue
+        present.append(key)
+        committed = layout.text(info["last-delivered-id"])
+        lag = info.get("lag")
+        if lag is None:
+            lag = await count_after(t, key, "(" + committed)
+        partitions.append(
+            GroupPartition(meta.name, p, committed, int(lag), int(info.get("pending", 0)))
+        )
+    if not partitions:
+        return [], {}
+    return partitions, await _members(t, meta, group, present)
+
+
+async def _members(
+    t: RedisTransport, meta: TopicMeta, group: str, keys: list[str]
+) -> dict[str, GroupMember]:
+    def build(pipe: Any) -> None:
+        pipe.time()
+        pipe.hgetall(layout.members_key(meta.name, group))
+        pipe.hgetall(layout.owners_key(meta.name, group))
+        for key in keys:
+            pipe.xinfo_consumers(key, group)
+
+    clock, deadlines, owners, *consumers = await t.pipeline(build, f"describe group {group!r}")
+    now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+    idle: dict[str, int] = {}
+    pending: dict[str, int] = {}
+    for reply in consumers:
+        for info in reply:
+            name = layout.text(info["name"])
+            idle[name] = min(idle.get(name, 1 << 62), int(info["idle"]))
+            pending[name] = pending.get(name, 0) + int(info["pending"])
+    members: dict[str, GroupMember] = {}
+    for raw_name, deadline in deadlines.items():
+        name = layout.text(raw_name)
+        if int(deadline) <= now_ms:
+            continue  # past its session: not a live member
+        owned = sorted(
+            (meta.name, int(p)) for p, owner in owners.items() if layout.text(owner) == name
+        )
+        members[name] = GroupMember(name, tuple(owned), idle.get(name), pending.get(name, 0))
+    return members
+
+
+async def describe_group(t: RedisTransport, group: str) -> GroupInfo:
+    """The group on every topic where it exists; raises GroupNotFoundError."""
+    partitions: list[GroupPartition] = []
+    members: dict[str, GroupMember] = {}
+    for topic in await t.list_topics():
+        try:
+            meta = await t.meta(topic, fresh=True)
+        except TopicNotFoundError:
+            continue
+        found, topic_members = await _topic_state(t, meta, group)
+        partitions += found
+        for name, member in topic_members.items():
+            seen = members.get(name)
+            if seen is None:
+                members[name] = member
+                continue
+            members[name] = GroupMember(
+                name,
+                (*seen.assignments, *member.assignments),
+                min(x for x in (seen.idle_ms, member.idle_ms, 1 << 62) if x is not None),
+                seen.pending + member.pending,
+            )
+    if not partitions:
+        raise GroupNotFoundError(f"consumer group {group!r} does not exist on {t.settings.url}")
+    ordered = [members[n] for n in sorted(members)]
+    return GroupInfo(group, "stable" if ordered else "empty", ordered, partitions)
+
+
+async def _target(
+    t: RedisTransport, key: str, to: ResetTarget, p: int, topic: str, stream: Mapping[str, Any]
+) -> tuple[str, int]:
+    """(last-delivered id, entries after it) for one partition."""
+    if to == "earliest":
+        return "0-0", int(stream["length"])
+    if to == "latest":
+        return layout.text(stream["last-generated-id"]), 0
+    if isinstance(to, datetime):
+        first = layout.time_id(to)
+    elif isinstance(to, Mapping):
+        offset: Offset = to[p]
+        first = layout.id_of(offset, topic)
+    else:
+        raise InvalidPositionError(f"cannot reset to {to!r}: use earliest, latest, a time or ids")
+    return layout.id_before(first), await count_after(t, key, first)
+
+
+async def reset_group(
+    t: RedisTransport, group: str, topic: str, to: ResetTarget
+) -> dict[int, tuple[Offset | None, Offset | None]]:
+    """XGROUP SETID (or CREATE) per partition with ENTRIESREAD kept consistent, then ack the
+    group's pending entries there. Works while members are active (they read on from the new
+    position at their next read)."""
+    meta = await t.meta(topic, fresh=True)
+    out: dict[int, tuple[Offset | None, Offset | None]] = {}
+    for p, key in enumerate(meta.streams()):
+        if isinstance(to, Mapping) and p not in to:
+            continue
+        stream, groups = await t.pipeline(
+            lambda pipe, key=key: (pipe.xinfo_stream(key), pipe.xinfo_groups(key)),  # type: ignore[misc]
+            f"reset group {group!r}",
+        )
+        info = _find(groups, group)
+        before = layout.text(info["last-delivered-id"]) if info is not None else None
+        after, tail = await _target(t, key, to, p, topic, stream)
+        entries_read = max(0, int(stream.get("entries-added", 0)) - tail)
+        with t.edge(f"reset group {group!r}"):
+            if info is None:
+                await t.client.xgroup_create(key, group, after, entries_read=entries_read)
+            else:
+                await t.client.xgroup_setid(key, group, after, entries_read=entries_read)
+            await _drop_pending(t, key, group)
+        out[p] = (before, after)
+    return out
+
+
+async def _drop_pending(t: RedisTransport, key: str, group: str) -> None:
+    while True:
+        rows = await t.client.xpending_range(key, group, "-", "+", 1000)
+        if not rows:
+            return
+        await t.client.xack(key, group, *(r["message_id"] for r in rows))

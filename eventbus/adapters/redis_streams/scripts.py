@@ -1,0 +1,124 @@
+"""Lua scripts. Each touches keys of one topic only (one hash slot), except DEAD_LETTER,
+which is used as one script only when both topics share a slot (always, outside Cluster)."""
+
+from __future__ import annotations
+
+__all__ = ["CREATE_TOPIC", "DEAD_LETTER", "HEARTBEAT", "LEAVE", "PUBLISH"]
+
+# KEYS[1] meta, KEYS[2..] partition streams to make exist. ARGV[1] mode: "create" fails when
+# the topic exists (as eventbus topic or as any key named like partition 0); "alter" requires
+# nothing. ARGV[2..] meta field/value pairs.
+CREATE_TOPIC = """
+if ARGV[1] == 'create' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 'EXISTS' end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'KEY' end
+end
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('XGROUP', 'CREATE', KEYS[i], 'eb-init', '$', 'MKSTREAM')
+    redis.call('XGROUP', 'DESTROY', KEYS[i], 'eb-init')
+  end
+end
+if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+return 'OK'
+"""
+
+# KEYS: the partition streams written. ARGV[1] MINID threshold or '' (no trim); then per record:
+# key index (1-based), number of field/value pairs, the pairs. Checks every stream exists before
+# writing anything (a deleted topic must not be recreated by a stale publisher).
+PUBLISH = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    return redis.error_reply('EBNOSTREAM ' .. KEYS[i])
+  end
+end
+local out = {}
+local i = 2
+local n = #ARGV
+local minid = ARGV[1]
+while i <= n do
+  local key = KEYS[tonumber(ARGV[i])]
+  local last = i + 1 + 2 * tonumber(ARGV[i + 1])
+  if minid ~= '' then
+    out[#out + 1] = redis.call('XADD', key, 'MINID', '~', minid, '*', unpack(ARGV, i + 2, last))
+  else
+    out[#out + 1] = redis.call('XADD', key, '*', unpack(ARGV, i + 2, last))
+  end
+  i = last + 1
+end
+return out
+"""
+
+# Heartbeat and assignment of one member on one topic, atomically.
+# KEYS[1] members hash, KEYS[2] owners hash, KEYS[3] meta hash.
+# ARGV[1] member, ARGV[2] session timeout ms, ARGV[3] partitions when there is no meta (1).
+# Members live while their deadline (server ms) is ahead. Partition p is wanted by the member at
+# index p mod n of the sorted live members. A member releases what it no longer wants and takes
+# what it wants once free, so no partition has two owners: a new owner waits until the old
+# one's next heartbeat (or its death).
+# Returns {now_ms, partitions, {owned partitions}, {live members}}.
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me = ARGV[1]
+local parts = tonumber(redis.call('HGET', KEYS[3], 'partitions') or ARGV[3])
+redis.call('HSET', KEYS[1], me, now + tonumber(ARGV[2]))
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+local alive = {}
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) > now then
+    live[#live + 1] = all[i]
+    alive[all[i]] = true
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+table.sort(live)
+local mine = {}
+for p = 0, parts - 1 do
+  local want = live[(p % #live) + 1]
+  local owner = redis.call('HGET', KEYS[2], p)
+  if owner and not alive[owner] then
+    redis.call('HDEL', KEYS[2], p)
+    owner = false
+  end
+  if owner == me and want ~= me then
+    redis.call('HDEL', KEYS[2], p)
+    owner = false
+  end
+  if not owner and want == me then
+    redis.call('HSET', KEYS[2], p, me)
+    owner = me
+  end
+  if owner == me then mine[#mine + 1] = p end
+end
+return {now, parts, mine, live}
+"""
+
+# Leave a group on one topic: KEYS[1] members, KEYS[2] owners; ARGV[1] member.
+LEAVE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+local owners = redis.call('HGETALL', KEYS[2])
+for i = 1, #owners, 2 do
+  if owners[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[2], owners[i]) end
+end
+return 1
+"""
+
+# Copy to the dead-letter stream and ack the original, atomically.
+# KEYS[1] dead-letter stream, KEYS[2] source stream; ARGV[1] group, ARGV[2] entry id,
+# ARGV[3] MINID threshold or '', ARGV[4..] field/value pairs.
+DEAD_LETTER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('EBNOSTREAM ' .. KEYS[1])
+end
+local id
+if ARGV[3] ~= '' then
+  id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], '*', unpack(ARGV, 4))
+else
+  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+end
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+return id
+"""

@@ -26,6 +26,7 @@ short, since its commit may not have reached the broker).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import itertools
@@ -144,9 +145,9 @@ class _Worker:
     """One thread running jobs in order; results come back as asyncio futures."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.Queue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
-            queue.Queue()
-        )
+        self._jobs: queue.Queue[
+            tuple[Callable[[], Any], asyncio.Future[Any] | concurrent.futures.Future[Any]] | None
+        ] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -161,7 +162,16 @@ class _Worker:
                 self._settle(future, result, None)
 
     @staticmethod
-    def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    def _settle(
+        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+        result: Any,
+        exc: BaseException | None,
+    ) -> None:
+        if isinstance(future, concurrent.futures.Future):  # fire and forget
+            if exc is not None:
+                log.warning("background job failed: %r", exc)
+            return
+
         def settle() -> None:
             if future.done():
                 return
@@ -172,6 +182,11 @@ class _Worker:
 
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
             future.get_loop().call_soon_threadsafe(settle)
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the thread without waiting for it (errors are logged)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((fn, future))
 
     async def run(self, fn: Callable[[], T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -206,6 +221,7 @@ class KafkaConsumer:
         self._assigned_once = threading.Event()
         self._killed = False
         self._closed = False
+        self._commit_queued = False
         self._error: BaseException | None = None
         self._worker = _Worker(f"eventbus-kafka-consumer-{config.get('client.id', '')}")
         self._consumer: Any = None
@@ -466,13 +482,28 @@ class KafkaConsumer:
     # -- acks -------------------------------------------------------------------------------
 
     async def ack(self, records: Sequence[Record]) -> None:
-        """Mark records done; committed with the next fetch (or close). Idempotent."""
+        """Mark records done. Idempotent. The member's thread commits the new prefix as soon
+        as it is free (one commit job queued at a time, covering every ack before it runs);
+        ack does not wait for it. Acks of records this member no longer owns are ignored."""
         with self._lock:
             for record in records:
                 state = self._parts.get((record.topic, record.partition))
                 if state is not None and isinstance(record.offset, int):
                     state.outstanding.discard(record.offset)
                     state.counts.pop(record.offset, None)
+            if self._commit_queued or self._closed:
+                return
+            self._commit_queued = True
+        self._worker.submit(self._commit_acked)
+
+    def _commit_acked(self) -> None:
+        with self._lock:
+            self._commit_queued = False
+        if self._consumer is not None and not self._killed:
+            try:
+                self._commit(list(self._parts), asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit after ack failed (retried with the next one): %s", exc)
 
     async def nack(self, record: Record, delay: float = 0.0) -> None:
         """Deliver ``record`` again to this member after ``delay`` s (if it still owns it)."""

@@ -27,6 +27,7 @@ from eventbus.errors import (
     UnsupportedError,
 )
 from eventbus.event import Codec, Event, JsonCodec, decode_record, encode_event, new_event_id
+from eventbus.observability import instruments
 from eventbus.topics import Plan, TopicSpec, plan
 from eventbus.transport import (
     ConsumerOptions,
@@ -143,12 +144,14 @@ class AsyncDelivery:
         if not self._acked:
             self._acked = True
             await self._subscription.consumer.ack([self.record])
+            self._subscription.count("acked", 1, self.record.topic)
 
     async def nack(self, delay: float = 0.0) -> None:
         """Give the event back; it is delivered again no sooner than ``delay`` seconds."""
         if not self._acked:
             self._acked = True
             await self._subscription.consumer.nack(self.record, delay)
+            self._subscription.count("nacked", 1, self.record.topic)
 
     async def dead_letter(self, reason: BaseException | str) -> None:
         """Send the event to the subscription's dead-letter topic with ``reason`` and ack it."""
@@ -185,6 +188,11 @@ class AsyncSubscription:
         self.batch_size = batch_size
         self._buffer: list[AsyncDelivery] = []
         self._closed = False
+        self._system = bus.transport.capabilities.transport
+
+    def count(self, name: str, amount: int, topic: str) -> None:
+        """Report ``amount`` to the metric ``name`` for this subscription's group."""
+        instruments().count(name, amount, self._system, topic, self.group)
 
     async def fetch(
         self, max_records: int | None = None, timeout: float = 1.0
@@ -202,6 +210,7 @@ class AsyncSubscription:
     async def _decode_all(self, records: list[Record]) -> list[AsyncDelivery]:
         out: list[AsyncDelivery] = []
         codec, model = self.bus.codec, self.model
+        self.note_fetched(records)
         for record in records:
             try:
                 event = decode_record(record, codec, model)
@@ -210,6 +219,14 @@ class AsyncSubscription:
                 continue
             out.append(AsyncDelivery(self, record, event))
         return out
+
+    def note_fetched(self, records: list[Record]) -> None:
+        """Count deliveries (and redeliveries) for the metrics."""
+        if records and instruments().enabled:
+            for record in records:
+                self.count("consumed", 1, record.topic)
+                if record.attempt > 1:
+                    self.count("redelivered", 1, record.topic)
 
     async def send_to_dead_letter(
         self, record: Record, reason: BaseException | str, attempts: int
@@ -222,6 +239,7 @@ class AsyncSubscription:
         await self.bus.ensure_topic(self.dead_letter_topic)
         headers = dead_letter_headers(record, reason, attempts, self.group)
         await self.consumer.dead_letter(record, self.dead_letter_topic, headers)
+        self.count("dead_lettered", 1, record.topic)
 
     def __aiter__(self) -> AsyncSubscription:
         return self
@@ -292,6 +310,7 @@ class AsyncEventBus:
         self._closed = False
         self._subscriptions: set[AsyncSubscription] = set()
         self._known_topics: set[str] = set()
+        self._system = transport.capabilities.transport
 
     @property
     def capabilities(self) -> Any:
@@ -381,9 +400,10 @@ class AsyncEventBus:
         ConnectionFailedError, SerializationError."""
         self._check()
         record = self.encode(data, key=key, headers=headers, type=type)
-        positions = await self.transport.publish(
-            topic, [record], timeout=timeout or self.publish_timeout
-        )
+        with instruments().publish_span(self._system, topic, (record,)):
+            positions = await self.transport.publish(
+                topic, [record], timeout=timeout or self.publish_timeout
+            )
         return positions[0]
 
     async def publish_many(
@@ -397,7 +417,10 @@ class AsyncEventBus:
         records = [self.encode(item) for item in events]
         if not records:
             return []
-        return await self.transport.publish(topic, records, timeout=timeout or self.publish_timeout)
+        with instruments().publish_span(self._system, topic, records):
+            return await self.transport.publish(
+                topic, records, timeout=timeout or self.publish_timeout
+            )
 
     # consume --------------------------------------------------------------------------------
     async def subscribe(
@@ -614,7 +637,9 @@ class AsyncEventBus:
     async def describe_group(self, group: str) -> GroupInfo:
         """Members, per-partition position, lag and pending. Raises GroupNotFoundError."""
         self._check()
-        return await self.transport.describe_group(group)
+        info = await self.transport.describe_group(group)
+        instruments().observe_group(self._system, info)
+        return info
 
     async def reset_group(
         self, group: str, topic: str, to: Start | Mapping[int, Offset]

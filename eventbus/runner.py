@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import threading
 from collections import deque
@@ -31,6 +32,7 @@ from pydantic import BaseModel
 from eventbus.aio import AsyncDelivery, AsyncEventBus, AsyncSubscription, call_handler
 from eventbus.errors import SerializationError
 from eventbus.event import decode_record
+from eventbus.observability import instruments
 from eventbus.transport import Record
 
 __all__ = ["AsyncRunner", "RunnerStats", "backoff_delay"]
@@ -116,7 +118,10 @@ class AsyncRunner:
 
     async def _run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._executor is not None
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        ctx = contextvars.copy_context()  # so the handler sees the current span as its parent
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: ctx.run(fn, *args)
+        )
 
     async def run(self) -> RunnerStats:
         """Consume until :meth:`stop`; returns the stats. Errors from the transport raise."""
@@ -167,7 +172,7 @@ class AsyncRunner:
         while not self._stop_flag.is_set():
             if acks:
                 batch, acks[:] = list(acks), []
-                await sub.consumer.ack(batch)
+                await self._ack(sub, batch)
             if self.stats.in_flight >= limit:
                 room.clear()
                 await _wait_any(room, self._wake, 0.5)
@@ -175,6 +180,7 @@ class AsyncRunner:
             records = await sub.consumer.fetch(
                 min(self.batch_size, limit - self.stats.in_flight), 0.25
             )
+            sub.note_fetched(records)
             for record in records:
                 lane: object = (
                     (record.topic, record.partition, record.key)
@@ -196,7 +202,13 @@ class AsyncRunner:
             if late:
                 await asyncio.wait(late)
         if acks:
-            await sub.consumer.ack(list(acks))
+            await self._ack(sub, list(acks))
+
+    async def _ack(self, sub: AsyncSubscription, records: list[Record]) -> None:
+        await sub.consumer.ack(records)
+        if instruments().enabled:
+            for record in records:
+                sub.count("acked", 1, record.topic)
 
     async def _process(self, sub: AsyncSubscription, record: Record, acks: list[Record]) -> None:
         try:
@@ -208,11 +220,14 @@ class AsyncRunner:
         delivery = AsyncDelivery(sub, record, event)
         attempt = record.attempt
         sem = self._semaphore()
+        obs = instruments()
+        system = self.bus.transport.capabilities.transport
         while True:
             try:
                 async with sem:
                     target = self._wrap(delivery) if self._wrap is not None else delivery
-                    await call_handler(self.handler, target, self._run_sync)
+                    with obs.process_span(system, self.group, record):
+                        await call_handler(self.handler, target, self._run_sync)
             except Exception as exc:  # the handler's failure, whatever it is
                 self.stats.failed_attempts += 1
                 if attempt >= self.max_attempts:
@@ -226,6 +241,7 @@ class AsyncRunner:
                     attempt,
                     self.max_attempts,
                     exc,
+                    extra=_fields(record, self.group, event.id, attempt),
                 )
                 if await self._sleep_or_stop(
                     backoff_delay(attempt, self.backoff, self.max_backoff)
@@ -245,10 +261,12 @@ class AsyncRunner:
     ) -> None:
         if sub.dead_letter_topic is None:
             await sub.consumer.nack(record, self.max_backoff)
+            sub.count("nacked", 1, record.topic)
             self.stats.nacked += 1
             return
         await sub.send_to_dead_letter(record, exc, attempt)
         self.stats.dead_lettered += 1
+        event_id = record.headers.get("eb-id", b"").decode(errors="replace")
         log.error(
             "dead-lettered %s/%s/%s to %s after %d attempts: %r",
             record.topic,
@@ -257,6 +275,7 @@ class AsyncRunner:
             sub.dead_letter_topic,
             attempt,
             exc,
+            extra=_fields(record, self.group, event_id, attempt),
         )
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
@@ -270,6 +289,18 @@ class AsyncRunner:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.concurrency)
         return self._sem
+
+
+def _fields(record: Record, group: str, event_id: str, attempt: int) -> dict[str, object]:
+    """Structured log fields (``extra=``): where the event is and which attempt failed."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "position": str(record.position),
+        "event_id": event_id,
+        "group": group,
+        "attempt": attempt,
+    }
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:

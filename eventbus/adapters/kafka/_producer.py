@@ -161,5 +161,12 @@ class PolledProducer:
         self._closed = True
         self._stop.set()  # one thread serves reports at a time: stop polling, then flush
         await asyncio.to_thread(self._thread.join, 5.0)
-        left: int = await asyncio.to_thread(self._producer.flush, timeout)
+        return await asyncio.to_thread(self._shutdown, timeout)
+
+    def _shutdown(self, timeout: float) -> int:
+        left: int = self._producer.flush(timeout)
+        if left:  # undeliverable within the timeout: drop them rather than hang in close()
+            self._producer.purge()
+            self._producer.flush(0)
+        self._producer.close()
         return left

@@ -20,16 +20,19 @@ User info in the URL sets ``sasl.username`` / ``sasl.password``; without an expl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
-from eventbus._urls import query_options, redact, split
+from eventbus._urls import query_options, redact
 from eventbus.errors import ConfigurationError
 
 __all__ = ["KafkaSettings"]
 
+_LIBRDKAFKA_LOG = logging.getLogger("eventbus.kafka.librdkafka")
+"""librdkafka's own log lines go here (not to stderr)."""
 _SECRET_WORDS = ("password", "secret", "token", "jaas")
 _OWN_KEYS = {"auto_create", "connect_timeout", "client_id", "config"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -99,7 +102,10 @@ class KafkaSettings:
         """Parse a ``kafka://`` or ``redpanda://`` URL plus options (options win).
 
         Raises ConfigurationError (with the URL redacted) for a malformed URL or option."""
-        parts = split(url)
+        try:  # not _urls.split: it checks a single port, and we take host:port,host:port
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise ConfigurationError(f"malformed URL {redact(url)!r}: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in ("kafka", "redpanda"):
             raise ConfigurationError(
@@ -111,6 +117,13 @@ class KafkaSettings:
             raise ConfigurationError(
                 f"{redact(url)!r} names no broker: use {scheme}://host:port[,host:port...]"
             )
+        for hostport in hosts.split(","):
+            host, _, port = hostport.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigurationError(
+                    f"{redact(url)!r}: {hostport!r} is not host:port; use "
+                    f"{scheme}://host:port[,host:port...]"
+                )
         merged: dict[str, Any] = {**query_options(parts), **dict(options or {})}
         config: dict[str, str] = {}
         if userinfo:
@@ -143,5 +156,6 @@ class KafkaSettings:
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "socket.connection.setup.timeout.ms": max(1000, int(self.connect_timeout * 1000)),
+            "logger": _LIBRDKAFKA_LOG,
             **self.config,
         }

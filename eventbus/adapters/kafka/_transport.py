@@ -136,6 +136,8 @@ class KafkaTransport:
             await producer.close(max(5.0, self.settings.connect_timeout))
         if self._reader is not None:
             await self._reader.close()
+        self._producers.clear()
+        self._admin = None
 
     # -- publish ----------------------------------------------------------------------------
 

@@ -1,0 +1,85 @@
+"""KafkaSettings from URLs and options, and the commit-metadata codec (no broker needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventbus.adapters.kafka import CAPABILITIES, KafkaSettings, KafkaTransport
+from eventbus.adapters.kafka._consumer import decode_metadata, encode_metadata
+from eventbus.errors import ConfigurationError
+
+
+def test_plain_url_with_several_brokers() -> None:
+    s = KafkaSettings.from_url("kafka://h1:9092,h2:9093", {})
+    assert s.bootstrap_servers == "h1:9092,h2:9093"
+    assert s.auto_create is False
+    assert s.config == {}
+    assert s.base_config()["bootstrap.servers"] == "h1:9092,h2:9093"
+
+
+def test_sasl_scram_over_tls_from_userinfo_and_query() -> None:
+    url = (
+        "kafka://alice:s3cr%40t@broker:9093?security_protocol=SASL_SSL"
+        "&sasl_mechanism=SCRAM-SHA-512&ssl_ca_location=/etc/ca.pem"
+    )
+    s = KafkaSettings.from_url(url, {})
+    assert s.config["sasl.username"] == "alice"
+    assert s.config["sasl.password"] == "s3cr@t"
+    assert s.config["security.protocol"] == "SASL_SSL"
+    assert s.config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert s.config["ssl.ca.location"] == "/etc/ca.pem"
+    text = repr(s) + str(s) + s.display
+    assert "s3cr" not in text
+    assert "***" in repr(s)
+
+
+def test_userinfo_alone_means_sasl_plain() -> None:
+    s = KafkaSettings.from_url("redpanda://bob:pw@rp:9092", {})
+    assert s.scheme == "redpanda"
+    assert s.config["security.protocol"] == "SASL_PLAINTEXT"
+    assert s.config["sasl.mechanism"] == "PLAIN"
+
+
+def test_options_override_query_and_pass_librdkafka_config_through() -> None:
+    s = KafkaSettings.from_url(
+        "kafka://h:1?auto_create=false&connect_timeout=9",
+        {"auto_create": True, "config": {"ssl.key.password": "k", "linger.ms": 20}},
+    )
+    assert s.auto_create is True
+    assert s.connect_timeout == 9.0
+    assert s.config["linger.ms"] == "20"
+    assert "'k'" not in repr(s)
+    t = KafkaTransport.from_url("kafka://h:1?auto_create=true", {})
+    assert t.capabilities.auto_create_topics is True
+    assert CAPABILITIES.auto_create_topics is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["kafka://", "kafka://h:1?auto_create=maybe", "kafka://h:1?connect_timeout=-1", "redis://h:1"],
+)
+def test_bad_urls_raise_configuration_error_without_secrets(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        KafkaSettings.from_url(url.replace("://", "://u:hunter2@", 1) if "h:1" in url else url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_capabilities_are_what_kafka_can_do() -> None:
+    c = CAPABILITIES
+    assert c.transport == "kafka"
+    assert not c.native_delivery_count and not c.redelivery_on_timeout
+    assert c.timestamp_replay and c.retention_by_time and c.retention_by_size and c.compaction
+    assert not c.transactions and not c.reset_active_group and not c.atomic_dead_letter
+    assert c.max_event_bytes == 1_048_576
+
+
+def test_commit_metadata_round_trip_and_foreign_metadata() -> None:
+    text = encode_metadata(120, {100: 3, 101: 1, 105: 2})
+    assert text == "eb1 120 100:3,105:2"
+    assert decode_metadata(text) == (120, {100: 3, 105: 2})
+    assert decode_metadata(encode_metadata(7, {})) == (7, {})
+    assert decode_metadata("") == (-1, {})
+    assert decode_metadata("written by someone else") == (-1, {})
+    assert decode_metadata("eb1 x 1:2") == (-1, {})
+    many = encode_metadata(10**12, {10**11 + i: 2 for i in range(2000)})
+    assert len(many) <= 4096

@@ -148,9 +148,9 @@ class RedisConsumer:
 
     async def _due_nacks(self, budget: int) -> list[Record]:
         now = time.monotonic()
-        due = sorted(
-            (e for e, (when, _) in self._nacked.items() if when <= now), key=_entry_order
-        )[:budget]
+        due = sorted((e for e, (when, _) in self._nacked.items() if when <= now), key=_entry_order)[
+            :budget
+        ]
         if not due:
             return []
         claims: list[tuple[Entry, int]] = []

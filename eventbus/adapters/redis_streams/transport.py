@@ -281,8 +281,9 @@ class RedisTransport:
         self._check()
         if not records:
             return []
+        deadline = time.monotonic() + timeout
         return await self.with_timeout(
-            self._publish(topic, records), timeout, f"publish to {topic!r}"
+            self._publish(topic, records, deadline), timeout, f"publish to {topic!r}"
         )
 
     async def with_timeout(self, work: Awaitable[T], timeout: float, action: str) -> T:
@@ -320,12 +321,22 @@ class RedisTransport:
         counter = self._round_robin.setdefault(meta.name, itertools.count())
         return next(counter) % meta.partitions
 
-    async def _publish(self, topic: str, records: Sequence[Outgoing]) -> list[Position]:
+    async def _publish(
+        self, topic: str, records: Sequence[Outgoing], deadline: float
+    ) -> list[Position]:
         meta = await self.meta(topic, create=self.settings.auto_create)
         self.check_sizes(meta, records)
         parts = [self.partition_of(meta, r) for r in records]
         positions: list[Position] = []
         for start in range(0, len(records), PUBLISH_CHUNK):
+            # redis-py finishes a command even when cancelled, so wait_for alone may
+            # return late: check the deadline between chunks as well
+            if time.monotonic() > deadline:
+                raise OperationTimeoutError(
+                    f"publish to {topic!r} on {self.settings.url} passed its timeout after "
+                    f"{start} of {len(records)} records were written; raise the timeout or "
+                    "publish smaller batches"
+                )
             chunk = records[start : start + PUBLISH_CHUNK]
             chunk_parts = parts[start : start + PUBLISH_CHUNK]
             ids = await self._append(meta, chunk, chunk_parts)
@@ -477,11 +488,11 @@ class RedisTransport:
         await self.trim(meta)
 
     async def trim(self, meta: TopicMeta) -> None:
-        """Apply time retention now (writes also trim, approximately, as they go)."""
+        """Apply time retention now, exactly (writes trim approximately, `~`, as they go)."""
         minid = meta.minid()
         if minid:
             await self.pipeline(
-                lambda p: [p.xtrim(k, minid=minid, approximate=True) for k in meta.streams()],
+                lambda p: [p.xtrim(k, minid=minid, approximate=False) for k in meta.streams()],
                 f"trim {meta.name!r}",
             )
 

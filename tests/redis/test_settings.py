@@ -1,0 +1,70 @@
+"""URL and options parsing (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventbus._registry import open_transport
+from eventbus.adapters.redis_streams import RedisSettings, RedisTransport
+from eventbus.errors import ConfigurationError
+
+
+def test_url_parts_and_defaults() -> None:
+    s = RedisSettings.from_url("redis://user:pa%3Ass@example.com:6380/3")
+    assert (s.host, s.port, s.db, s.username, s.password) == (
+        "example.com", 6380, 3, "user", "pa:ss",
+    )  # fmt: skip
+    assert not s.tls and not s.cluster and not s.auto_create
+    assert s.url == "redis://user:***@example.com:6380/3"
+
+
+def test_repr_never_shows_the_password() -> None:
+    s = RedisSettings.from_url(
+        "rediss://u:topsecret@h:1/0?ssl_ca_certs=/ca.pem", {"redis_options": {"password": "x"}}
+    )
+    assert "topsecret" not in repr(s)
+    assert "topsecret" not in str(s)
+    assert s.tls and s.ssl_ca_certs == "/ca.pem"
+    kwargs = s.client_kwargs()
+    assert kwargs["ssl"] is True and kwargs["ssl_ca_certs"] == "/ca.pem"
+
+
+def test_options_override_query_and_pass_through() -> None:
+    s = RedisSettings.from_url(
+        "redis://h:1/0?socket_timeout=3&auto_create=true&health_check_interval=7",
+        {"socket_timeout": "4", "redis_options": {"client_name": "x"}},
+    )
+    assert s.socket_timeout == 4 and s.auto_create
+    assert s.redis_options == {"client_name": "x", "health_check_interval": "7"}
+    assert s.client_kwargs()["client_name"] == "x"
+
+
+def test_blocking_reads_stay_below_the_socket_timeout() -> None:
+    s = RedisSettings.from_url("redis://h:1/0?socket_timeout=0.2&poll_interval=5")
+    assert s.block_ms < 200
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:1/abc",
+        "redis://h:1/0?socket_timeout=soon",
+        "redis://h:1/0?cluster=maybe",
+        "redis://h:1/2?cluster=true",
+        "redis://u:pw@h:notaport/0",
+    ],
+)
+def test_bad_urls_raise_configuration_errors_without_secrets(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RedisSettings.from_url(url)
+    assert "pw" not in str(info.value).replace("pwd", "")
+
+
+def test_registry_builds_the_transport_for_both_schemes() -> None:
+    for url in ("redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0"):
+        transport = open_transport(url)
+        assert isinstance(transport, RedisTransport)
+        caps = transport.capabilities
+        assert caps.transport == "redis" and caps.native_delivery_count
+        assert not caps.retention_by_size and not caps.compaction
+    assert open_transport("redis://h:1/0?cluster=true").capabilities.atomic_dead_letter is False

@@ -1,7 +1,9 @@
 """The ``eventbus`` command line (typer). Commands stay thin: they call the library and print.
 
 To add a command group, write ``eventbus/cli/<name>.py`` with its own ``app = typer.Typer()`` and
-add one line to ``_register()`` below.
+add one line to ``_register()`` below. Shared options, output and error handling live in
+:mod:`eventbus.cli._common`; every command takes ``--url`` (env ``EVENTBUS_URL``, default
+``memory://``) and ``--output table|json``, prints errors as ``error: ...`` on stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -43,9 +45,31 @@ def _root(
 
 
 def _register() -> None:
-    from eventbus.cli import dev
+    from eventbus.cli import dev, doctor, events, groups, topics
 
+    app.add_typer(topics.app, name="topics")
+    app.add_typer(groups.app, name="groups")
+    app.command(epilog=_PRODUCE_EXAMPLES)(events.produce)
+    app.command(epilog=_TAIL_EXAMPLES)(events.tail)
+    app.command(epilog=_REPLAY_EXAMPLES)(events.replay)
+    app.command(epilog=_DOCTOR_EXAMPLES)(doctor.doctor)
     app.add_typer(dev.app, name="dev")
+
+
+_PRODUCE_EXAMPLES = (
+    "Examples:  eventbus produce tasks --key task-1 --data '{\"id\": 1}'\n\n"
+    "cat events.jsonl | eventbus produce tasks --type TaskCreated -H origin=import -o json"
+)
+_TAIL_EXAMPLES = (
+    "Examples:  eventbus tail tasks  (new events, until Ctrl-C)\n\n"
+    "eventbus tail tasks --since 10m --key task-1 -o json\n\n"
+    "eventbus tail tasks --from-beginning --limit 20"
+)
+_REPLAY_EXAMPLES = (
+    "Example:  eventbus replay tasks --since 2h --into tasks --url redis://localhost:6379/0 "
+    "--into-url kafka://localhost:9092 --create"
+)
+_DOCTOR_EXAMPLES = "Example:  EVENTBUS_URL=kafka://localhost:9092 eventbus doctor --strict"
 
 
 _register()

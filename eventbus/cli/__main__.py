@@ -1,0 +1,5 @@
+"""``python -m eventbus.cli``: the same as the ``eventbus`` script."""
+
+from eventbus.cli import main
+
+main()

@@ -1,0 +1,423 @@
+"""``eventbus topics``: list, describe, create, delete, and plan/apply a declarative file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from eventbus.cli._common import (
+    Output,
+    OutputOption,
+    UrlOption,
+    YesOption,
+    confirm_or_refuse,
+    console,
+    emit_json,
+    fail,
+    open_bus,
+    parse_kv,
+    progress,
+    warn,
+)
+from eventbus.cli._specfile import SpecFileError, load_specs
+from eventbus.errors import ConfigurationError
+from eventbus.sync import EventBus
+from eventbus.topics import Change, Plan, TopicSpec, parse_duration_ms
+from eventbus.transport import TopicInfo
+
+__all__ = ["app", "change_json", "topic_json"]
+
+app = typer.Typer(
+    help="List, inspect, create and delete topics; plan and apply a topics file.",
+    no_args_is_help=True,
+)
+
+FileOption = Annotated[
+    Path,
+    typer.Option(
+        "--file", "-f", help="Topics file: YAML, or TOML when it ends in .toml.", dir_okay=False
+    ),
+]
+
+EXIT_NO_CHANGES = 0
+EXIT_CHANGES = 2
+
+
+def _fmt_ms(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms" if ms % 1000 else f"{ms // 1000}s"
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"
+
+
+def topic_json(info: TopicInfo) -> dict[str, Any]:
+    """A topic as JSON: name, spec fields, total count and per-partition first/last/count."""
+    spec = info.spec.model_dump(mode="json")
+    return {
+        "name": info.name,
+        "partitions": [
+            {
+                "partition": p.partition,
+                "first": p.first,
+                "last": p.last,
+                "first_position": None if p.first is None else f"{p.partition}:{p.first}",
+                "last_position": None if p.last is None else f"{p.partition}:{p.last}",
+                "count": p.count,
+            }
+            for p in info.partitions
+        ],
+        "count": info.count,
+        "spec": spec,
+    }
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    """One plan change as JSON: action, topic, fields {name: {from, to}}, flags, warnings."""
+    return {
+        "action": change.action,
+        "topic": change.topic,
+        "fields": {k: {"from": a, "to": b} for k, (a, b) in change.fields.items()},
+        "destructive": change.destructive,
+        "warnings": list(change.warnings),
+        "spec": change.spec.model_dump(mode="json") if change.spec is not None else None,
+    }
+
+
+def _list_epilog() -> str:
+    return "Example:  eventbus topics list --url redis://localhost:6379/0 -o json"
+
+
+@app.command("list", epilog=_list_epilog())
+def list_topics(url: UrlOption = "memory://", output: OutputOption = Output.table) -> None:
+    """List topics with their partitions, event count and retention."""
+    with open_bus(url) as bus:
+        infos = [bus.describe_topic(name) for name in bus.list_topics()]
+        if output is Output.json:
+            emit_json(
+                [
+                    {
+                        "name": i.name,
+                        "partitions": len(i.partitions),
+                        "count": i.count,
+                        "retention_ms": i.spec.retention_ms,
+                        "retention_bytes": i.spec.retention_bytes,
+                        "cleanup_policy": i.spec.cleanup_policy,
+                    }
+                    for i in infos
+                ]
+            )
+            return
+        from rich.table import Table
+
+        table = Table(title=f"topics ({len(infos)})")
+        for col in ("topic", "partitions", "events", "retention", "retention bytes", "cleanup"):
+            table.add_column(col, justify="right" if col in ("partitions", "events") else "left")
+        for i in infos:
+            table.add_row(
+                i.name,
+                str(len(i.partitions)),
+                str(i.count),
+                _fmt_ms(i.spec.retention_ms),
+                _fmt_bytes(i.spec.retention_bytes),
+                i.spec.cleanup_policy,
+            )
+        console().print(table)
+
+
+@app.command(epilog="Example:  eventbus topics describe tasks -o json")
+def describe(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    url: UrlOption = "memory://",
+    output: OutputOption = Output.table,
+) -> None:
+    """Show a topic: settings, and per partition its first/last position and event count."""
+    with open_bus(url) as bus:
+        info = bus.describe_topic(name)
+        if output is Output.json:
+            emit_json(topic_json(info))
+            return
+        _print_topic(info)
+
+
+def _print_topic(info: TopicInfo) -> None:
+    from rich.table import Table
+
+    spec = info.spec
+    settings = Table(title=f"topic {info.name}", show_header=False)
+    settings.add_column("setting")
+    settings.add_column("value")
+    settings.add_row("partitions", str(len(info.partitions)))
+    settings.add_row("events", str(info.count))
+    settings.add_row("retention", _fmt_ms(spec.retention_ms))
+    settings.add_row("retention bytes (per partition)", _fmt_bytes(spec.retention_bytes))
+    settings.add_row("max event bytes", _fmt_bytes(spec.max_event_bytes))
+    settings.add_row("cleanup policy", spec.cleanup_policy)
+    for key, value in sorted(spec.config.items()):
+        settings.add_row(f"config {key}", value)
+    parts = Table(title="partitions")
+    for col in ("partition", "first", "last", "events"):
+        parts.add_column(col, justify="right")
+    for p in info.partitions:
+        parts.add_row(
+            str(p.partition),
+            "-" if p.first is None else str(p.first),
+            "-" if p.last is None else str(p.last),
+            str(p.count),
+        )
+    out = console()
+    out.print(settings)
+    out.print(parts)
+
+
+@app.command(
+    epilog="Example:  eventbus topics create tasks --partitions 6 --retention 7d "
+    "--config segment.ms=3600000"
+)
+def create(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    partitions: Annotated[int, typer.Option("--partitions", "-p", min=1)] = 1,
+    retention: Annotated[
+        str | None, typer.Option(help="Keep events this long: 30m, 12h, 7d (default: forever).")
+    ] = None,
+    retention_bytes: Annotated[
+        str | None, typer.Option(help="Keep at most this much per partition: 512MiB, 1GiB.")
+    ] = None,
+    max_event_bytes: Annotated[
+        str | None, typer.Option(help="Largest encoded event accepted (default 1MiB).")
+    ] = None,
+    cleanup_policy: Annotated[
+        str, typer.Option(help="delete or compact (compact needs a transport that has it).")
+    ] = "delete",
+    config: Annotated[
+        list[str] | None,
+        typer.Option("--config", "-c", help="Transport setting KEY=VALUE; repeatable."),
+    ] = None,
+    url: UrlOption = "memory://",
+    output: OutputOption = Output.table,
+) -> None:
+    """Create a topic. Fails (exit 1) if it exists."""
+    fields: dict[str, Any] = {
+        "name": name,
+        "partitions": partitions,
+        "cleanup_policy": cleanup_policy,
+        "config": parse_kv(config, "--config"),
+    }
+    if retention is not None:
+        try:
+            fields["retention_ms"] = parse_duration_ms(retention)
+        except ValueError as exc:
+            fail(f"--retention: {exc}")
+    if retention_bytes is not None:
+        fields["retention_bytes"] = retention_bytes
+    if max_event_bytes is not None:
+        fields["max_event_bytes"] = max_event_bytes
+    spec = _spec_or_fail(fields)
+    with open_bus(url) as bus:
+        created = bus.create_topic(spec)
+        if output is Output.json:
+            emit_json({"created": created.name, "spec": created.model_dump(mode="json")})
+        else:
+            typer.echo(
+                f"created topic {created.name} ({created.partitions} partition"
+                f"{'s' if created.partitions != 1 else ''}, retention "
+                f"{_fmt_ms(created.retention_ms)})"
+            )
+
+
+def _spec_or_fail(fields: dict[str, Any]) -> TopicSpec:
+    from pydantic import ValidationError
+
+    try:
+        return TopicSpec(**fields)
+    except ValidationError as exc:
+        fail(
+            "; ".join(
+                f"--{str(e['loc'][0]).replace('_', '-')}: "
+                f"{str(e['msg']).removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+        )
+
+
+@app.command(epilog="Example:  eventbus topics delete tasks --yes")
+def delete(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    yes: YesOption = False,
+    url: UrlOption = "memory://",
+    output: OutputOption = Output.table,
+) -> None:
+    """Delete a topic and all its events. Asks first unless --yes; without a terminal to ask
+    on, refuses unless --yes."""
+    with open_bus(url) as bus:
+        info = bus.describe_topic(name)  # unknown topic: clear error before any question
+        confirm_or_refuse(
+            f"Delete topic {name!r} and its {info.count} event(s)?", yes=yes, what="delete"
+        )
+        bus.delete_topic(name)
+        if output is Output.json:
+            emit_json({"deleted": name, "count": info.count})
+        else:
+            typer.echo(f"deleted topic {name}")
+
+
+# plan / apply -------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> Any:
+    try:
+        return load_specs(path)
+    except SpecFileError as exc:
+        fail(str(exc))
+
+
+def _wanted(bus: EventBus, path: Path) -> list[TopicSpec]:
+    """The file's specs, plus its dead-letter topics that do not exist yet."""
+    spec_file = _load(path)
+    existing = set(bus.list_topics())
+    return [*spec_file.specs, *(d for d in spec_file.dead_letters if d.name not in existing)]
+
+
+def _plan(bus: EventBus, specs: list[TopicSpec]) -> Plan:
+    try:
+        return bus.plan(specs)
+    except ValueError as exc:  # a name given twice
+        fail(str(exc))
+
+
+def _print_plan(the_plan: Plan, title: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    if the_plan.empty:
+        typer.echo("no changes: the server matches the file")
+        return
+    table = Table(title=title)
+    for col in ("action", "topic", "changes", "destructive"):
+        table.add_column(col)
+    for change in the_plan.changes:
+        if change.action == "create" and change.spec is not None:
+            s = change.spec
+            detail = f"partitions={s.partitions}"
+            if s.retention_ms is not None:
+                detail += f" retention={_fmt_ms(s.retention_ms)}"
+        else:
+            detail = "\n".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in change.fields.items())
+        style = {"create": "green", "update": "yellow", "delete": "red"}[change.action]
+        table.add_row(
+            Text(change.action, style=style),
+            change.topic,
+            detail,
+            Text("YES", style="bold red") if change.destructive else "no",
+        )
+    console().print(table)
+    counts = {a: sum(c.action == a for c in the_plan.changes) for a in ("create", "update")}
+    typer.echo(
+        f"plan: {counts['create']} to create, {counts['update']} to update"
+        + (", DESTRUCTIVE changes present" if the_plan.destructive else "")
+    )
+
+
+def _plan_json(the_plan: Plan, **extra: Any) -> dict[str, Any]:
+    return {
+        "changes": [change_json(c) for c in the_plan.changes],
+        "destructive": the_plan.destructive,
+        **extra,
+    }
+
+
+@app.command(
+    epilog="Example:  eventbus topics plan -f topics.yaml --url kafka://localhost:9092\n\n"
+    "Exit codes: 0 no changes, 2 changes to apply, 1 error (like terraform -detailed-exitcode)."
+)
+def plan(
+    file: FileOption,
+    url: UrlOption = "memory://",
+    output: OutputOption = Output.table,
+) -> None:
+    """Show what `apply` would change to make the server match the file; changes nothing.
+
+    Dead-letter topics the file names (dead_letter: X) are created too when missing, with the
+    partitions of their topic."""
+    with open_bus(url) as bus:
+        the_plan = _plan(bus, _wanted(bus, file))
+        if output is Output.json:
+            emit_json(_plan_json(the_plan))
+        else:
+            _print_plan(the_plan, f"plan for {file}")
+            for change in the_plan.changes:
+                for message in change.warnings:
+                    warn(message)
+    raise typer.Exit(EXIT_CHANGES if the_plan else EXIT_NO_CHANGES)
+
+
+@app.command(
+    epilog="Example:  eventbus topics apply -f topics.yaml --url redis://localhost:6379/0 --yes"
+)
+def apply(
+    file: FileOption,
+    yes: YesOption = False,
+    allow_destructive: Annotated[
+        bool,
+        typer.Option(
+            "--allow-destructive",
+            help="Allow fewer partitions (recreates the topic, deleting its events) and "
+            "cleanup policy changes.",
+        ),
+    ] = False,
+    url: UrlOption = "memory://",
+    output: OutputOption = Output.table,
+) -> None:
+    """Make the server match the file: create missing topics, update changed ones.
+
+    Idempotent (a second run changes nothing). Refuses destructive changes without
+    --allow-destructive, warns that adding partitions moves existing keys, and asks before
+    changing anything unless --yes."""
+    with open_bus(url) as bus:
+        wanted = _wanted(bus, file)
+        the_plan = _plan(bus, wanted)
+        if the_plan.empty:
+            if output is Output.json:
+                emit_json(_plan_json(the_plan, applied=True))
+            else:
+                typer.echo("no changes: the server matches the file")
+            return
+        if output is Output.table:
+            _print_plan(the_plan, f"changes for {file}")
+        for change in the_plan.changes:
+            for message in change.warnings:
+                warn(message)
+        if the_plan.destructive and not allow_destructive:
+            destructive = "; ".join(c.describe() for c in the_plan.changes if c.destructive)
+            fail(
+                f"the plan has destructive changes ({destructive}); nothing was changed. Review "
+                "them and pass --allow-destructive to apply"
+            )
+        confirm_or_refuse("Apply these changes?", yes=yes, what="apply changes")
+        by_name = {s.name: s for s in wanted}
+        changed = [by_name[c.topic] for c in the_plan.changes if c.topic in by_name]
+        done: list[Change] = []
+        with progress("applying", len(changed), enabled=output is Output.table) as bar:
+            for spec in changed:  # one at a time, for progress; plans are per topic anyway
+                try:
+                    done.extend(bus.apply([spec], allow_destructive=allow_destructive).changes)
+                except ConfigurationError as exc:
+                    fail(f"{spec.name}: {exc} (applied before it: {len(done)} change(s))")
+                bar.advance()
+        result = Plan(tuple(done))
+        if output is Output.json:
+            emit_json(_plan_json(result, applied=True))
+        else:
+            typer.echo(f"applied {len(done)} change(s)")

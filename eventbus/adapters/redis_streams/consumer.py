@@ -71,6 +71,8 @@ class RedisConsumer:
         self._owned: dict[TP, _Owned] = {}
         self._live: dict[str, set[str]] = {}
         self._nacked: dict[Entry, tuple[float, int]] = {}
+        self._seen: dict[TP, str] = {}
+        """Last new id read per partition: where a vanished group is re-created."""
         self._lock = asyncio.Lock()
         self._closed = False
         self._rotation = 0
@@ -275,12 +277,15 @@ class RedisConsumer:
             if entries and isinstance(entries[0], list) and len(entries) == 1:
                 entries = entries[0]  # RESP3 shape: [[entries]]
             out += [layout.decode_entry(topic, owned.partition, i, f, 1) for i, f in entries]
+            if entries:
+                self._seen[(topic, owned.partition)] = layout.text(entries[-1][0])
         return out
 
     async def _regroup(self, topic: str) -> None:
         """The group (or a partition's group) vanished, or the topic grew: create it again."""
         meta = await self._t.meta(topic, fresh=True)
-        await ensure_group(self._t, meta, self._group, self._options)
+        seen = {p: i for (t, p), i in self._seen.items() if t == topic}
+        await ensure_group(self._t, meta, self._group, self._options, seen)
 
     # settle ----------------------------------------------------------------------------------
     async def ack(self, records: Sequence[Record]) -> None:

@@ -44,17 +44,23 @@ def start_id(start: str | datetime) -> str:
 
 
 async def ensure_group(
-    t: RedisTransport, meta: TopicMeta, group: str, options: ConsumerOptions
+    t: RedisTransport,
+    meta: TopicMeta,
+    group: str,
+    options: ConsumerOptions,
+    seen: Mapping[int, str] | None = None,
 ) -> None:
     """Create ``group`` on every partition stream where it is missing. A brand-new group
     starts at ``options.start``; partitions added to an existing group start at their
-    beginning (they are younger than the group)."""
+    beginning (they are younger than the group). ``seen`` (partition -> last id a member
+    read) wins: a group destroyed under a running member is re-created where it was."""
+    seen = seen or {}
     first, *rest = meta.streams()
     begin = start_id(options.start)
     created = True
     try:
         with t.edge(f"create group {group!r}"):
-            await t.client.xgroup_create(first, group, begin, mkstream=True)
+            await t.client.xgroup_create(first, group, seen.get(0, begin), mkstream=True)
     except Exception as exc:
         if not is_busygroup(exc.__cause__ or exc):
             raise
@@ -63,8 +69,9 @@ async def ensure_group(
         return
     with t.edge(f"create group {group!r}"):
         pipe = t.client.pipeline(transaction=False)
-        for key in rest:
-            pipe.xgroup_create(key, group, begin if created else "0", mkstream=True)
+        for p, key in enumerate(rest, start=1):
+            default = begin if created else "0"
+            pipe.xgroup_create(key, group, seen.get(p, default), mkstream=True)
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception) and not is_busygroup(reply):

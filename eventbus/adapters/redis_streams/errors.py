@@ -35,11 +35,18 @@ def _auth(message: str) -> bool:
 
 def translate(exc: BaseException, url: str, action: str) -> EventBusError | None:
     """The eventbus error for a redis-py exception, or None if it is not one."""
-    if not isinstance(exc, rx.RedisError):
+    if not isinstance(exc, rx.RedisError | rx.RedisClusterException):
         return None
     message = str(exc)
     where = f"{action} on {url}"
-    if isinstance(exc, rx.AuthenticationError | rx.NoPermissionError) or _auth(message):
+    if isinstance(exc, rx.RedisClusterException):
+        return ConnectionFailedError(
+            f"{where}: Redis Cluster client error ({message}). Check that every node is up "
+            "and covers its slots, and that the URL names a cluster node with ?cluster=true."
+        )
+    if isinstance(
+        exc, rx.AuthenticationError | rx.AuthorizationError | rx.NoPermissionError
+    ) or _auth(message):
         return AuthenticationError(
             f"{where}: Redis refused the credentials or the ACL user lacks permission "
             f"({message.split(' ', 1)[0]}). Check the user and password in the URL and the "
@@ -77,7 +84,7 @@ def edge(url: str, action: str) -> Iterator[None]:
     driver types leaking: the original stays as ``__cause__`` for debugging)."""
     try:
         yield
-    except rx.RedisError as exc:
+    except (rx.RedisError, rx.RedisClusterException) as exc:
         mapped = translate(exc, url, action)
         if mapped is None:  # pragma: no cover - translate maps every RedisError
             raise

@@ -126,15 +126,16 @@ async def _topic_state(
 async def _members(
     t: RedisTransport, meta: TopicMeta, group: str, keys: list[str]
 ) -> dict[str, GroupMember]:
+    with t.edge(f"describe group {group!r}"):
+        now_ms = int(await t.script("NOW")(keys=[layout.meta_key(meta.name)]))
+
     def build(pipe: Any) -> None:
-        pipe.time()
         pipe.hgetall(layout.members_key(meta.name, group))
         pipe.hgetall(layout.owners_key(meta.name, group))
         for key in keys:
             pipe.xinfo_consumers(key, group)
 
-    clock, deadlines, owners, *consumers = await t.pipeline(build, f"describe group {group!r}")
-    now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+    deadlines, owners, *consumers = await t.pipeline(build, f"describe group {group!r}")
     idle: dict[str, int] = {}
     pending: dict[str, int] = {}
     for reply in consumers:

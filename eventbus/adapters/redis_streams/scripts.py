@@ -3,7 +3,7 @@ which is used as one script only when both topics share a slot (always, outside 
 
 from __future__ import annotations
 
-__all__ = ["CREATE_TOPIC", "DEAD_LETTER", "HEARTBEAT", "LEAVE", "PUBLISH"]
+__all__ = ["CREATE_TOPIC", "DEAD_LETTER", "HEARTBEAT", "LEAVE", "NOW", "PUBLISH"]
 
 # KEYS[1] meta, KEYS[2..] partition streams to make exist. ARGV[1] mode: "create" fails when
 # the topic exists (as eventbus topic or as any key named like partition 0); "alter" requires
@@ -121,4 +121,10 @@ else
 end
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return id
+"""
+
+# The server clock in ms, on the node holding KEYS[1] (TIME cannot be pipelined in Cluster).
+NOW = """
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """

@@ -284,10 +284,25 @@ def _load(path: Path) -> Any:
 
 
 def _wanted(bus: EventBus, path: Path) -> list[TopicSpec]:
-    """The file's specs, plus its dead-letter topics that do not exist yet."""
+    """The file's specs, plus its dead-letter topics that do not exist yet, adapted to the
+    transport: a per-partition size limit is dropped (with a warning) where the transport
+    cannot retain by size, so one file serves Redis and Kafka alike."""
     spec_file = _load(path)
     existing = set(bus.list_topics())
-    return [*spec_file.specs, *(d for d in spec_file.dead_letters if d.name not in existing)]
+    specs = [*spec_file.specs, *(d for d in spec_file.dead_letters if d.name not in existing)]
+    caps = bus.capabilities
+    if caps.retention_by_size:
+        return specs
+    adapted = []
+    for spec in specs:
+        if spec.retention_bytes is not None:
+            warn(
+                f"{spec.name}: retention_bytes ignored on {caps.transport} (capability "
+                "retention_by_size is false); retention by time still applies"
+            )
+            spec = spec.model_copy(update={"retention_bytes": None})
+        adapted.append(spec)
+    return adapted
 
 
 def _plan(bus: EventBus, specs: list[TopicSpec]) -> Plan:

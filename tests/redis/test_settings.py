@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from redis import exceptions as rx
 
 from eventbus._registry import open_transport
 from eventbus.adapters.redis_streams import RedisSettings, RedisTransport
-from eventbus.errors import ConfigurationError
+from eventbus.adapters.redis_streams.errors import translate
+from eventbus.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionFailedError,
+    EventBusError,
+    GroupNotFoundError,
+    OperationTimeoutError,
+)
 
 
 def test_url_parts_and_defaults() -> None:
@@ -68,3 +77,22 @@ def test_registry_builds_the_transport_for_both_schemes() -> None:
         assert caps.transport == "redis" and caps.native_delivery_count
         assert not caps.retention_by_size and not caps.compaction
     assert open_transport("redis://h:1/0?cluster=true").capabilities.atomic_dead_letter is False
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "text"),
+    [
+        (rx.ConnectionError("refused"), ConnectionFailedError, "cannot reach Redis"),
+        (rx.TimeoutError("slow"), OperationTimeoutError, "socket_timeout"),
+        (rx.ResponseError("WRONGPASS invalid username-password pair"), AuthenticationError, "ACL"),
+        (rx.NoPermissionError("NOPERM no permissions"), AuthenticationError, "permission"),
+        (rx.ReadOnlyError("READONLY You can't write"), ConnectionFailedError, "primary"),
+        (rx.OutOfMemoryError("OOM command not allowed"), EventBusError, "maxmemory"),
+        (rx.ResponseError("NOGROUP No such key"), GroupNotFoundError, "does not exist"),
+        (rx.SlotNotCoveredError("slot 7 not covered"), ConnectionFailedError, "Cluster"),
+    ],
+)
+def test_driver_errors_are_translated(exc: Exception, kind: type, text: str) -> None:
+    mapped = translate(exc, "redis://u:***@h:1/0", "publish")
+    assert type(mapped) is kind
+    assert text in str(mapped) and "redis://u:***@h:1/0" in str(mapped)

@@ -93,6 +93,10 @@ for p = 0, parts - 1 do
   end
   if owner == me then mine[#mine + 1] = p end
 end
+-- membership of an abandoned group (or a deleted topic) expires instead of lingering
+local keep = tonumber(ARGV[2]) * 10 + 60000
+redis.call('PEXPIRE', KEYS[1], keep)
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], keep) end
 return {now, parts, mine, live}
 """
 

@@ -58,6 +58,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 """Kafka's default ``max.message.bytes`` (used when the config cannot be read)."""
 _MAPPED = {"retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes"}
 
+_LEADERLESS = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+}
 T = TypeVar("T")
 K: Any = _kafka_admin
 """confluent_kafka.admin, untyped: its re-exports carry no type information."""
@@ -228,7 +232,9 @@ class KafkaAdmin:
     async def _has_partitions(self, topic: str, count: int) -> bool:
         md = await self.metadata(topic)
         info = md.topics.get(topic)
-        return info is not None and info.error is None and len(info.partitions) >= count
+        if info is None or info.error is not None or len(info.partitions) < count:
+            return False
+        return all(p.leader >= 0 and p.error is None for p in info.partitions.values())
 
     async def _gone(self, topic: str) -> bool:
         md = await self.metadata(None)
@@ -252,12 +258,23 @@ class KafkaAdmin:
         request = {TopicPartition(topic, p): spec for p in partitions}
         if not request:
             return {}
-        futures = self._client.list_offsets(request, request_timeout=self.timeout)
-        out: dict[int, int] = {}
-        for tp, future in futures.items():
-            info = await self._wait(future, f"list offsets of {topic!r}")
-            out[tp.partition] = info.offset
-        return out
+        deadline = time.monotonic() + self.timeout
+        while True:
+            futures = self._client.list_offsets(request, request_timeout=self.timeout)
+            try:
+                out: dict[int, int] = {}
+                for tp, future in futures.items():
+                    info = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 5)
+                    out[tp.partition] = info.offset
+                return out
+            except KafkaException as exc:
+                # a partition just created may have no leader yet: retry briefly
+                err = kafka_error(exc)
+                if err is None or err.code() not in _LEADERLESS or time.monotonic() > deadline:
+                    raise translate(exc, f"list offsets of {topic!r}", where=self._where) from None
+            except TimeoutError:
+                raise OperationTimeoutError(f"list offsets of {topic!r} timed out") from None
+            await asyncio.sleep(0.1)
 
     async def describe_topic(self, name: str) -> TopicInfo:
         count = await self.partition_count(name)

@@ -244,7 +244,9 @@ class KafkaConsumer:
 
     def _start_blocking(self) -> None:
         try:
-            self._consumer = Consumer(self._config, error_cb=self._on_error)
+            self._consumer = Consumer(
+                {**self._config, "on_commit": self._on_commit}, error_cb=self._on_error
+            )
             self._consumer.subscribe(
                 self._topics,
                 on_assign=self._on_assign,
@@ -387,8 +389,27 @@ class KafkaConsumer:
                     offsets.append(TopicPartition(key[0], key[1], commit[0], commit[1]))
                     state.sent = commit
                     state.committed = commit[0]
-        if offsets:
+        if not offsets:
+            return
+        try:
             self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        except KafkaException:
+            self._commit_failed(offsets)
+            raise
+
+    def _on_commit(self, err: Any, partitions: list[Any]) -> None:
+        """Commit result (worker thread, inside poll): a failed commit is sent again later."""
+        failed = [tp for tp in partitions if err is not None or tp.error is not None]
+        if failed:
+            log.info("commit failed, will retry: %s", err or failed[0].error)
+            self._commit_failed(failed)
+
+    def _commit_failed(self, partitions: list[Any]) -> None:
+        with self._lock:
+            for tp in partitions:
+                state = self._parts.get((tp.topic, tp.partition))
+                if state is not None:
+                    state.sent = None
 
     # -- fetching ---------------------------------------------------------------------------
 

@@ -1,0 +1,235 @@
+"""Consumer groups on a real broker: splitting, commits, nacks, attempts, dead letters, resets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from eventbus.adapters.kafka import KafkaTransport
+from eventbus.errors import ClosedError, GroupActiveError, GroupNotFoundError
+from eventbus.transport import Outgoing, Record
+from tests.kafka.conftest import (
+    connected,
+    fetch_until,
+    make_topic,
+    options,
+    run,
+    unique,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+async def committed(t: KafkaTransport, group: str, topic: str) -> dict[int, int | None]:
+    info = await t.describe_group(group)
+    return {p.partition: p.committed for p in info.partitions if p.topic == topic}  # type: ignore[misc]
+
+
+def test_two_members_split_partitions_without_duplicates(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=4)
+            group = unique("g")
+            await t.publish(topic, [Outgoing(b"%d" % i, b"k%d" % i) for i in range(80)], timeout=30)
+            a = await t.open_consumer([topic], group, "a", options())
+            b = await t.open_consumer([topic], group, "b", options())
+            seen: dict[str, list[Record]] = {"a": [], "b": []}
+            deadline = time.monotonic() + 60
+            while sum(map(len, seen.values())) < 80 and time.monotonic() < deadline:
+                for name, member in (("a", a), ("b", b)):
+                    got = await member.fetch(20, 0.2)
+                    await member.ack(got)
+                    seen[name].extend(got)
+            values = sorted(int(r.value) for rs in seen.values() for r in rs)
+            assert values == list(range(80)), "each record exactly once across the group"
+            owners: dict[str, set[tuple[str, int]]] = {}
+
+            async def both_own_partitions() -> bool:  # members must poll for rebalances
+                for member in (a, b):
+                    assert await member.fetch(1, 0.1) == [], "nothing is delivered twice"
+                info = await t.describe_group(group)
+                owners.clear()
+                owners.update({m.name: set(m.assignments) for m in info.members})
+                return info.state == "stable" and len(owners) == 2 and all(owners.values())
+
+            await wait_for(both_own_partitions, 30, "the cooperative rebalance to finish")
+            assert set(owners) == {"a", "b"}
+            assert not owners["a"] & owners["b"]
+            for name, records in seen.items():  # nobody read a partition it did not own at the end
+                other = "b" if name == "a" else "a"
+                late = [r for r in records if (topic, r.partition) in owners[other]]
+                assert all(r.attempt == 1 for r in late)
+            await a.close()
+            await b.close()
+            assert (await t.describe_group(group)).lag == 0
+
+    run(main())
+
+
+def test_only_the_contiguous_acked_prefix_is_committed(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=1)
+            group = unique("g")
+            await t.publish(topic, [Outgoing(b"%d" % i) for i in range(6)], timeout=30)
+            c = await t.open_consumer([topic], group, "c", options())
+            records = await fetch_until(c, 6, ack=False)
+            await c.ack([records[3], records[1], records[2]])  # out of order, 0 still open
+
+            async def at(offset: int) -> bool:
+                return (await committed(t, group, topic)).get(0) == offset
+
+            await c.fetch(1, 0.1)
+            await wait_for(lambda: at(0), 10, "offset 0 to stay committed")
+            await c.ack([records[0]])
+            await wait_for(lambda: at(4), 10, "the prefix 0-3 to commit")
+            await c.ack([records[5]])
+            await c.ack([records[5]])  # idempotent
+            await c.close()
+            assert await at(4)
+            again = await t.open_consumer([topic], group, "c2", options())
+            rest = await fetch_until(again, 2)
+            assert [r.offset for r in rest] == [4, 5]
+            assert [r.attempt for r in rest] == [2, 2], "both were delivered before"
+            await again.close()
+            with pytest.raises(ClosedError):
+                await again.fetch(1, 0.1)
+
+    run(main())
+
+
+def test_nack_redelivers_after_delay_without_holding_back_the_partition(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=1)
+            await t.publish(topic, [Outgoing(b"a"), Outgoing(b"b")], timeout=30)
+            c = await t.open_consumer([topic], unique("g"), "c", options())
+            (first,) = await fetch_until(c, 1, ack=False)
+            nacked = time.monotonic()
+            await c.nack(first, delay=0.6)
+            (second,) = await fetch_until(c, 1)
+            assert second.value == b"b", "later records are not held back"
+            (again,) = await fetch_until(c, 1, ack=False)
+            assert time.monotonic() - nacked >= 0.55
+            assert (again.value, again.offset, again.attempt) == (b"a", 0, 2)
+            await c.nack(again)
+            (third,) = await fetch_until(c, 1)
+            assert third.attempt == 3
+            await c.close()
+
+    run(main())
+
+
+def test_attempt_count_survives_a_restart(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=1)
+            group = unique("g")
+            await t.publish(topic, [Outgoing(b"%d" % i) for i in range(3)], timeout=30)
+            c = await t.open_consumer([topic], group, "c", options())
+            first = await fetch_until(c, 3, ack=False)
+            await c.nack(first[0], delay=0)
+            (again,) = await fetch_until(c, 1, ack=False)
+            assert again.attempt == 2
+            await c.nack(again, delay=60)  # still waiting when we shut down
+            await c.ack([first[2]])
+            await c.close()  # commits 0 with "0 was delivered twice, 1 and 2 once"
+            c = await t.open_consumer([topic], group, "c", options())
+            after = await fetch_until(c, 3, ack=False)
+            assert [(r.offset, r.attempt) for r in after] == [(0, 3), (1, 2), (2, 2)]
+            await c.kill()  # a crash: nothing new committed, but deliveries were recorded
+            c = await t.open_consumer([topic], group, "c", options())
+            after = await fetch_until(c, 3)
+            assert [(r.offset, r.attempt) for r in after] == [(0, 4), (1, 3), (2, 3)]
+            await c.close()
+
+    run(main())
+
+
+def test_dead_letter_writes_the_copy_then_acks(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=1)
+            dlq = await make_topic(t, partitions=1, prefix="dlq")
+            group = unique("g")
+            await t.publish(topic, [Outgoing(b"poison", b"k", {"eb-id": b"1"})], timeout=30)
+            c = await t.open_consumer([topic], group, "c", options())
+            (record,) = await fetch_until(c, 1, ack=False)
+            await c.dead_letter(record, dlq, {"eb-dlq-reason": b"bad"})
+            (copy,) = await t.read(dlq, 0, None)
+            assert (copy.key, copy.value) == (b"k", b"poison")
+            assert copy.headers == {"eb-id": b"1", "eb-dlq-reason": b"bad"}
+
+            async def done() -> bool:
+                return (await committed(t, group, topic)).get(0) == 1
+
+            await wait_for(done, 10, "the original to be committed")
+            await c.close()
+
+    run(main())
+
+
+def test_new_group_can_start_at_a_time(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=1)
+            now = int(time.time() * 1000)
+            records = [Outgoing(b"%d" % i, timestamp_ms=now - 10_000 + i * 1000) for i in range(5)]
+            await t.publish(topic, records, timeout=30)
+            start = datetime.fromtimestamp((now - 7_500) / 1000, UTC)
+            c = await t.open_consumer([topic], unique("g"), "c", options(start=start))
+            got = await fetch_until(c, 2)
+            assert [r.value for r in got] == [b"3", b"4"]
+            assert await c.fetch(10, 0.3) == []
+            await c.close()
+
+    run(main())
+
+
+def test_reset_refuses_an_active_group_and_moves_an_idle_one(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=2)
+            group = unique("g")
+            await t.publish(
+                topic, [Outgoing(b"%d" % i, partition=i % 2) for i in range(10)], timeout=30
+            )
+            c = await t.open_consumer([topic], group, "busy", options())
+            await fetch_until(c, 10)
+            started = time.monotonic()
+            with pytest.raises(GroupActiveError, match="busy"):
+                await t.reset_group(group, topic, "earliest")
+            assert time.monotonic() - started < 10
+            await c.close()
+            changes = await t.reset_group(group, topic, {0: 2})
+            assert changes == {0: (5, 2)}
+            changes = await t.reset_group(group, topic, "earliest")
+            assert changes == {0: (2, 0), 1: (5, 0)}
+            info = await t.describe_group(group)
+            assert info.lag == 10 and info.members == []
+            assert await t.reset_group(group, topic, "latest") == {0: (0, 5), 1: (0, 5)}
+            with pytest.raises(GroupNotFoundError):
+                await t.describe_group(unique("nobody"))
+            assert group in await t.list_groups()
+
+    run(main())
+
+
+def test_transport_close_closes_members_and_is_idempotent(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=1)
+            c = await t.open_consumer([topic], unique("g"), "c", options())
+            await t.close()
+            await t.close()
+            with pytest.raises(ClosedError):
+                await c.fetch(1, 0.1)
+            with pytest.raises(ClosedError):
+                await t.publish(topic, [Outgoing(b"x")], timeout=5)
+
+    run(main())
+    assert asyncio.get_event_loop_policy() is not None

@@ -7,7 +7,9 @@ reports ``cluster_state:ok``) against a deadline.
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -55,6 +57,44 @@ def _ready(ports: list[int]) -> bool:
     return all("cluster_state:ok" in _cli(p, "cluster", "info", timeout=5) for p in ports)
 
 
+def _cluster_port() -> int:
+    """A free port P <= 55535 whose cluster bus port P + 10000 is free as well."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_000)
+        if all(_free(p) for p in (port, port + 10_000)):
+            return port
+    raise servers.ServerError("no free port pair (P, P + 10000) for a cluster node")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _start_node(node_dir: Path) -> servers.ServerProcess:
+    last: Exception | None = None
+    for _ in range(5):  # a port can be taken between the check and the start
+        try:
+            return servers.start_redis(
+                data_dir=node_dir,
+                port=_cluster_port(),
+                extra_args=[
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout", "5000",
+                ],
+            )  # fmt: skip
+        except servers.ServerError as exc:
+            last = exc
+            (node_dir / "nodes.conf").unlink(missing_ok=True)
+    assert last is not None
+    raise last
+
+
 def start_cluster(size: int = 3, timeout: float = 60.0) -> LocalCluster:
     """Start ``size`` cluster nodes, join them, and wait until the cluster is ok."""
     workdir = Path(tempfile.mkdtemp(prefix="eventbus-redis-cluster-"))
@@ -63,19 +103,7 @@ def start_cluster(size: int = 3, timeout: float = 60.0) -> LocalCluster:
         for i in range(size):
             node_dir = workdir / f"node{i}"
             node_dir.mkdir()
-            cluster.nodes.append(
-                servers.start_redis(
-                    data_dir=node_dir,
-                    extra_args=[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(node_dir / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                )
-            )
+            cluster.nodes.append(_start_node(node_dir))
         addresses = [f"127.0.0.1:{p}" for p in cluster.ports]
         out = _cli(
             cluster.ports[0], "--cluster", "create", *addresses, "--cluster-replicas", "0",

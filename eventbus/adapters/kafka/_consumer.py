@@ -9,9 +9,11 @@ Commit strategy (at-least-once): ``enable.auto.commit=false``. Per partition the
 the offsets it fetched and has not acked yet (``outstanding``) and the next offset after the
 last fetched record (``high``). The committable position is ``min(outstanding)``, or ``high``
 when nothing is outstanding: only the contiguous acked prefix, whatever order acks arrive in,
-and offset gaps (compaction, transaction markers) never stall it. The member commits
-asynchronously at the end of every ``fetch`` that changed something, synchronously on revoke
-and on ``close``. ``kill`` closes the client without committing.
+and offset gaps (compaction, transaction markers) never stall it. Commits go out from the
+member's thread: after acks (one queued commit job covers every ack before it runs), at the end
+of every ``fetch`` that changed something (asynchronously, to record deliveries), synchronously
+on revoke and on ``close``. A failed commit (say, during a rebalance) is sent again with the
+next one. ``kill`` closes the client without committing anything more.
 
 Nacks and delivery counts: a nacked record stays outstanding (nothing is committed past it)
 and waits in a local delay queue; ``fetch`` hands it out again once its delay is over, with

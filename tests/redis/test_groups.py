@@ -345,6 +345,9 @@ def test_describe_and_reset_group(redis_url: str, topic: str) -> None:
         assert info.members[0].pending == 1
         p0 = info.partitions[0]
         assert (p0.committed, p0.lag, p0.pending) == (got[-1].offset, 6, 1)
+        if hasattr(p0, "delivered"):  # contract fields for position translation
+            assert (p0.delivered, p0.lowest_pending) == (got[-1].offset, got[3].offset)
+            assert getattr(info.partitions[1], "delivered", 0) is None
         assert group in await t.list_groups()
 
         moved = await t.reset_group(group, topic, {0: positions[7].offset})

@@ -8,6 +8,7 @@ the entries after the last-delivered id instead.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["count_after", "describe_group", "ensure_group", "reset_group", "start_id"]
 
 COUNT_PAGE = 10_000
+# GroupPartition.delivered / lowest_pending are new in the contract: fill them where present.
+_HAS_DELIVERED = "delivered" in {f.name for f in dataclasses.fields(GroupPartition)}
 
 
 def start_id(start: str | datetime) -> str:
@@ -115,12 +118,22 @@ async def _topic_state(
         lag = info.get("lag")
         if lag is None:
             lag = await count_after(t, key, "(" + committed)
-        partitions.append(
-            GroupPartition(meta.name, p, committed, int(lag), int(info.get("pending", 0)))
-        )
+        pending = int(info.get("pending", 0))
+        extra: dict[str, Any] = {}
+        if _HAS_DELIVERED:
+            extra["delivered"] = None if committed == "0-0" else committed
+            extra["lowest_pending"] = await _lowest_pending(t, key, group) if pending else None
+        partitions.append(GroupPartition(meta.name, p, committed, int(lag), pending, **extra))
     if not partitions:
         return [], {}
     return partitions, await _members(t, meta, group, present)
+
+
+async def _lowest_pending(t: RedisTransport, key: str, group: str) -> str | None:
+    with t.edge(f"describe group {group!r}"):
+        summary = await t.client.xpending(key, group)
+    low = summary.get("min") if isinstance(summary, Mapping) else None
+    return layout.text(low) if low else None
 
 
 async def _members(

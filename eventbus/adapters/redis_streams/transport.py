@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
@@ -550,7 +549,3 @@ class RedisTransport:
         if not self.settings.cluster:
             return True
         return len({key_slot(k.encode()) for k in keys}) == 1
-
-
-def is_response_error(exc: BaseException) -> bool:
-    return isinstance(exc, rx.ResponseError)

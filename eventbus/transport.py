@@ -242,6 +242,11 @@ class GroupPartition:
     committed: Offset | None
     lag: int | None
     pending: int = 0
+    delivered: Offset | None = None
+    """The last offset delivered to the group (inclusive), or None if nothing was."""
+    lowest_pending: Offset | None = None
+    """The lowest delivered but un-acked offset, or None. A record is done for the group when
+    its offset is at most ``delivered`` and below ``lowest_pending``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -487,7 +487,17 @@ class MemoryTransport:
                 part = target.partitions[p]
                 pending = state.pending.get((topic_name, p), {})
                 lag = sum(1 for s in part.records if s.offset >= position)
-                partitions.append(GroupPartition(topic_name, p, position, lag, len(pending)))
+                partitions.append(
+                    GroupPartition(
+                        topic_name,
+                        p,
+                        position,
+                        lag,
+                        len(pending),
+                        delivered=position - 1 if position > 0 else None,
+                        lowest_pending=min(pending) if pending else None,
+                    )
+                )
             members = [
                 GroupMember(
                     name,

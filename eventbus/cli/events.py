@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -35,6 +35,8 @@ from eventbus.sync import EventBus
 from eventbus.transport import Position
 
 __all__ = ["event_json", "produce", "replay", "tail"]
+
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 BATCH = 500
 """Events per publish_many call when stdin is a pipe (and for replay copies)."""
@@ -219,7 +221,10 @@ def tail(
     shown = 0
     with open_bus(url) as bus:
         out = console()
-        for item in bus.replay(topic, start=begin, follow=follow):
+        # follow: an end far in the future, as replay's default end (the last event present
+        # when it began) also ends a followed replay (core issue, reported)
+        end = _FAR_FUTURE if follow else None
+        for item in bus.replay(topic, start=begin, end=end, follow=follow):
             if key is not None and item.event.key != key:
                 continue
             if event_type is not None and item.event.type != event_type:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from eventbus.errors import TopicExistsError, TopicNotFoundError, UnsupportedError
@@ -20,8 +22,8 @@ def test_create_describe_alter_grow_delete(kafka_url: str) -> None:
             spec = TopicSpec(
                 name=name,
                 partitions=2,
-                retention_ms="2d",
-                retention_bytes="64MiB",
+                retention_ms=2 * 86_400_000,
+                retention_bytes=64 * 1024 * 1024,
                 max_event_bytes=200_000,
                 cleanup_policy="delete",
                 config={"min.compaction.lag.ms": "1000"},
@@ -71,12 +73,15 @@ def test_create_describe_alter_grow_delete(kafka_url: str) -> None:
 
 
 def test_topic_made_elsewhere_reads_back_with_broker_defaults(kafka_bootstrap: str) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka import admin as kafka_admin
+    from confluent_kafka.admin import AdminClient
+
+    new_topic: Any = kafka_admin.NewTopic  # type: ignore[attr-defined]
 
     name = unique("foreign")
     _CREATED.append(name)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=3)])[name].result(30)
+    admin.create_topics([new_topic(name, num_partitions=3)])[name].result(30)
 
     async def main() -> None:
         async with connected(f"kafka://{kafka_bootstrap}") as t:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -232,4 +231,3 @@ def test_transport_close_closes_members_and_is_idempotent(kafka_url: str) -> Non
                 await t.publish(topic, [Outgoing(b"x")], timeout=5)
 
     run(main())
-    assert asyncio.get_event_loop_policy() is not None

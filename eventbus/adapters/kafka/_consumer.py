@@ -372,6 +372,11 @@ class KafkaConsumer:
         self._drop(keys)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        log.warning(
+            "partitions lost without a chance to commit (records not committed will be "
+            "delivered again): %s",
+            [(tp.topic, tp.partition) for tp in partitions],
+        )
         self._drop([(tp.topic, tp.partition) for tp in partitions])
 
     def _drop(self, keys: list[tuple[str, int]]) -> None:

@@ -27,7 +27,7 @@ from eventbus.transport import Outgoing, Position
 
 __all__ = ["PolledProducer", "producer_config"]
 
-_YIELD_EVERY = 2000
+_YIELD_EVERY = 2048
 """Records produced between two yields to the event loop during a large publish."""
 
 
@@ -49,23 +49,10 @@ def producer_config(base: dict[str, Any], batch_size: int | None = None) -> dict
     return config
 
 
-def _produce_kwargs(record: Outgoing) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if record.key is not None:
-        kwargs["key"] = record.key
-    if record.partition is not None:
-        kwargs["partition"] = record.partition
-    if record.timestamp_ms is not None:
-        kwargs["timestamp"] = record.timestamp_ms
-    if record.headers:
-        kwargs["headers"] = list(record.headers.items())
-    return kwargs
-
-
 class _Batch:
     """The delivery reports of one publish call; resolves ``future`` when all have arrived."""
 
-    __slots__ = ("error", "future", "loop", "positions", "remaining")
+    __slots__ = ("error", "future", "lock", "loop", "positions", "remaining")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
         self.loop = loop
@@ -73,16 +60,19 @@ class _Batch:
         self.positions: list[Position | None] = [None] * count
         self.remaining = count
         self.error: Any = None
+        self.lock = threading.Lock()
 
     def delivered(self, index: int, err: Any, msg: Any) -> None:
-        """Delivery callback (poll thread). Reports arrive once per record."""
+        """Delivery callback, once per record, from whichever thread called ``poll``."""
         if err is not None:
             if self.error is None:
                 self.error = err
         else:
             self.positions[index] = Position(msg.partition(), msg.offset())
-        self.remaining -= 1
-        if self.remaining == 0:
+        with self.lock:
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
                 self.loop.call_soon_threadsafe(self._finish)
 
@@ -101,6 +91,9 @@ class PolledProducer:
             raise translate(exc, "creating the Kafka producer", where=where) from None
         self._where = where
         self._closed = False
+        self._inline = 0
+        """Publish calls now in their produce loop; they poll inline meanwhile (two threads
+        taking turns on the GIL for every report would halve the throughput)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._poll_forever, name="eventbus-kafka-producer-poll", daemon=True
@@ -109,7 +102,10 @@ class PolledProducer:
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            if self._inline:  # a publish is producing and serving reports itself
+                self._stop.wait(0.005)
+            else:
+                self._producer.poll(0.05)
 
     async def publish(
         self, topic: str, records: Sequence[Outgoing], deadline: float
@@ -122,22 +118,11 @@ class PolledProducer:
             raise ClosedError("the Kafka producer is closed; open a new transport")
         loop = asyncio.get_running_loop()
         batch = _Batch(loop, len(records))
-        produce = self._producer.produce
-        for index, record in enumerate(records):
-            kwargs = _produce_kwargs(record)
-            kwargs["on_delivery"] = functools.partial(batch.delivered, index)
-            while True:
-                try:
-                    produce(topic, record.value, **kwargs)
-                    break
-                except BufferError:  # local queue full: let the poll thread drain it
-                    if time.monotonic() > deadline:
-                        raise self._timeout(topic, index, len(records)) from None
-                    await asyncio.sleep(0.002)
-                except KafkaException as exc:
-                    raise translate(exc, f"publish to {topic!r}", where=self._where) from None
-            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+        self._inline += 1
+        try:
+            await self._produce_all(topic, records, batch, deadline)
+        finally:
+            self._inline -= 1
         try:
             await asyncio.wait_for(
                 asyncio.shield(batch.future), max(0.0, deadline - time.monotonic())
@@ -147,6 +132,40 @@ class PolledProducer:
         if batch.error is not None:
             raise translate(batch.error, f"publish to {topic!r}", where=self._where)
         return [p for p in batch.positions if p is not None]
+
+    async def _produce_all(
+        self, topic: str, records: Sequence[Outgoing], batch: _Batch, deadline: float
+    ) -> None:
+        produce = self._producer.produce
+        poll = self._producer.poll
+        delivered = batch.delivered
+        for index, record in enumerate(records):
+            headers: Any = record.headers
+            if headers and type(headers) is not dict:
+                headers = dict(headers)
+            partition = record.partition
+            while True:
+                try:
+                    produce(
+                        topic,
+                        record.value,
+                        record.key,
+                        partition=-1 if partition is None else partition,
+                        on_delivery=functools.partial(delivered, index),
+                        timestamp=record.timestamp_ms or 0,
+                        headers=headers or None,
+                    )
+                    break
+                except BufferError:  # local queue full: serve reports, then retry
+                    if time.monotonic() > deadline:
+                        raise self._timeout(topic, index, len(records)) from None
+                    poll(0.001)
+                    await asyncio.sleep(0)
+                except KafkaException as exc:
+                    raise translate(exc, f"publish to {topic!r}", where=self._where) from None
+            poll(0)  # serve reports here, as a raw produce loop does
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
 
     def _timeout(self, topic: str, done: int, total: int) -> OperationTimeoutError:
         return OperationTimeoutError(

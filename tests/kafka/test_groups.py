@@ -84,6 +84,8 @@ def test_only_the_contiguous_acked_prefix_is_committed(kafka_url: str) -> None:
 
             await c.fetch(1, 0.1)
             await wait_for(lambda: at(0), 10, "offset 0 to stay committed")
+            (part,) = (await t.describe_group(group)).partitions
+            assert (part.delivered, part.lowest_pending, part.lag) == (5, 0, 6)
             await c.ack([records[0]])
             await wait_for(lambda: at(4), 10, "the prefix 0-3 to commit")
             await c.ack([records[5]])

@@ -139,6 +139,25 @@ def _committed(offset: int) -> int | None:
     return offset if offset >= 0 else None
 
 
+def _group_partition(
+    topic: str, partition: int, committed: int | None, metadata: str | None, lag: int | None
+) -> GroupPartition:
+    """A GroupPartition; ``delivered`` / ``lowest_pending`` come from eventbus commit metadata
+    (``eb1 <high> ...``: offsets below ``high`` were delivered; ``committed`` is the lowest not
+    done). Conservative: acked records above the lowest un-acked one do not count as done."""
+    if committed is None:
+        return GroupPartition(topic, partition, None, lag)
+    from eventbus.adapters.kafka._consumer import decode_metadata
+
+    high, _ = decode_metadata(metadata)
+    if high > committed:
+        return GroupPartition(
+            topic, partition, committed, lag, delivered=high - 1, lowest_pending=committed
+        )
+    delivered = committed - 1 if committed > 0 else None
+    return GroupPartition(topic, partition, committed, lag, delivered=delivered)
+
+
 class KafkaAdmin:
     """Admin operations over one AdminClient. All methods are coroutines with timeouts."""
 
@@ -370,18 +389,18 @@ class KafkaAdmin:
         ]
         if desc.state == ConsumerGroupState.DEAD and not offsets and not members:
             raise GroupNotFoundError(f"consumer group {group!r} does not exist at {self._where}")
-        wanted: dict[tuple[str, int], int | None] = {
-            (tp.topic, tp.partition): _committed(tp.offset) for tp in offsets
+        wanted: dict[tuple[str, int], tuple[int | None, str | None]] = {
+            (tp.topic, tp.partition): (_committed(tp.offset), tp.metadata) for tp in offsets
         }
         for member in members:
             for key in member.assignments:
-                wanted.setdefault(key, None)
+                wanted.setdefault(key, (None, None))
         partitions = await self._group_partitions(wanted)
         state = desc.state.name.lower() if desc.state is not None else "unknown"
         return GroupInfo(group=group, state=state, members=members, partitions=partitions)
 
     async def _group_partitions(
-        self, wanted: Mapping[tuple[str, int], int | None]
+        self, wanted: Mapping[tuple[str, int], tuple[int | None, str | None]]
     ) -> list[GroupPartition]:
         by_topic: dict[str, list[int]] = {}
         for topic, partition in wanted:
@@ -393,9 +412,9 @@ class KafkaAdmin:
             except TopicNotFoundError:
                 high = {}
             for p in sorted(parts):
-                committed = wanted[(topic, p)]
+                committed, metadata = wanted[(topic, p)]
                 lag = None if committed is None or p not in high else max(0, high[p] - committed)
-                out.append(GroupPartition(topic, p, committed, lag))
+                out.append(_group_partition(topic, p, committed, metadata, lag))
         return out
 
     async def reset_group(

@@ -34,6 +34,7 @@ _REGISTRY: dict[str, TransportEntry] = {
     "redis": TransportEntry("eventbus.adapters.redis_streams:RedisTransport", "redis", "redis"),
     "rediss": TransportEntry("eventbus.adapters.redis_streams:RedisTransport", "redis", "redis"),
     "kafka": TransportEntry("eventbus.adapters.kafka:KafkaTransport", "kafka", "confluent_kafka"),
+    "migrate": TransportEntry("eventbus.migration.transport:MigrationTransport"),
     "redpanda": TransportEntry(
         "eventbus.adapters.kafka:KafkaTransport", "kafka", "confluent_kafka"
     ),

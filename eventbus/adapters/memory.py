@@ -581,6 +581,14 @@ class MemoryConsumer:
                 continue
             part = topic.partitions[tp[1]]
             pending = state.pending.setdefault(tp, {})
+            if any(
+                self._due(e, state, now) is not None
+                for e in pending.values()
+                if e.member != self._name
+            ):
+                # the partition just moved here and its last owner still works on records of
+                # it: wait until it acks them (or times out), so per-key order holds
+                continue
             for offset in sorted(pending):
                 if len(out) >= max_records:
                     break

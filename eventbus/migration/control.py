@@ -1,0 +1,250 @@
+"""The migration's durable control record and member heartbeats.
+
+Both live on the *source* transport (the side every service can already reach), as topics the
+contract can serve on any transport:
+
+- ``__eb_migration.<name>`` (1 partition): each record is a full :class:`MigrationState`
+  snapshot; the last record is the current state. Writers check the version they read, so two
+  operators cannot overwrite each other's change unnoticed.
+- ``__eb_migration.<name>.members`` (1 partition, 1 h retention): producers and consumers
+  using ``migrate://`` publish a heartbeat every poll interval with the stage generation they
+  follow and, for consumers, their group's status. ``advance`` and ``cutover`` read the recent
+  ones to know that every live member has caught up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from eventbus.errors import (
+    ConfigurationError,
+    EventBusError,
+    TopicExistsError,
+    TopicNotFoundError,
+)
+from eventbus.topics import TopicSpec
+from eventbus.transport import Outgoing, Transport
+
+__all__ = [
+    "STAGES",
+    "ControlStore",
+    "GroupMigration",
+    "Heartbeat",
+    "MigrationState",
+    "Stage",
+    "TopicMigration",
+    "VerifyReport",
+]
+
+Stage = Literal["source-only", "dual-source-primary", "dual-target-primary", "target-only"]
+STAGES: tuple[Stage, ...] = (
+    "source-only",
+    "dual-source-primary",
+    "dual-target-primary",
+    "target-only",
+)
+GroupStatus = Literal["source", "pausing-to-target", "target", "pausing-to-source"]
+
+
+class PartitionDiff(BaseModel):
+    source_count: int
+    target_count: int
+    missing: list[str] = Field(default_factory=list)
+    """Event ids on the source but not the target (first 50)."""
+    extra: list[str] = Field(default_factory=list)
+    """Event ids on the target but not the source (first 50)."""
+    reordered_keys: list[str] = Field(default_factory=list)
+    payload_mismatch: list[str] = Field(default_factory=list)
+    missing_count: int = 0
+    extra_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.missing_count or self.extra_count or self.reordered_keys or self.payload_mismatch
+        )
+
+
+class VerifyReport(BaseModel):
+    topic: str
+    checked_at: datetime
+    partitions: dict[int, PartitionDiff]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.partitions.values())
+
+    def summary(self) -> str:
+        if self.ok:
+            total = sum(p.source_count for p in self.partitions.values())
+            return f"{self.topic}: identical ({total} events in {len(self.partitions)} partitions)"
+        lines = [f"{self.topic}: DIFFERENT"]
+        for p, diff in sorted(self.partitions.items()):
+            if diff.ok:
+                continue
+            lines.append(
+                f"  partition {p}: source {diff.source_count}, target {diff.target_count}, "
+                f"missing {diff.missing_count} {diff.missing[:5]}, extra {diff.extra_count} "
+                f"{diff.extra[:5]}, reordered keys {diff.reordered_keys[:5]}, payload "
+                f"mismatches {diff.payload_mismatch[:5]}"
+            )
+        return "\n".join(lines)
+
+
+class TopicMigration(BaseModel):
+    stage: Stage = "source-only"
+    generation: int = 0
+    """Grows with every stage change; members acknowledge the generation they follow."""
+    partitions: int = 1
+    backfill_done: bool = False
+    backfill_checkpoint: dict[int, tuple[str, str]] = Field(default_factory=dict)
+    """partition -> (last source offset copied, its target offset), a lower bound on resume."""
+    backfilled: int = 0
+    verify: VerifyReport | None = None
+
+
+class GroupMigration(BaseModel):
+    topic: str
+    status: GroupStatus = "source"
+    start: dict[int, str] = Field(default_factory=dict)
+    """The next offset the group reads on its current side, as set at the last switch."""
+    boundary: dict[int, str] = Field(default_factory=dict)
+    """Last offset of each partition on the new side when the group switched."""
+    skip: dict[int, list[str]] = Field(default_factory=dict)
+    """Offsets from ``start`` up to ``boundary`` (inclusive) already handled on the old side."""
+    switched_at: datetime | None = None
+
+
+class MigrationState(BaseModel):
+    name: str
+    version: int = 0
+    source: str = ""
+    """Redacted source URL, for display only."""
+    target: str = ""
+    topics: dict[str, TopicMigration] = Field(default_factory=dict)
+    groups: dict[str, GroupMigration] = Field(default_factory=dict)
+    updated: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def topic(self, name: str) -> TopicMigration:
+        try:
+            return self.topics[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"topic {name!r} is not part of migration {self.name!r}; add it with "
+                "'eventbus migrate init --topic ...'"
+            ) from None
+
+
+class Heartbeat(BaseModel):
+    member: str
+    role: Literal["producer", "consumer"]
+    time: datetime
+    topics: dict[str, int] = Field(default_factory=dict)
+    """topic -> stage generation this member follows."""
+    groups: dict[str, str] = Field(default_factory=dict)
+    """group -> its status as this member sees it ("paused" once drained for a switch)."""
+
+
+class ControlStore:
+    """Reads and writes one migration's control record and heartbeats on ``transport``."""
+
+    def __init__(self, transport: Transport, name: str) -> None:
+        self.transport = transport
+        self.name = name
+        self.topic = f"__eb_migration.{name}"
+        self.members_topic = f"__eb_migration.{name}.members"
+
+    async def ensure(self) -> None:
+        for spec in (
+            TopicSpec(name=self.topic),
+            TopicSpec(name=self.members_topic, retention_ms=3_600_000),
+        ):
+            with contextlib.suppress(TopicExistsError):
+                await self.transport.create_topic(spec)
+
+    async def load(self) -> MigrationState | None:
+        """The current state, or None when the migration was never initialised."""
+        try:
+            info = await self.transport.describe_topic(self.topic)
+        except EventBusError:
+            return None
+        last = info.partitions[0].last if info.partitions else None
+        if last is None:
+            return None
+        records = await self.transport.read(self.topic, 0, last, inclusive=True, limit=1)
+        if not records:
+            return None
+        return MigrationState.model_validate_json(records[-1].value)
+
+    async def require(self) -> MigrationState:
+        state = await self.load()
+        if state is None:
+            raise ConfigurationError(
+                f"migration {self.name!r} has not been initialised on the source; run "
+                "'eventbus migrate init' first"
+            )
+        return state
+
+    async def save(self, state: MigrationState, *, expected_version: int | None) -> MigrationState:
+        """Write ``state`` as the next version. Raises ConfigurationError when someone else
+        changed the record since ``expected_version`` was read (read again and retry)."""
+        current = await self.load()
+        have = current.version if current is not None else None
+        if expected_version is not None and have != expected_version:
+            raise ConfigurationError(
+                f"migration {self.name!r} changed while this command ran (version {have}, "
+                f"expected {expected_version}); run the command again"
+            )
+        new = state.model_copy(
+            update={"version": (have or 0) + 1, "updated": datetime.now(UTC)}, deep=True
+        )
+        await self.transport.publish(
+            self.topic, [Outgoing(value=new.model_dump_json().encode())], timeout=30.0
+        )
+        return new
+
+    async def heartbeat(self, beat: Heartbeat) -> None:
+        """Publish a heartbeat (creating the topics on first use, so members that start before
+        ``init`` are already visible to the operator)."""
+        record = [Outgoing(value=beat.model_dump_json().encode())]
+        try:
+            await self.transport.publish(self.members_topic, record, timeout=10.0)
+        except TopicNotFoundError:
+            await self.ensure()
+            await self.transport.publish(self.members_topic, record, timeout=10.0)
+
+    async def live_members(self, window: float) -> dict[str, Heartbeat]:
+        """The latest heartbeat of each member seen in the last ``window`` seconds."""
+        since = datetime.now(UTC) - timedelta(seconds=window)
+        out: dict[str, Heartbeat] = {}
+        start: Any = since
+        inclusive = True
+        while True:
+            try:
+                page = await self.transport.read(
+                    self.members_topic, 0, start, inclusive=inclusive, limit=1000
+                )
+            except EventBusError:
+                return out
+            for record in page:
+                beat = Heartbeat.model_validate_json(record.value)
+                if beat.time >= since:
+                    out[beat.member] = beat
+            if len(page) < 1000:
+                return out
+            start, inclusive = page[-1].offset, False
+
+
+def encode_json(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

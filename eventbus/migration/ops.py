@@ -1,0 +1,567 @@
+"""The operator's side of a migration: init, advance, backfill, verify, cutover, rollback.
+
+Every function here is idempotent or refuses clearly, so an on-call engineer can run any step
+again after an interruption. See docs/migration.md for the runbook.
+
+Position translation (cutover and its reverse) uses the event ids that every copy carries
+instead of a separate ledger: for each partition, the old side says which events the group has
+finished (offset at most ``delivered`` and below ``lowest_pending``); on the new side the group
+starts at the first record whose event is not finished there (so nothing is skipped), and the
+finished records after that start are listed in the control record, where members skip them
+(so nothing is handled twice). Records the old side does not have yet count as unfinished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from eventbus._registry import open_transport
+from eventbus._urls import redact
+from eventbus.errors import (
+    ConfigurationError,
+    EventBusError,
+    GroupNotFoundError,
+    TopicExistsError,
+)
+from eventbus.event import H_ID
+from eventbus.migration.control import (
+    STAGES,
+    ControlStore,
+    GroupMigration,
+    MigrationState,
+    PartitionDiff,
+    Stage,
+    TopicMigration,
+    VerifyReport,
+)
+from eventbus.migration.transport import (
+    H_COPY,
+    H_COPY_OF,
+    H_GEN,
+    journal_backlog,
+    replay_journal,
+)
+from eventbus.transport import (
+    GroupPartition,
+    Offset,
+    Outgoing,
+    Record,
+    Transport,
+    offset_key,
+)
+
+__all__ = ["Migration", "Progress"]
+
+Progress = Callable[[int], None]
+"""Called with the number of records just processed (for progress bars)."""
+
+
+def event_id(record: Record) -> str:
+    """The identity of a record's event on both sides (raw records: their source place)."""
+    value = record.headers.get(H_ID)
+    if value is not None:
+        return value.decode(errors="replace")
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+async def scan(
+    transport: Transport, topic: str, partition: int, *, page: int = 1000
+) -> AsyncIterator[Record]:
+    """Every record of one partition, in order."""
+    start: Offset | None = None
+    inclusive = True
+    while True:
+        batch = await transport.read(topic, partition, start, inclusive=inclusive, limit=page)
+        for record in batch:
+            yield record
+        if len(batch) < page:
+            return
+        start, inclusive = batch[-1].offset, False
+
+
+def _finished(part: GroupPartition | None) -> Callable[[Offset], bool]:
+    """Whether the group is done with an offset on the side ``part`` describes."""
+    if part is None or part.delivered is None:
+        return lambda offset: False
+    delivered = offset_key(part.delivered)
+    low = offset_key(part.lowest_pending) if part.lowest_pending is not None else None
+    return lambda o: offset_key(o) <= delivered and (low is None or offset_key(o) < low)
+
+
+class Migration:
+    """One migration between a source and a target, addressed by name."""
+
+    def __init__(self, name: str, source: Transport, target: Transport) -> None:
+        self.name = name
+        self.source = source
+        self.target = target
+        self.control = ControlStore(source, name)
+
+    @classmethod
+    async def open(cls, name: str, source_url: str, target_url: str) -> Migration:
+        source = open_transport(source_url)
+        target = open_transport(target_url)
+        await source.connect()
+        await target.connect()
+        migration = cls(name, source, target)
+        migration.source_url = redact(source_url)
+        migration.target_url = redact(target_url)
+        return migration
+
+    source_url = ""
+    target_url = ""
+
+    async def close(self) -> None:
+        await self.source.close()
+        await self.target.close()
+
+    # init and status ---------------------------------------------------------------------
+    async def init(self, topics: list[str]) -> MigrationState:
+        """Start (or extend) the migration with ``topics``, all at ``source-only``; the
+        target topics are created with the source's spec (partitions, retention, limits)."""
+        await self.control.ensure()
+        state = await self.control.load()
+        version = state.version if state is not None else None
+        state = state or MigrationState(name=self.name)
+        state.source, state.target = self.source_url, self.target_url
+        for topic in topics:
+            spec = (await self.source.describe_topic(topic)).spec
+            with contextlib.suppress(TopicExistsError):
+                await self.target.create_topic(spec)
+            target_spec = (await self.target.describe_topic(topic)).spec
+            if target_spec.partitions != spec.partitions:
+                raise ConfigurationError(
+                    f"topic {topic!r} has {spec.partitions} partitions on the source but "
+                    f"{target_spec.partitions} on the target; keys would land elsewhere. "
+                    "Make them equal first"
+                )
+            state.topics.setdefault(topic, TopicMigration(partitions=spec.partitions))
+        return await self.control.save(state, expected_version=version)
+
+    async def status(self) -> dict[str, Any]:
+        """Per topic and group: stage, lag on both sides, journal backlog, last verify."""
+        state = await self.control.require()
+        live = await self.control.live_members(10.0)
+        topics: dict[str, Any] = {}
+        for name, mig in state.topics.items():
+            primary = self.target if mig.stage == "dual-target-primary" else self.source
+            topics[name] = {
+                "stage": mig.stage,
+                "generation": mig.generation,
+                "backfill_done": mig.backfill_done,
+                "backfilled": mig.backfilled,
+                "journal_backlog": await journal_backlog(self.name, name, primary),
+                "verify": None
+                if mig.verify is None
+                else {"ok": mig.verify.ok, "checked_at": mig.verify.checked_at.isoformat()},
+                "producers": sorted(
+                    m for m, b in live.items() if b.role == "producer" and name in b.topics
+                ),
+            }
+        groups: dict[str, Any] = {}
+        for group, gm in state.groups.items():
+            groups[group] = {
+                "topic": gm.topic,
+                "status": gm.status,
+                "source_lag": await self._lag(self.source, group),
+                "target_lag": await self._lag(self.target, group),
+            }
+        return {"name": state.name, "version": state.version, "topics": topics, "groups": groups}
+
+    async def _lag(self, side: Transport, group: str) -> int | None:
+        try:
+            return (await side.describe_group(group)).lag
+        except EventBusError:
+            return None
+
+    # stages ------------------------------------------------------------------------------
+    async def advance(self, topic: str, *, wait: float = 30.0) -> MigrationState:
+        """Move ``topic`` to its next stage, after every live producer follows the current
+        one and the next stage's preconditions hold (raises ConfigurationError saying which
+        does not). Waits up to ``wait`` s for producers to catch up."""
+        state = await self.control.require()
+        mig = state.topic(topic)
+        index = STAGES.index(mig.stage)
+        if index == len(STAGES) - 1:
+            raise ConfigurationError(f"{topic} is already {mig.stage}; nothing to advance")
+        await self._await_producers(topic, mig.generation, wait)
+        nxt = STAGES[index + 1]
+        if nxt == "dual-target-primary":
+            if not mig.backfill_done:
+                raise ConfigurationError(
+                    f"{topic}: backfill has not finished; run 'eventbus migrate backfill'"
+                )
+            if mig.verify is None or not mig.verify.ok:
+                raise ConfigurationError(
+                    f"{topic}: the last verification did not pass; run 'eventbus migrate "
+                    "verify' and fix what it reports"
+                )
+            await self._require_empty_journal(topic, self.source)
+        if nxt == "target-only":
+            await self._require_groups_on(state, topic, "target")
+            await self._require_empty_journal(topic, self.target)
+        return await self._set_stage(state, topic, nxt)
+
+    async def rollback(self, topic: str, *, wait: float = 30.0) -> MigrationState:
+        """Move ``topic`` back one stage. Going back to ``source-only`` needs every group on
+        the source (roll groups back first with ``cutover --to source``)."""
+        state = await self.control.require()
+        mig = state.topic(topic)
+        index = STAGES.index(mig.stage)
+        if index == 0:
+            raise ConfigurationError(f"{topic} is already source-only; nothing to roll back")
+        await self._await_producers(topic, mig.generation, wait)
+        prev = STAGES[index - 1]
+        if prev == "source-only":
+            await self._require_groups_on(state, topic, "source")
+        if prev == "dual-source-primary":
+            await self._require_empty_journal(topic, self.target)
+        return await self._set_stage(state, topic, prev)
+
+    async def _set_stage(self, state: MigrationState, topic: str, stage: Stage) -> MigrationState:
+        version = state.version
+        mig = state.topics[topic]
+        mig.stage = stage
+        mig.generation += 1
+        if stage == "source-only":
+            mig.backfill_done = False
+            mig.verify = None
+        return await self.control.save(state, expected_version=version)
+
+    async def _await_producers(self, topic: str, generation: int, wait: float) -> None:
+        """Wait until every live producer of ``topic`` reported ``generation`` (or later) in a
+        heartbeat sent after the last change of the control record."""
+        deadline = time.monotonic() + wait
+        changed = (await self.control.require()).updated
+        while True:
+            live = await self.control.live_members(10.0)
+            behind = sorted(
+                m
+                for m, beat in live.items()
+                if beat.role == "producer"
+                and topic in beat.topics
+                and (beat.topics[topic] < generation or beat.time < changed)
+            )
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"{topic}: producers {', '.join(behind)} have not acknowledged the current "
+                    "stage yet; check they run with the migrate:// URL, then retry"
+                )
+            await asyncio.sleep(0.2)  # poll heartbeats
+
+    async def _require_empty_journal(self, topic: str, primary: Transport) -> None:
+        backlog = await journal_backlog(self.name, topic, primary)
+        if backlog:
+            raise ConfigurationError(
+                f"{topic}: {backlog} dual-write copies still wait in the journal; wait until "
+                "'eventbus migrate status' shows a backlog of 0"
+            )
+
+    async def _require_groups_on(self, state: MigrationState, topic: str, side: str) -> None:
+        wrong = sorted(
+            g for g, gm in state.groups.items() if gm.topic == topic and gm.status != side
+        )
+        if wrong:
+            raise ConfigurationError(
+                f"{topic}: groups {', '.join(wrong)} are not on the {side}; move them with "
+                f"'eventbus migrate cutover --group G --to {side}' first"
+            )
+
+    # backfill ----------------------------------------------------------------------------
+    async def backfill(self, topic: str, *, progress: Progress | None = None) -> int:
+        """Copy the source's history (events not written by dual-write) into the target in
+        order per partition, keys, ids, headers and timestamps kept. Resumable: it continues
+        after the last copy found on the target, so running it again after a crash leaves
+        each event on the target exactly once. Returns how many events it copied."""
+        state = await self.control.require()
+        mig = state.topic(topic)
+        if mig.stage != "dual-source-primary":
+            raise ConfigurationError(
+                f"{topic} is {mig.stage}; backfill runs in dual-source-primary (advance first)"
+            )
+        await self._await_producers(topic, mig.generation, 30.0)
+        copied = 0
+        for p in range(mig.partitions):
+            copied += await self._backfill_partition(topic, p, mig, progress)
+        state = await self.control.require()
+        version = state.version
+        done = state.topic(topic)
+        done.backfill_done = True
+        done.backfilled += copied
+        await self.control.save(state, expected_version=version)
+        # the dual-written tail waited in the journal; move it now (producers also do)
+        await replay_journal(self.name, topic, self.source, self.target, timeout=0.5)
+        return copied
+
+    async def _resume_point(self, topic: str, p: int, mig: TopicMigration) -> Offset | None:
+        """The last source offset already copied to the target (None: nothing yet)."""
+        checkpoint = mig.backfill_checkpoint.get(p)
+        last: Offset | None = None
+        start: Offset | None = None
+        if checkpoint is not None:
+            last = _offset(checkpoint[0])
+            start = _offset(checkpoint[1])
+        inclusive = True
+        while True:
+            batch = await self.target.read(topic, p, start, inclusive=inclusive, limit=1000)
+            for record in batch:
+                if record.headers.get(H_COPY) == b"backfill":
+                    last = _offset(record.headers[H_COPY_OF].decode())
+            if len(batch) < 1000:
+                return last
+            start, inclusive = batch[-1].offset, False
+
+    async def _backfill_partition(
+        self, topic: str, p: int, mig: TopicMigration, progress: Progress | None
+    ) -> int:
+        after = await self._resume_point(topic, p, mig)
+        copied = 0
+        start: Offset | None = after
+        inclusive = after is None
+        while True:
+            batch = await self.source.read(topic, p, start, inclusive=inclusive, limit=1000)
+            todo = [r for r in batch if H_GEN not in r.headers]
+            if todo:
+                copies = [_copy(r, "backfill") for r in todo]
+                positions = await self.target.publish(topic, copies, timeout=60.0)
+                copied += len(todo)
+                await self._checkpoint(topic, p, todo[-1].offset, positions[-1].offset)
+            if progress is not None and batch:
+                progress(len(batch))
+            if len(batch) < 1000:
+                return copied
+            start, inclusive = batch[-1].offset, False
+
+    async def _checkpoint(self, topic: str, p: int, source: Offset, target: Offset) -> None:
+        state = await self.control.require()
+        version = state.version
+        state.topic(topic).backfill_checkpoint[p] = (str(source), str(target))
+        await self.control.save(state, expected_version=version)
+
+    # verify ------------------------------------------------------------------------------
+    async def verify(
+        self, topic: str, *, progress: Progress | None = None, grace: float = 5.0
+    ) -> VerifyReport:
+        """Compare both sides per partition: counts, event ids (missing, extra), order of
+        events per key, and payload hashes. The report is stored in the control record.
+
+        Services keep publishing while this runs, so the newest copies may still be on their
+        way: ids missing on one side are looked for again for up to ``grace`` seconds before
+        they are reported."""
+        state = await self.control.require()
+        mig = state.topic(topic)
+        partitions: dict[int, PartitionDiff] = {}
+        for p in range(mig.partitions):
+            src = await _digest(self.source, topic, p, progress)
+            tgt = await _digest(self.target, topic, p, progress)
+            diff = _compare(src, tgt)
+            deadline = time.monotonic() + grace
+            while not diff.ok and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)  # copies in flight: look again shortly
+                src2 = await _digest(self.source, topic, p, None)
+                tgt2 = await _digest(self.target, topic, p, None)
+                diff = _compare(src, tgt, later_source=src2, later_target=tgt2)
+            partitions[p] = diff
+        report = VerifyReport(topic=topic, checked_at=datetime.now(UTC), partitions=partitions)
+        state = await self.control.require()
+        version = state.version
+        state.topic(topic).verify = report
+        await self.control.save(state, expected_version=version)
+        return report
+
+    # cutover -----------------------------------------------------------------------------
+    async def cutover(
+        self,
+        group: str,
+        topic: str,
+        *,
+        to: str = "target",
+        exact: bool = False,
+        wait: float = 60.0,
+    ) -> GroupMigration:
+        """Move ``group`` on ``topic`` to the ``to`` side (``target``, or ``source`` to roll
+        back): pause its members, translate its positions (never ahead of what it finished),
+        set them on the new side, record what to skip, and let members resume there.
+
+        With ``exact`` the group must have no pending events after pausing (a clean prefix),
+        else ConfigurationError. Raises GroupActiveError when the new side still has members."""
+        if to not in ("target", "source"):
+            raise ConfigurationError("cutover --to takes target or source")
+        state = await self.control.require()
+        mig = state.topic(topic)
+        if not mig.stage.startswith("dual"):
+            raise ConfigurationError(
+                f"{topic} is {mig.stage}: groups move while both sides receive every event "
+                "(dual-source-primary or dual-target-primary)"
+            )
+        if to == "target":
+            await self._require_empty_journal(topic, self.source)
+        gm = state.groups.get(group) or GroupMigration(topic=topic)
+        old_side = "source" if to == "target" else "target"
+        if gm.status == to:
+            return gm
+        gm.topic = topic
+        gm.status = "pausing-to-target" if to == "target" else "pausing-to-source"
+        state.groups[group] = gm
+        version = state.version
+        await self.control.save(state, expected_version=version)
+        await self._await_paused(group, wait)
+        old, new = (self.source, self.target) if to == "target" else (self.target, self.source)
+        try:
+            info = await old.describe_group(group)
+        except GroupNotFoundError:
+            info = None
+        parts = {p.partition: p for p in info.partitions if p.topic == topic} if info else {}
+        if exact and any(p.pending for p in parts.values()):
+            raise ConfigurationError(
+                f"group {group} still has pending events on the {old_side}; wait for its "
+                "members to ack them (or drop --exact for a conservative cutover)"
+            )
+        starts: dict[int, Offset] = {}
+        skips: dict[int, list[str]] = {}
+        boundary: dict[int, str] = {}
+        for p in range(mig.partitions):
+            start, skip, last = await self._translate(old, new, topic, p, parts.get(p))
+            if start is not None:
+                starts[p] = start
+                skips[p] = skip
+            if last is not None:
+                boundary[p] = str(last)
+        if starts:
+            await new.reset_group(group, topic, starts)
+        state = await self.control.require()
+        version = state.version
+        gm = state.groups[group]
+        gm.status = "target" if to == "target" else "source"
+        gm.start = {p: str(o) for p, o in starts.items()}
+        gm.skip = skips
+        gm.boundary = boundary
+        gm.switched_at = datetime.now(UTC)
+        await self.control.save(state, expected_version=version)
+        return gm
+
+    async def _await_paused(self, group: str, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            live = await self.control.live_members(5.0)
+            busy = sorted(
+                m for m, beat in live.items() if beat.groups.get(group, "paused") != "paused"
+            )
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"members {', '.join(busy)} of group {group} did not pause within {wait}s; "
+                    "are they running with the migrate:// URL? Retry, or stop them"
+                )
+            await asyncio.sleep(0.2)  # poll heartbeats
+
+    async def _translate(
+        self,
+        old: Transport,
+        new: Transport,
+        topic: str,
+        p: int,
+        part: GroupPartition | None,
+    ) -> tuple[Offset | None, list[str], Offset | None]:
+        """(start on the new side, offsets to skip there, last offset there) for one
+        partition. ``start`` is None when the new side's partition is empty."""
+        finished = _finished(part)
+        done: dict[str, bool] = {}
+        async for record in scan(old, topic, p):
+            eid = event_id(record)
+            done[eid] = done.get(eid, False) or finished(record.offset)
+        start: Offset | None = None
+        last: Offset | None = None
+        skip: list[str] = []
+        async for record in scan(new, topic, p):
+            last = record.offset
+            if done.get(event_id(record), False):
+                if start is not None:
+                    skip.append(str(record.offset))
+            elif start is None:
+                start = record.offset
+        if start is None and last is not None:
+            start = last  # everything there is finished: start at the last one and skip it
+            skip.append(str(last))
+        return start, skip, last
+
+
+def _offset(text: str) -> Offset:
+    return int(text) if text.isdigit() else text
+
+
+def _copy(record: Record, kind: str) -> Outgoing:
+    headers = dict(record.headers)
+    headers.setdefault(H_ID, event_id(record).encode())
+    headers[H_COPY] = kind.encode()
+    headers[H_COPY_OF] = str(record.offset).encode()
+    return Outgoing(
+        value=record.value,
+        key=record.key,
+        headers=headers,
+        timestamp_ms=record.timestamp_ms,
+        partition=record.partition,
+    )
+
+
+class _Digest:
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.keys: dict[str, list[str]] = {}
+        self.hashes: dict[str, str] = {}
+
+
+async def _digest(side: Transport, topic: str, p: int, progress: Progress | None) -> _Digest:
+    digest = _Digest()
+    async for record in scan(side, topic, p):
+        eid = event_id(record)
+        digest.ids.append(eid)
+        if record.key is not None:
+            digest.keys.setdefault(record.key.decode(errors="replace"), []).append(eid)
+        digest.hashes[eid] = hashlib.sha256(record.value).hexdigest()
+        if progress is not None:
+            progress(1)
+    return digest
+
+
+def _compare(
+    src: _Digest,
+    tgt: _Digest,
+    *,
+    later_source: _Digest | None = None,
+    later_target: _Digest | None = None,
+) -> PartitionDiff:
+    """The differences between one partition's digests. With later digests, an id counts as
+    missing (extra) only if the later target (source) still lacks it."""
+    src_ids, tgt_ids = set(src.ids), set(tgt.ids)
+    seen_target = set(later_target.ids) if later_target is not None else tgt_ids
+    seen_source = set(later_source.ids) if later_source is not None else src_ids
+    missing = [i for i in src.ids if i not in tgt_ids and i not in seen_target]
+    extra = [i for i in tgt.ids if i not in src_ids and i not in seen_source]
+    duplicates = len(tgt.ids) - len(tgt_ids)
+    reordered = []
+    for key, ids in src.keys.items():
+        theirs = [i for i in tgt.keys.get(key, []) if i in src_ids]
+        ours = [i for i in ids if i in tgt_ids]
+        if theirs != ours:
+            reordered.append(key)
+    mismatch = [i for i in src_ids & tgt_ids if src.hashes[i] != tgt.hashes[i]]
+    return PartitionDiff(
+        source_count=len(src.ids),
+        target_count=len(tgt.ids),
+        missing=missing[:50],
+        extra=extra[:50],
+        missing_count=len(missing),
+        extra_count=len(extra) + duplicates,
+        reordered_keys=sorted(reordered)[:50],
+        payload_mismatch=sorted(mismatch)[:50],
+    )

@@ -529,7 +529,7 @@ class AsyncEventBus:
                 cursors[part.partition] = (
                     (part.last, False) if part.last is not None else (None, True)
                 )
-        stop = _replay_stops(end, info)
+        stop = (lambda r: False) if follow and end is None else _replay_stops(end, info)
         heads: dict[int, list[Record]] = {p: [] for p in cursors}
         done: set[int] = set()
 

@@ -181,6 +181,36 @@ class ConformanceSuite:
         values = [v for _, v in seen]
         assert sorted(values) == list(range(60)), "every event exactly once across the group"
 
+    def test_per_key_order_holds_when_a_partition_moves(
+        self, bus: EventBus, url: str, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        bus.publish_many(topic, [eventbus.Event(data=i, key="k") for i in range(6)])
+        with eventbus.connect(url) as other:
+            # "m-2" owns the partition first; "m-1" sorts first, so range and round-robin
+            # assignors hand it the partition when it joins
+            old = self.subscribe(bus, topic, group, consumer="m-2")
+            held = drain(old, 3, self.deadline, ack=False)
+            assert [d.event.data for d in held] == [0, 1, 2]
+            new = self.subscribe(other, topic, group, consumer="m-1")
+            early = new.fetch(10, timeout=1.0)
+            assert [d.event.data for d in early] == [], (
+                "a new owner must not read past records its previous owner still holds"
+            )
+            for d in held:
+                d.ack()
+            rest: list[int] = []
+            deadline = time.monotonic() + self.deadline
+            while len(rest) < 3 and time.monotonic() < deadline:
+                for sub in (old, new):
+                    for d in sub.fetch(10, timeout=0.2):
+                        d.ack()
+                        rest.append(d.event.data)
+            old.close()
+            new.close()
+        assert rest == [3, 4, 5]
+
     def test_two_groups_each_see_every_event(
         self, bus: EventBus, make_topic: Callable[..., str]
     ) -> None:

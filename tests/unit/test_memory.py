@@ -63,3 +63,27 @@ def test_capabilities_reflect_auto_create() -> None:
         assert not bus.capabilities.auto_create_topics
     with eventbus.connect(_url() + "?auto_create=true") as bus:
         assert bus.capabilities.auto_create_topics
+
+
+def test_replay_follow_sees_new_events() -> None:
+    import asyncio
+
+    async def main() -> list[int]:
+        async with eventbus.connect_async(_url()) as bus:
+            await bus.create_topic("t")
+            await bus.publish("t", 1)
+            seen: list[int] = []
+
+            async def follow() -> None:
+                async for item in bus.replay("t", follow=True, poll_interval=0.01):
+                    seen.append(item.event.data)
+                    if len(seen) == 3:
+                        return
+
+            task = asyncio.create_task(follow())
+            await bus.publish("t", 2)
+            await bus.publish("t", 3)
+            await asyncio.wait_for(task, 10)
+            return seen
+
+    assert asyncio.run(main()) == [1, 2, 3]

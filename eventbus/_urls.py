@@ -13,7 +13,8 @@ def split(url: str) -> SplitResult:
 
     try:
         parts = urlsplit(url)
-        _ = parts.port  # validates the port
+        if "," not in parts.netloc:  # a broker list (kafka://h1:9092,h2:9092) has no one port
+            _ = parts.port  # validates the port
     except ValueError as exc:
         raise ConfigurationError(
             f"malformed URL {redact(url)!r}: {exc}; expected scheme://[user:password@]host:port"

@@ -1,0 +1,135 @@
+"""Helpers for the process-level tests: the consumer subprocess, its log, server-side state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import eventbus
+from eventbus.transport import Offset, Position, offset_key
+
+APP = Path(__file__).resolve().parent / "consumer_app.py"
+
+
+@dataclass
+class Handled:
+    """One line of the consumer's log."""
+
+    kind: str  # "S" or "H"
+    n: int
+    partition: int
+    offset: str
+    attempt: int
+    pid: int
+
+
+@dataclass
+class ConsumerLog:
+    path: Path
+    entries: list[Handled] = field(default_factory=list)
+
+    def read(self) -> ConsumerLog:
+        self.entries = []
+        for text in self.path.read_text(encoding="utf-8").splitlines():
+            parts = text.split()
+            if len(parts) == 6 and parts[0] in ("S", "H"):
+                kind, n, p, off, att, pid = parts
+                self.entries.append(Handled(kind, int(n), int(p), off, int(att), int(pid)))
+        return self
+
+    def handled(self, pid: int | None = None) -> list[Handled]:
+        return [e for e in self.entries if e.kind == "H" and (pid is None or e.pid == pid)]
+
+    def count(self) -> int:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return 0
+        return sum(1 for x in text.splitlines() if x.startswith("H "))
+
+    def text(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+
+
+def start_consumer(
+    url: str, topic: str, group: str, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``consumer_app.py`` as a child process; its stderr goes to ``<out>.err``."""
+    err = open(f"{out}.err", "ab")  # noqa: SIM115 (handed to the child, closed below)
+    try:
+        return subprocess.Popen(
+            [sys.executable, str(APP), "--url", url, "--topic", topic, "--group", group,
+             "--out", str(out), *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+    finally:
+        err.close()
+
+
+def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL, timeout: float = 30) -> int:
+    """Send ``sig`` and wait for the process to end; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout)
+
+
+def publish_numbered(
+    bus: eventbus.EventBus, topic: str, start: int, count: int, keys: int = 16
+) -> dict[int, Position]:
+    """Publish events ``{"n": start..start+count-1}`` keyed ``k<n % keys>``; n -> position."""
+    events = [eventbus.Event(data={"n": n}, key=f"k{n % keys}") for n in range(start, start + count)]
+    positions = bus.publish_many(topic, events, timeout=30)
+    return dict(zip(range(start, start + count), positions, strict=True))
+
+
+def redis_pending(url: str, topic: str, group: str, partitions: int) -> set[tuple[int, str]]:
+    """(partition, entry id) of every entry pending (delivered, not acked) in ``group``."""
+    import redis
+
+    from eventbus.adapters.redis_streams import layout
+
+    client = redis.Redis.from_url(url.split("?")[0])
+    try:
+        found: set[tuple[int, str]] = set()
+        for p in range(partitions):
+            key = layout.stream_key(topic, p)
+            try:
+                rows = client.xpending_range(key, group, "-", "+", 100_000)
+            except redis.ResponseError:  # no group yet on this partition
+                continue
+            for row in rows:
+                found.add((p, row["message_id"].decode()))
+        return found
+    finally:
+        client.close()
+
+
+def kafka_committed(bus: eventbus.EventBus, group: str, topic: str) -> dict[int, Offset | None]:
+    """The group's committed offset per partition of ``topic`` (the next one it reads)."""
+    try:
+        info = bus.describe_group(group)
+    except eventbus.errors.GroupNotFoundError:
+        return {}
+    return {p.partition: p.committed for p in info.partitions if p.topic == topic}
+
+
+def unacked_kafka(
+    positions: dict[int, Position], committed: dict[int, Offset | None]
+) -> set[int]:
+    """Events at or after their partition's committed offset (not done for the group)."""
+    out: set[int] = set()
+    for n, pos in positions.items():
+        c = committed.get(pos.partition)
+        if c is None or offset_key(pos.offset) >= offset_key(c):
+            out.add(n)
+    return out

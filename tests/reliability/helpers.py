@@ -87,7 +87,8 @@ def publish_numbered(
     bus: eventbus.EventBus, topic: str, start: int, count: int, keys: int = 16
 ) -> dict[int, Position]:
     """Publish events ``{"n": start..start+count-1}`` keyed ``k<n % keys>``; n -> position."""
-    events = [eventbus.Event(data={"n": n}, key=f"k{n % keys}") for n in range(start, start + count)]
+    numbers = range(start, start + count)
+    events = [eventbus.Event(data={"n": n}, key=f"k{n % keys}") for n in numbers]
     positions = bus.publish_many(topic, events, timeout=30)
     return dict(zip(range(start, start + count), positions, strict=True))
 
@@ -123,9 +124,7 @@ def kafka_committed(bus: eventbus.EventBus, group: str, topic: str) -> dict[int,
     return {p.partition: p.committed for p in info.partitions if p.topic == topic}
 
 
-def unacked_kafka(
-    positions: dict[int, Position], committed: dict[int, Offset | None]
-) -> set[int]:
+def unacked_kafka(positions: dict[int, Position], committed: dict[int, Offset | None]) -> set[int]:
     """Events at or after their partition's committed offset (not done for the group)."""
     out: set[int] = set()
     for n, pos in positions.items():

@@ -12,6 +12,7 @@ process handles an event twice.
 
 from __future__ import annotations
 
+import itertools
 import random
 import signal
 from collections import defaultdict
@@ -98,7 +99,7 @@ def test_consumer_sigkill_mid_batch(
     wrongly_redelivered = []
     twice_in_one_process = []
     for n, pids in seen.items():
-        for first, again in zip(pids, pids[1:], strict=False):
+        for first, again in itertools.pairwise(pids):
             if first == again:
                 twice_in_one_process.append(n)
             elif n not in unacked_after_kill.get(first, set()):

@@ -1,0 +1,243 @@
+"""Kafka rows: batch publish, awaited singles, consume + ack (eventbus vs confluent-kafka).
+
+The raw producer uses the settings eventbus uses (idempotence, acks=all, linger.ms=5, Java's
+murmur2 partitioner): a ``produce`` loop with ``poll(0)`` after each message and one final
+``flush``. The value is the same JSON bytes, encoded per message. Topics have 3 partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pydantic_core
+from confluent_kafka import Consumer, Producer
+
+import eventbus
+from benchmarks.harness import Clock, Env, Row, Side, Target, chunks, keys, payload, timed_async
+from benchmarks.redis_cases import drain_with_runner, fetch_and_ack
+
+PARTITIONS = 3
+
+
+def bootstrap(env: Env) -> str:
+    assert env.kafka_url is not None
+    return env.kafka_url.removeprefix("kafka://").split("?", 1)[0]
+
+
+def raw_producer(env: Env) -> Any:
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap(env),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+            "compression.type": "none",
+        }
+    )
+
+
+def produce_loop(producer: Any, topic: str, data: Any, ks: list[str], n: int) -> None:
+    """The raw reference: produce + poll(0) per message, one flush at the end."""
+    to_json = pydantic_core.to_json
+    for i in range(n):
+        producer.produce(topic, to_json(data), key=ks[i % len(ks)])
+        producer.poll(0)
+    producer.flush(60)
+
+
+def _events(data: dict[str, str], ks: list[str], lo: int, hi: int) -> list[eventbus.Event]:
+    return [eventbus.Event(data=data, key=ks[i % len(ks)]) for i in range(lo, hi)]
+
+
+@contextlib.contextmanager
+def batch_publish(env: Env, size: int) -> Iterator[Row]:
+    assert env.kafka_url is not None
+    data, ks = payload(size), keys()
+    topic, atopic, rtopic = env.name("pub"), env.name("apub"), env.name("raw")
+    bus = eventbus.connect(env.kafka_url)
+    abus = eventbus.connect_async(env.kafka_url)
+    env.run(abus.connect())
+    for name in (topic, atopic, rtopic):
+        bus.create_topic(name, partitions=PARTITIONS)
+    producer = raw_producer(env)
+
+    def eb_sync(n: int) -> float:
+        with Clock() as clock:
+            for lo, hi in chunks(n):
+                bus.publish_many(topic, _events(data, ks, lo, hi))
+        return clock.seconds
+
+    async def eb_async(n: int) -> None:
+        for lo, hi in chunks(n):
+            await abus.publish_many(atopic, _events(data, ks, lo, hi))
+
+    def raw(n: int) -> float:
+        with Clock() as clock:
+            produce_loop(producer, rtopic, data, ks, n)
+        return clock.seconds
+
+    try:
+        yield Row(
+            key=f"kafka.batch.{size}",
+            title="batch publish (1000/call)",
+            transport="kafka",
+            payload=size,
+            count=env.count(20_000, 100_000),
+            sides=[
+                Side("eventbus sync publish_many", "eventbus", eb_sync),
+                Side("eventbus async publish_many", "eventbus", timed_async(env, eb_async)),
+                Side("confluent produce loop + flush", "reference", raw),
+            ],
+            targets=[
+                Target("eventbus sync publish_many", "confluent produce loop + flush", 0.85,
+                       "Kafka batch publish, sync API >= 0.85x raw produce loop"),
+                Target("eventbus async publish_many", "confluent produce loop + flush", 0.85,
+                       "Kafka batch publish, async API >= 0.85x raw produce loop"),
+            ],  # fmt: skip
+            note="the async API's reference is the same produce loop (no asyncio client)",
+        )
+    finally:
+        for name in (topic, atopic, rtopic):
+            bus.delete_topic(name)
+        bus.close()
+        env.run(abus.close())
+
+
+@contextlib.contextmanager
+def inflight_publish(env: Env, size: int) -> Iterator[Row]:
+    assert env.kafka_url is not None
+    data, ks = payload(size), keys()
+    topic, rtopic = env.name("single"), env.name("rawsingle")
+    abus = eventbus.connect_async(env.kafka_url)
+    env.run(abus.connect())
+    for name in (topic, rtopic):
+        env.run(abus.create_topic(name, partitions=PARTITIONS))
+    producer = raw_producer(env)
+
+    async def eb(n: int) -> None:
+        for lo, hi in chunks(n):
+            await asyncio.gather(
+                *(abus.publish(topic, data, key=ks[i % len(ks)]) for i in range(lo, hi))
+            )
+
+    def raw(n: int) -> float:
+        """1000 produced with a delivery callback each, then wait for all 1000 reports."""
+        to_json = pydantic_core.to_json
+        delivered = 0
+
+        def report(err: Any, msg: Any) -> None:
+            nonlocal delivered
+            if err is not None:
+                raise RuntimeError(str(err))
+            delivered += 1
+
+        with Clock() as clock:
+            for lo, hi in chunks(n):
+                for i in range(lo, hi):
+                    producer.produce(
+                        rtopic, to_json(data), key=ks[i % len(ks)], on_delivery=report
+                    )
+                    producer.poll(0)
+                producer.flush(60)
+        assert delivered == n
+        return clock.seconds
+
+    try:
+        yield Row(
+            key=f"kafka.inflight.{size}",
+            title="awaited single publishes, 1000 in flight",
+            transport="kafka",
+            payload=size,
+            count=env.count(10_000, 50_000),
+            sides=[
+                Side("eventbus async publish x1000 gather", "eventbus", timed_async(env, eb)),
+                Side("confluent produce x1000 + callbacks + flush", "reference", raw),
+            ],
+            targets=[
+                Target("eventbus async publish x1000 gather",
+                       "confluent produce x1000 + callbacks + flush", 0.5,
+                       "awaited singles, 1000 in flight >= 0.5x raw"),
+            ],  # fmt: skip
+        )
+    finally:
+        for name in (topic, rtopic):
+            env.run(abus.delete_topic(name))
+        env.run(abus.close())
+
+
+@contextlib.contextmanager
+def consume_ack(env: Env, size: int) -> Iterator[Row]:
+    assert env.kafka_url is not None
+    count = env.count(20_000, 100_000)
+    topic = env.name("consume")
+    data, ks = payload(size), keys()
+    with eventbus.connect(env.kafka_url) as bus:
+        bus.create_topic(topic, partitions=PARTITIONS)
+        for lo, hi in chunks(count + 5000):
+            bus.publish_many(topic, _events(data, ks, lo, hi))
+    abus = eventbus.connect_async(env.kafka_url)
+    env.run(abus.connect())
+
+    def raw(n: int) -> float:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap(env),
+                "group.id": env.name("g"),
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([topic])
+        try:
+            done, start = 0, 0.0
+            while done < n:
+                msgs = consumer.consume(min(1000, n - done), 1.0)
+                if not msgs:
+                    continue
+                if not start:
+                    start = time.perf_counter()
+                for m in msgs:
+                    if m.error() is not None:
+                        raise RuntimeError(str(m.error()))
+                consumer.commit(asynchronous=True)
+                done += len(msgs)
+            consumer.commit(asynchronous=False)
+            return time.perf_counter() - start
+        finally:
+            consumer.close()
+
+    try:
+        yield Row(
+            key=f"kafka.consume.{size}",
+            title="consume + ack (fresh group, prefilled)",
+            transport="kafka",
+            payload=size,
+            count=count,
+            sides=[
+                Side("eventbus async fetch(1000) + ack each", "eventbus",
+                     lambda n: env.run(fetch_and_ack(abus, topic, env.name("g"), n,
+                                                     batch_ack=False))),
+                Side("eventbus async fetch(1000) + one ack per batch*", "eventbus",
+                     lambda n: env.run(fetch_and_ack(abus, topic, env.name("g"), n,
+                                                     batch_ack=True))),
+                Side("eventbus runner (batch_size=1000)", "eventbus",
+                     lambda n: env.run(drain_with_runner(abus, topic, env.name("g"), n))),
+                Side("confluent consume(1000) + commit", "reference", raw),
+            ],
+            targets=[
+                Target("eventbus async fetch(1000) + ack each",
+                       "confluent consume(1000) + commit", 0.85,
+                       "consume+ack >= 0.85x raw (subscription)"),
+                Target("eventbus runner (batch_size=1000)", "confluent consume(1000) + commit",
+                       0.85, "consume+ack >= 0.85x raw (runner)"),
+            ],  # fmt: skip
+            note="timed from the first batch received to the last ack (group join excluded)",
+        )
+    finally:
+        env.run(abus.delete_topic(topic))
+        env.run(abus.close())

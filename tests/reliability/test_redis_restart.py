@@ -1,0 +1,141 @@
+"""Redis with AOF (appendfsync always) stopped and restarted under publish load.
+
+A thread publishes numbered events one by one (publish timeout 2 s, socket timeouts 1 s) while
+the test stops the server (SIGTERM and SIGKILL in turn), leaves it down until publishes have
+failed, and restarts it on the same port and data dir.
+
+Checked: every publish that returned a position is there afterwards, at that position
+(lost == 0); every publish during an outage either raised ConnectionFailedError /
+OperationTimeoutError or succeeded, and none took longer than its timeout plus 1.5 s; publishing
+works again after every restart without reconnecting by hand.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import eventbus
+from eventbus.errors import ConnectionFailedError, EventBusError, OperationTimeoutError
+from eventbus.testing import servers
+from eventbus.transport import Position
+from tests.reliability.conftest import poll, scale
+
+TIMEOUT = 2.0
+SLACK = 1.5
+
+
+@dataclass
+class Attempt:
+    n: int
+    position: Position | None
+    error: BaseException | None
+    seconds: float
+    finished: float
+
+
+class Publisher(threading.Thread):
+    """Publishes ``{"n": n}`` one at a time until stopped, recording every outcome."""
+
+    def __init__(self, bus: eventbus.EventBus, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.bus, self.topic = bus, topic
+        self.attempts: list[Attempt] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.halt.is_set():
+            t0 = time.monotonic()
+            position: Position | None = None
+            error: BaseException | None = None
+            try:
+                position = self.bus.publish(self.topic, {"n": n}, key=f"k{n % 8}", timeout=TIMEOUT)
+            except Exception as exc:  # recorded and checked by the test
+                error = exc
+            now = time.monotonic()
+            self.attempts.append(Attempt(n, position, error, now - t0, now))
+            n += 1
+
+    def ok_since(self, when: float) -> int:
+        return sum(1 for a in list(self.attempts) if a.error is None and a.finished > when)
+
+    def failed_since(self, when: float) -> int:
+        return sum(1 for a in list(self.attempts) if a.error is not None and a.finished > when)
+
+
+@pytest.mark.timeout(180)
+def test_redis_aof_restart_under_publish_load(
+    tmp_path: Path, topic_name: str, figures: object
+) -> None:
+    fig = figures("Redis restart, AOF appendfsync always, under publish load", "redis")  # type: ignore[operator]
+    restarts = scale(4, 20)
+    data = tmp_path / "redis-data"
+    server = servers.start_redis(appendonly=True, appendfsync="always", data_dir=data)
+    port = server.port
+    url = f"{server.url}?socket_timeout=1&socket_connect_timeout=1"
+    try:
+        with eventbus.connect(url, publish_timeout=TIMEOUT) as bus:
+            bus.create_topic(topic_name, partitions=2)
+            publisher = Publisher(bus, topic_name)
+            publisher.start()
+            mark = time.monotonic()
+            try:
+                for trial in range(restarts):
+                    poll(lambda: publisher.ok_since(mark) >= 50, 30, "publishes to succeed")  # noqa: B023
+                    down = time.monotonic()
+                    popen = server._popen
+                    assert popen is not None
+                    if trial % 2:
+                        popen.send_signal(signal.SIGKILL)
+                        popen.wait(10)
+                    server.stop()  # SIGTERM (or reaps the killed one); keeps the data dir
+                    poll(lambda: publisher.failed_since(down) >= 2, 30, "publishes to fail")  # noqa: B023
+                    server = servers.start_redis(
+                        appendonly=True, appendfsync="always", port=port, data_dir=data
+                    )
+                    mark = time.monotonic()
+                    fig.trials += 1
+                    fig.faults += 1
+                poll(lambda: publisher.ok_since(mark) >= 50, 30, "publishes after the last restart")
+            finally:
+                publisher.halt.set()
+                publisher.join(TIMEOUT + SLACK + 5)
+            stored = {
+                (item.position.partition, str(item.position.offset)): item.event.data["n"]
+                for item in bus.replay(topic_name)
+            }
+    finally:
+        server.stop()
+
+    attempts = publisher.attempts
+    returned = [a for a in attempts if a.error is None]
+    fig.published = len(returned)
+    fig.extra["publish_calls"] = len(attempts)
+    for a in attempts:
+        if a.error is not None:
+            fig.error(a.error)
+    missing = [
+        a.n
+        for a in returned
+        if a.position is None or stored.get((a.position.partition, str(a.position.offset))) != a.n
+    ]
+    fig.lost = len(missing)
+    fig.extra["max_call_seconds"] = round(max(a.seconds for a in attempts), 3)
+    fig.extra["stored_after_failed_publish"] = len(set(stored.values())) - len(returned)
+    assert not missing, f"returned publishes missing after restart: {missing[:20]}"
+    unexpected = [
+        a.error
+        for a in attempts
+        if a.error is not None
+        and not isinstance(a.error, ConnectionFailedError | OperationTimeoutError)
+    ]
+    assert not unexpected, f"unexpected errors: {unexpected[:5]}"
+    slow = [a for a in attempts if a.seconds > TIMEOUT + SLACK]
+    assert not slow, f"publishes over their deadline: {[(a.n, a.seconds) for a in slow[:5]]}"
+    assert all(isinstance(a.error, EventBusError) for a in attempts if a.error is not None)

@@ -1,0 +1,644 @@
+"""Budgeted batch consumption: batches whose total weight stays within a budget.
+
+For workers that pay per unit of something (a GPU worker and the tokens of its prompts): each
+batch is a list of deliveries whose weights add up to at most ``budget``, filled as closely as
+the queued items allow. Built once, in the core, on the transport contract::
+
+    sub = await subscribe_batches(bus, "prompts", group="gpu", budget=8192, weight="tokens")
+    async with sub:
+        async for batch in sub:
+            await run_model([d.event.data for d in batch.deliveries])
+            await batch.ack()
+
+Guarantees (on every transport; :mod:`eventbus.testing.batching` checks them):
+
+- **Budget.** ``batch.weight <= batch.budget`` for every batch, except a batch of exactly one
+  item whose own weight exceeds the budget: such an item is delivered alone, never stuck.
+- **Exclusive.** A member reads only the partitions the group gave it, so an item is in one
+  member's batches at a time (until it is acked, nacked, or its visibility timeout passes, as
+  for :meth:`~eventbus.aio.AsyncEventBus.subscribe`).
+- **Per-key order.** Items of one key (in one partition) are delivered in position order: an
+  item that does not fit waits in this member's *remainder* for the next batch, and no later
+  item of its key is taken before it. Items without a key may be reordered to fill a batch.
+- **Nothing lost.** What was not acked comes back to the group: after ``close()`` at once, after
+  a crash (``kill()``) when the session or visibility timeout passes, after ``nack(delay)``.
+  Held remainder items that this member did not hand out yet are given back the same way.
+- **Bounded wait.** A partial batch waits at most ``max_wait`` seconds for more items; a wait
+  that finds nothing yields no batch (iteration just goes on waiting).
+
+Weights come from a header (``weight="tokens"``: read from the record, no payload decoding
+needed, and usable by a transport's server-side fast path) or a callable on the decoded
+:class:`~eventbus.event.Event`. A weight must be a finite number >= 0; an item whose weight is
+missing or invalid (or whose callable raises) goes to the dead-letter topic with the reason,
+like an event that does not decode.
+
+The remainder holds items this member fetched but did not hand out yet: at most ``lookahead``
+of them, scanned in order to fill each batch (first fit: greedy, oldest first). The oldest held
+item always opens the next batch, so nothing starves. On transports that redeliver after the
+visibility timeout, a held item older than half of it is given back (nacked, together with the
+later held items of its partition, so their order holds) rather than handed out late; that
+counts as a delivery in ``attempt``.
+
+Transports may offer a fast path (see :data:`BUDGET_FETCH_FLAG`): a consumer method
+``fetch_budget(budget, weight_header, max_items, timeout, allow_oversize)`` that claims new
+records only while their header weights fit, atomically on the server, so nothing is
+over-claimed into the remainder. It is used when the weight is a header, the transport's
+capabilities set the flag and the consumer has the method (or when ``fast_path=True`` is
+passed and the method exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from eventbus.aio import AsyncDelivery, AsyncEventBus, AsyncSubscription
+from eventbus.errors import ClosedError, ConfigurationError, SerializationError, UnsupportedError
+from eventbus.event import Event, decode_record
+from eventbus.transport import Record, offset_key
+
+if TYPE_CHECKING:
+    from eventbus._portal import Portal
+    from eventbus.sync import Delivery, EventBus
+
+__all__ = [
+    "BUDGET_FETCH_FLAG",
+    "AsyncBatchSubscription",
+    "Batch",
+    "BatchSubscription",
+    "BudgetFetcher",
+    "SyncBatch",
+    "Weight",
+    "subscribe_batches",
+    "subscribe_batches_sync",
+]
+
+Weight = str | Callable[[Event], float]
+"""A header name (the weight is that header's value) or a function of the decoded event."""
+
+BUDGET_FETCH_FLAG = "budget_fetch"
+"""The :class:`~eventbus.transport.Capabilities` flag naming the optional fast path."""
+
+
+@runtime_checkable
+class BudgetFetcher(Protocol):
+    """The optional transport-consumer method behind the fast path (see the module doc)."""
+
+    async def fetch_budget(
+        self,
+        budget: float,
+        weight_header: str,
+        max_items: int,
+        timeout: float,
+        allow_oversize: bool,
+    ) -> list[Record]:
+        """Like ``fetch``, but claims *new* records only while their weights (the value of
+        header ``weight_header``; missing or invalid counts as 0) add up to at most
+        ``budget``, in partition order, atomically on the server: a record that does not fit
+        stays unclaimed for the next call. When ``allow_oversize`` and nothing else was
+        claimed, one record heavier than ``budget`` may be claimed alone. Redeliveries (due
+        nacks, records reclaimed from dead or late members) come first and regardless of
+        weight. At most ``max_items`` records; waits up to ``timeout`` s for the first."""
+        ...
+
+
+@dataclass(slots=True)
+class _Held:
+    delivery: AsyncDelivery
+    weight: float
+    lane: object
+    fetched_at: float
+
+    @property
+    def record(self) -> Record:
+        return self.delivery.record
+
+
+def _lane(record: Record) -> object:
+    """Items of one lane keep their order: one key in one partition (a keyless item is its
+    own lane, as in the runner)."""
+    if record.key is not None:
+        return (record.topic, record.partition, record.key)
+    return (record.topic, record.partition, record.offset)
+
+
+class Batch:
+    """A batch of deliveries whose weights add up to at most ``budget`` (or one oversize item).
+
+    Ack or nack the whole batch, or its deliveries one by one; what is left un-acked comes back
+    to the group after the visibility timeout, like any delivery."""
+
+    __slots__ = ("budget", "deliveries", "subscription", "weights")
+
+    def __init__(
+        self,
+        subscription: AsyncBatchSubscription,
+        deliveries: list[AsyncDelivery],
+        weights: list[float],
+        budget: float,
+    ) -> None:
+        self.subscription = subscription
+        self.deliveries = deliveries
+        self.weights = weights
+        self.budget = budget
+
+    @property
+    def weight(self) -> float:
+        """The total weight of the batch."""
+        return sum(self.weights)
+
+    @property
+    def oversize(self) -> bool:
+        """True for a batch of one item heavier than the whole budget."""
+        return self.weight > self.budget
+
+    @property
+    def events(self) -> list[Event]:
+        return [d.event for d in self.deliveries]
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+    def __iter__(self) -> Iterator[AsyncDelivery]:
+        return iter(self.deliveries)
+
+    async def ack(self) -> None:
+        """Ack every delivery of the batch not settled yet, in one call to the transport."""
+        open_ = [d for d in self.deliveries if not _settled(d)]
+        if not open_:
+            return
+        for d in open_:
+            _mark_settled(d)
+        sub = self.subscription.inner
+        await sub.consumer.ack([d.record for d in open_])
+        for d in open_:
+            sub.count("acked", 1, d.topic)
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Give back every delivery not settled yet; each comes again no sooner than ``delay``
+        seconds (a nack gives up per-key order for that item, as for single deliveries)."""
+        for d in self.deliveries:
+            await d.nack(delay)
+
+    def __repr__(self) -> str:
+        return f"<Batch {len(self)} items weight={self.weight:g}/{self.budget:g}>"
+
+
+def _settled(delivery: AsyncDelivery) -> bool:
+    return bool(delivery._acked)
+
+
+def _mark_settled(delivery: AsyncDelivery) -> None:
+    # AsyncDelivery has no public "settled" setter; a batch ack settles many in one call.
+    delivery._acked = True
+
+
+class AsyncBatchSubscription:
+    """A group member's stream of budgeted batches: ``async for batch in subscription``.
+
+    Wraps one :class:`~eventbus.aio.AsyncSubscription` (``inner``): same group membership,
+    decoding, dead-lettering, close and kill. See the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        inner: AsyncSubscription,
+        *,
+        budget: float,
+        weight: Weight,
+        max_items: int | None,
+        max_wait: float,
+        lookahead: int,
+        hold_limit: float | None,
+        fetcher: Callable[..., Awaitable[list[Record]]] | None,
+    ) -> None:
+        self.inner = inner
+        self.budget = budget
+        self.weight = weight
+        self.max_items = max_items
+        self.max_wait = max_wait
+        self.lookahead = lookahead
+        self._hold_limit = hold_limit
+        self._fetcher = fetcher
+        self._held: list[_Held] = []
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def fast_path(self) -> bool:
+        """True when the transport's server-side budget fetch is in use."""
+        return self._fetcher is not None
+
+    @property
+    def held(self) -> int:
+        """How many fetched items wait in this member's remainder."""
+        return len(self._held)
+
+    # weights and decoding -------------------------------------------------------------------
+    def _weigh(self, record: Record, event: Event) -> float:
+        """The item's weight; raises ValueError (with the reason) when there is none."""
+        if isinstance(self.weight, str):
+            raw = record.headers.get(self.weight)
+            if raw is None:
+                raise ValueError(f"weight header {self.weight!r} is missing")
+            try:
+                value = float(raw.decode("ascii", "replace").strip())
+            except ValueError:
+                raise ValueError(
+                    f"weight header {self.weight!r} is not a number: {raw!r}"
+                ) from None
+        else:
+            value = float(self.weight(event))
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"weight {value!r} is not a finite number >= 0")
+        return value
+
+    async def _admit(self, records: list[Record]) -> list[_Held]:
+        sub = self.inner
+        sub.note_fetched(records)
+        now = time.monotonic()
+        out: list[_Held] = []
+        for record in records:
+            try:
+                event = decode_record(record, sub.bus.codec, sub.model)
+            except SerializationError as exc:
+                await sub.send_to_dead_letter(record, exc, record.attempt)
+                continue
+            try:
+                weight = self._weigh(record, event)
+            except Exception as exc:
+                await sub.send_to_dead_letter(record, f"no weight: {exc}", record.attempt)
+                continue
+            out.append(_Held(AsyncDelivery(sub, record, event), weight, _lane(record), now))
+        return out
+
+    def _merge(self, items: list[_Held]) -> None:
+        """Add fetched items to the remainder, keeping each partition in position order. An
+        item already held (redelivered while held) replaces the held copy in place."""
+        for item in items:
+            tp = (item.record.topic, item.record.partition)
+            key = offset_key(item.record.offset)
+            at = len(self._held)
+            for i, held in enumerate(self._held):
+                r = held.record
+                if (r.topic, r.partition) != tp:
+                    continue
+                k = offset_key(r.offset)
+                if k == key:
+                    at = -1
+                    self._held[i] = item
+                    break
+                if k > key:
+                    at = min(at, i)
+                    break
+            if at >= 0:
+                self._held.insert(at, item)
+
+    async def _release_stale(self) -> None:
+        """Give back held items older than the hold limit, with the later held items of their
+        partitions, so that they are not handed out after their visibility timeout."""
+        if self._hold_limit is None or not self._held:
+            return
+        cutoff = time.monotonic() - self._hold_limit
+        stale_parts = {
+            (h.record.topic, h.record.partition) for h in self._held if h.fetched_at < cutoff
+        }
+        if not stale_parts:
+            return
+        keep: list[_Held] = []
+        for held in self._held:
+            if (held.record.topic, held.record.partition) in stale_parts:
+                await held.delivery.nack(0.0)
+            else:
+                keep.append(held)
+        self._held = keep
+
+    # filling --------------------------------------------------------------------------------
+    def _fill(self, batch: list[_Held], total: float) -> float:
+        """Move items from the remainder into ``batch`` (first fit, oldest first, never past a
+        held item of the same lane). Returns the new total."""
+        blocked: set[object] = set()
+        keep: list[_Held] = []
+        for held in self._held:
+            full = self.max_items is not None and len(batch) >= self.max_items
+            solo = len(batch) == 1 and batch[0].weight > self.budget
+            if full or solo or held.lane in blocked:
+                keep.append(held)
+                blocked.add(held.lane)
+                continue
+            if total + held.weight <= self.budget or not batch:
+                batch.append(held)
+                total += held.weight
+            else:
+                keep.append(held)
+                blocked.add(held.lane)
+        self._held = keep
+        return total
+
+    def _done(self, batch: list[_Held], total: float) -> bool:
+        if batch and batch[0].weight > self.budget:
+            return True
+        if self.max_items is not None and len(batch) >= self.max_items:
+            return True
+        return total >= self.budget
+
+    async def _pull(self, batch: list[_Held], total: float, timeout: float) -> list[Record]:
+        room = max(1, self.lookahead - len(self._held))
+        consumer = self.inner.consumer
+        if self._fetcher is not None and isinstance(self.weight, str):
+            if self.max_items is not None:
+                room = max(1, min(room, self.max_items - len(batch)))
+            return await self._fetcher(
+                max(0.0, self.budget - total),
+                self.weight,
+                room,
+                timeout,
+                not batch and not self._held,
+            )
+        return await consumer.fetch(room, timeout)
+
+    async def fetch(self, max_wait: float | None = None) -> Batch | None:
+        """The next batch, or None when nothing came within ``max_wait`` seconds (default:
+        the subscription's). Returns as soon as the batch is full (budget reached, or
+        ``max_items``), or when held items are left over and no more are queued; otherwise
+        waits up to ``max_wait`` for items to fill it and then returns the partial batch."""
+        if self._closed:
+            raise ClosedError("this batch subscription is closed")
+        wait = self.max_wait if max_wait is None else max(0.0, max_wait)
+        async with self._lock:
+            await self._release_stale()
+            deadline = time.monotonic() + wait
+            batch: list[_Held] = []
+            total = self._fill(batch, 0.0)
+            while not self._done(batch, total) and not self._closed:
+                # held items left over: the queue has more than fits, so only top up with
+                # what is queued already (no waiting); otherwise wait for items to fill
+                eager = bool(self._held)
+                if eager and len(self._held) >= self.lookahead:
+                    break
+                remaining = 0.0 if eager else deadline - time.monotonic()
+                if remaining <= 0 and not eager and batch:
+                    break
+                records = await self._pull(batch, total, max(0.0, remaining))
+                if not records:
+                    if eager or time.monotonic() >= deadline:
+                        break
+                    continue
+                self._merge(await self._admit(records))
+                total = self._fill(batch, total)
+        if not batch:
+            return None
+        return Batch(self, [h.delivery for h in batch], [h.weight for h in batch], self.budget)
+
+    # iteration and lifecycle ----------------------------------------------------------------
+    def __aiter__(self) -> AsyncBatchSubscription:
+        return self
+
+    async def __anext__(self) -> Batch:
+        while not self._closed:
+            try:
+                batch = await self.fetch()
+            except ClosedError:
+                if self._closed:
+                    break
+                raise
+            if batch is not None:
+                return batch
+        raise StopAsyncIteration
+
+    async def close(self) -> None:
+        """Leave the group: acked items are committed; the rest (including held items) go back
+        to the group at once."""
+        if not self._closed:
+            self._closed = True
+            self._held.clear()
+            await self.inner.close()
+
+    async def kill(self) -> None:
+        """Stop as a crashed process would (tests and drills): nothing is committed; held and
+        un-acked items come back to the group after the session or visibility timeout."""
+        self._closed = True
+        self._held.clear()
+        await self.inner.kill()
+
+    async def __aenter__(self) -> AsyncBatchSubscription:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _check_settings(
+    budget: float, weight: Weight, max_items: int | None, max_wait: float, lookahead: int | None
+) -> None:
+    if not (isinstance(budget, int | float) and math.isfinite(budget) and budget > 0):
+        raise ConfigurationError(f"budget={budget!r}: give a finite number > 0")
+    if not (isinstance(weight, str) and weight) and not callable(weight):
+        raise ConfigurationError(
+            "weight must be a header name (str) or a callable taking the decoded Event"
+        )
+    if max_items is not None and max_items < 1:
+        raise ConfigurationError(f"max_items={max_items!r}: give at least 1, or None")
+    if max_wait < 0:
+        raise ConfigurationError(f"max_wait={max_wait!r}: give seconds >= 0")
+    if lookahead is not None and lookahead < 1:
+        raise ConfigurationError(f"lookahead={lookahead!r}: give at least 1, or None")
+
+
+def _fetcher(
+    sub: AsyncSubscription, weight: Weight, fast_path: bool | None
+) -> Callable[..., Awaitable[list[Record]]] | None:
+    method = getattr(sub.consumer, "fetch_budget", None)
+    flagged = bool(getattr(sub.bus.capabilities, BUDGET_FETCH_FLAG, False))
+    if fast_path is False:
+        return None
+    if fast_path is True:
+        if not isinstance(weight, str):
+            raise ConfigurationError("fast_path=True needs a header weight (weight='name')")
+        if method is None:
+            raise UnsupportedError(
+                f"{sub.bus.capabilities.transport} has no server-side budget fetch "
+                f"(capability {BUDGET_FETCH_FLAG} is false); use fast_path=None"
+            )
+        return method  # type: ignore[no-any-return]
+    if isinstance(weight, str) and flagged and method is not None:
+        return method  # type: ignore[no-any-return]
+    return None
+
+
+async def subscribe_batches(
+    bus: AsyncEventBus,
+    topics: str | Sequence[str],
+    *,
+    group: str,
+    budget: float,
+    weight: Weight,
+    max_items: int | None = None,
+    max_wait: float = 1.0,
+    consumer: str | None = None,
+    model: type[BaseModel] | None = None,
+    start: Literal["earliest", "latest"] | datetime = "earliest",
+    dead_letter: str | bool = True,
+    visibility_timeout: float = 30.0,
+    session_timeout: float = 10.0,
+    lookahead: int | None = None,
+    fast_path: bool | None = None,
+    options: Mapping[str, str] | None = None,
+) -> AsyncBatchSubscription:
+    """Join ``group`` and return an async iterator of :class:`Batch` es (see the module doc).
+
+    ``budget``: the most total weight per batch. ``weight``: a header name or a callable on
+    the decoded event. ``max_items``: at most this many items per batch. ``max_wait``: seconds
+    a partial batch waits to fill. ``lookahead``: the most fetched items held to fill batches
+    (default 64, or ``2 * max_items`` when larger). ``fast_path``: None uses the transport's
+    server-side budget fetch where its capabilities offer it (header weights only); False
+    never; True requires it. The rest is as for :meth:`AsyncEventBus.subscribe`.
+
+    Raises ConfigurationError for bad settings, and what ``subscribe`` raises."""
+    _check_settings(budget, weight, max_items, max_wait, lookahead)
+    names = (topics,) if isinstance(topics, str) else tuple(topics)
+    sub = await bus.subscribe(
+        names,
+        group=group,
+        consumer=consumer,
+        model=model,
+        start=start,
+        dead_letter=dead_letter,
+        visibility_timeout=visibility_timeout,
+        session_timeout=session_timeout,
+        options=options,
+    )
+    try:
+        fetcher = _fetcher(sub, weight, fast_path)
+    except BaseException:
+        await sub.close()
+        raise
+    if lookahead is None:
+        lookahead = max(64, 2 * (max_items or 0))
+    redelivers = bool(getattr(bus.capabilities, "redelivery_on_timeout", True))
+    return AsyncBatchSubscription(
+        sub,
+        budget=float(budget),
+        weight=weight,
+        max_items=max_items,
+        max_wait=max_wait,
+        lookahead=lookahead,
+        hold_limit=visibility_timeout / 2 if redelivers else None,
+        fetcher=fetcher,
+    )
+
+
+# the blocking API ----------------------------------------------------------------------------
+class SyncBatch:
+    """A batch for the blocking API (twin of :class:`Batch`; deliveries are sync ones)."""
+
+    __slots__ = ("_inner", "_portal", "deliveries")
+
+    def __init__(self, inner: Batch, portal: Portal) -> None:
+        from eventbus.sync import Delivery
+
+        self._inner = inner
+        self._portal = portal
+        self.deliveries: list[Delivery] = [Delivery(d, portal) for d in inner.deliveries]
+
+    @property
+    def weight(self) -> float:
+        return self._inner.weight
+
+    @property
+    def weights(self) -> list[float]:
+        return self._inner.weights
+
+    @property
+    def budget(self) -> float:
+        return self._inner.budget
+
+    @property
+    def oversize(self) -> bool:
+        return self._inner.oversize
+
+    @property
+    def events(self) -> list[Event]:
+        return self._inner.events
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+    def __iter__(self) -> Iterator[Delivery]:
+        return iter(self.deliveries)
+
+    def ack(self) -> None:
+        """Ack every delivery of the batch not settled yet."""
+        self._portal.call(self._inner.ack())
+
+    def nack(self, delay: float = 0.0) -> None:
+        """Give back every delivery not settled yet (again after ``delay`` s)."""
+        self._portal.call(self._inner.nack(delay))
+
+    def __repr__(self) -> str:
+        return f"<SyncBatch {len(self)} items weight={self.weight:g}/{self.budget:g}>"
+
+
+class BatchSubscription:
+    """Budgeted batches for the blocking API: ``for batch in subscription``; close to leave."""
+
+    def __init__(self, inner: AsyncBatchSubscription, portal: Portal) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def aio(self) -> AsyncBatchSubscription:
+        return self._inner
+
+    def fetch(self, max_wait: float | None = None) -> SyncBatch | None:
+        """The next batch, or None when nothing came within ``max_wait`` s."""
+        batch = self._portal.call(self._inner.fetch(max_wait))
+        return None if batch is None else SyncBatch(batch, self._portal)
+
+    def __iter__(self) -> Iterator[SyncBatch]:
+        return self
+
+    def __next__(self) -> SyncBatch:
+        try:
+            return SyncBatch(self._portal.call(_next(self._inner)), self._portal)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Leave the group: acked items are committed, the rest go back to the group."""
+        self._portal.call(self._inner.close())
+
+    def kill(self) -> None:
+        """Stop as a crashed process would (tests and drills): nothing is committed."""
+        self._portal.call(self._inner.kill())
+
+    def __enter__(self) -> BatchSubscription:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+async def _next(sub: AsyncIterator[Batch]) -> Batch:
+    return await sub.__anext__()
+
+
+def subscribe_batches_sync(
+    bus: EventBus, topics: str | Sequence[str], **settings: Any
+) -> BatchSubscription:
+    """The blocking twin of :func:`subscribe_batches` (same settings), run on the bus's loop
+    thread: ``for batch in subscribe_batches_sync(bus, "prompts", group=..., ...)``."""
+    portal: Portal = bus._portal
+    inner = portal.call(subscribe_batches(bus.aio, topics, **settings))
+    return BatchSubscription(inner, portal)

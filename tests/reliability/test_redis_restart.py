@@ -42,9 +42,9 @@ class Attempt:
 class Publisher(threading.Thread):
     """Publishes ``{"n": n}`` one at a time until stopped, recording every outcome."""
 
-    def __init__(self, bus: eventbus.EventBus, topic: str) -> None:
+    def __init__(self, bus: eventbus.EventBus, topic: str, timeout: float = TIMEOUT) -> None:
         super().__init__(daemon=True)
-        self.bus, self.topic = bus, topic
+        self.bus, self.topic, self.timeout = bus, topic, timeout
         self.attempts: list[Attempt] = []
         self.halt = threading.Event()
 
@@ -55,7 +55,9 @@ class Publisher(threading.Thread):
             position: Position | None = None
             error: BaseException | None = None
             try:
-                position = self.bus.publish(self.topic, {"n": n}, key=f"k{n % 8}", timeout=TIMEOUT)
+                position = self.bus.publish(
+                    self.topic, {"n": n}, key=f"k{n % 8}", timeout=self.timeout
+                )
             except Exception as exc:  # recorded and checked by the test
                 error = exc
             now = time.monotonic()

@@ -6,10 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import eventbus
+from eventbus.errors import EventBusError
 from eventbus.transport import Offset, Position, offset_key
 
 APP = Path(__file__).resolve().parent / "consumer_app.py"
@@ -132,3 +137,81 @@ def unacked_kafka(positions: dict[int, Position], committed: dict[int, Offset | 
         if c is None or offset_key(pos.offset) >= offset_key(c):
             out.add(n)
     return out
+
+
+@dataclass
+class Attempt:
+    n: int
+    position: Position | None
+    error: BaseException | None
+    seconds: float
+    finished: float
+
+
+class Publisher(threading.Thread):
+    """Publishes ``{"n": n}`` one at a time until stopped, recording every outcome."""
+
+    def __init__(self, bus: eventbus.EventBus, topic: str, timeout: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.bus, self.topic, self.timeout = bus, topic, timeout
+        self.attempts: list[Attempt] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.halt.is_set():
+            t0 = time.monotonic()
+            position: Position | None = None
+            error: BaseException | None = None
+            try:
+                position = self.bus.publish(
+                    self.topic, {"n": n}, key=f"k{n % 8}", timeout=self.timeout
+                )
+            except Exception as exc:  # recorded and checked by the test
+                error = exc
+            now = time.monotonic()
+            self.attempts.append(Attempt(n, position, error, now - t0, now))
+            n += 1
+
+    def ok_since(self, when: float) -> int:
+        return sum(1 for a in list(self.attempts) if a.error is None and a.finished > when)
+
+    def failed_since(self, when: float) -> int:
+        return sum(1 for a in list(self.attempts) if a.error is not None and a.finished > when)
+
+
+class Consumer(threading.Thread):
+    """Fetches and acks in a group until stopped; records the ``n`` of every delivery and how
+    long each fetch and ack took (``slowest``)."""
+
+    def __init__(
+        self, bus: eventbus.EventBus, topic: str, group: str, session_timeout: float = 3.0
+    ) -> None:
+        super().__init__(daemon=True)
+        self.sub = bus.subscribe(topic, group=group, session_timeout=session_timeout)
+        self.seen: list[int] = []
+        self.errors: Counter[str] = Counter()
+        self.slowest = 0.0
+        self.halt = threading.Event()
+
+    def _timed(self, fn: Any, *args: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.slowest = max(self.slowest, time.monotonic() - t0)
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                batch = self._timed(self.sub.fetch, 50, 0.5)
+                for delivery in batch:
+                    self.seen.append(delivery.event.data["n"])
+                    self._timed(delivery.ack)
+            except EventBusError as exc:  # counted; the consumer goes on
+                self.errors[type(exc).__name__] += 1
+                time.sleep(0.1)  # back off before the next fetch
+        try:
+            self.sub.close()
+        except EventBusError as exc:
+            self.errors[f"close {type(exc).__name__}"] += 1

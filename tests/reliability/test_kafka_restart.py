@@ -12,44 +12,20 @@ event (the group resumes from its committed offsets, which survived the restarts
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
 import pytest
 
 import eventbus
-from eventbus.errors import ConnectionFailedError, EventBusError, OperationTimeoutError
+from eventbus.errors import ConnectionFailedError, OperationTimeoutError
 from eventbus.testing import servers
 from tests.reliability.conftest import poll, scale
+from tests.reliability.helpers import Consumer, Publisher
 from tests.reliability.kafka_broker import start_again, stop_broker
-from tests.reliability.test_redis_restart import Publisher
 
 TIMEOUT = 3.0
 SLACK = 2.0
-
-
-class Consumer(threading.Thread):
-    """Fetches and acks in a group until stopped; records the ``n`` of every delivery."""
-
-    def __init__(self, bus: eventbus.EventBus, topic: str, group: str) -> None:
-        super().__init__(daemon=True)
-        self.sub = bus.subscribe(topic, group=group, session_timeout=3.0)
-        self.seen: list[int] = []
-        self.errors: Counter[str] = Counter()
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            try:
-                batch = self.sub.fetch(50, timeout=0.5)
-                for delivery in batch:
-                    self.seen.append(delivery.event.data["n"])
-                    delivery.ack()
-            except EventBusError as exc:  # counted; the consumer goes on
-                self.errors[type(exc).__name__] += 1
-                time.sleep(0.1)  # back off before the next fetch
-        self.sub.close()
 
 
 @pytest.mark.kafka

@@ -13,9 +13,7 @@ works again after every restart without reconnecting by hand.
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,52 +21,11 @@ import pytest
 import eventbus
 from eventbus.errors import ConnectionFailedError, EventBusError, OperationTimeoutError
 from eventbus.testing import servers
-from eventbus.transport import Position
 from tests.reliability.conftest import poll, scale
+from tests.reliability.helpers import Publisher
 
 TIMEOUT = 2.0
 SLACK = 1.5
-
-
-@dataclass
-class Attempt:
-    n: int
-    position: Position | None
-    error: BaseException | None
-    seconds: float
-    finished: float
-
-
-class Publisher(threading.Thread):
-    """Publishes ``{"n": n}`` one at a time until stopped, recording every outcome."""
-
-    def __init__(self, bus: eventbus.EventBus, topic: str, timeout: float = TIMEOUT) -> None:
-        super().__init__(daemon=True)
-        self.bus, self.topic, self.timeout = bus, topic, timeout
-        self.attempts: list[Attempt] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self.halt.is_set():
-            t0 = time.monotonic()
-            position: Position | None = None
-            error: BaseException | None = None
-            try:
-                position = self.bus.publish(
-                    self.topic, {"n": n}, key=f"k{n % 8}", timeout=self.timeout
-                )
-            except Exception as exc:  # recorded and checked by the test
-                error = exc
-            now = time.monotonic()
-            self.attempts.append(Attempt(n, position, error, now - t0, now))
-            n += 1
-
-    def ok_since(self, when: float) -> int:
-        return sum(1 for a in list(self.attempts) if a.error is None and a.finished > when)
-
-    def failed_since(self, when: float) -> int:
-        return sum(1 for a in list(self.attempts) if a.error is not None and a.finished > when)
 
 
 @pytest.mark.timeout(180)

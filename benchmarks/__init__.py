@@ -1,1 +1,4 @@
-"""Benchmarks: eventbus against the raw clients and a peer library, as ratios (see docs/performance.md)."""
+"""Benchmarks: eventbus against the raw clients and a peer library, as ratios.
+
+Run ``python -m benchmarks.run``; see docs/performance.md.
+"""

@@ -188,8 +188,7 @@ def measure(row: Row, repeats: int, *, warmup: bool = True) -> RowResult:
             n = max(1, int(row.count * side.scale))
             rates[side.label].append(n / _timed(side, n))
     results = [
-        SideResult(s.label, s.role, max(1, int(row.count * s.scale)), rates[s.label])
-        for s in sides
+        SideResult(s.label, s.role, max(1, int(row.count * s.scale)), rates[s.label]) for s in sides
     ]
     ratios = [
         _ratio(e, r)
@@ -313,7 +312,9 @@ def cleanup() -> Iterator[contextlib.ExitStack]:
         yield stack
 
 
-def timed_async(env: Env, work: Callable[[int], Coroutine[Any, Any, None]]) -> Callable[[int], float]:
+def timed_async(
+    env: Env, work: Callable[[int], Coroutine[Any, Any, None]]
+) -> Callable[[int], float]:
     """A ``run(n)`` for an async workload, timed inside the loop (loop start-up excluded)."""
 
     async def timed(n: int) -> float:
@@ -360,7 +361,7 @@ def render(rows: list[RowResult], metrics: list[Metric]) -> str:
             values = (
                 f"error: {m.error}"
                 if m.error
-                else ", ".join(f"{k} {v:,.1f} {m.unit}" for k, v in m.values.items())
+                else ", ".join(f"{k} {v:,.1f}" for k, v in m.values.items())
             )
             out.append(f"| {m.title} | {values} | {_target_text(m.target)} |")
     return "\n".join(out)

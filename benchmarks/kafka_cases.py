@@ -94,11 +94,19 @@ def batch_publish(env: Env, size: int) -> Iterator[Row]:
                 Side("confluent produce loop + flush", "reference", raw),
             ],
             targets=[
-                Target("eventbus sync publish_many", "confluent produce loop + flush", 0.85,
-                       "Kafka batch publish, sync API >= 0.85x raw produce loop"),
-                Target("eventbus async publish_many", "confluent produce loop + flush", 0.85,
-                       "Kafka batch publish, async API >= 0.85x raw produce loop"),
-            ],  # fmt: skip
+                Target(
+                    "eventbus sync publish_many",
+                    "confluent produce loop + flush",
+                    0.85,
+                    "Kafka batch publish, sync API >= 0.85x raw produce loop",
+                ),
+                Target(
+                    "eventbus async publish_many",
+                    "confluent produce loop + flush",
+                    0.85,
+                    "Kafka batch publish, async API >= 0.85x raw produce loop",
+                ),
+            ],
             note="the async API's reference is the same produce loop (no asyncio client)",
         )
     finally:
@@ -139,9 +147,7 @@ def inflight_publish(env: Env, size: int) -> Iterator[Row]:
         with Clock() as clock:
             for lo, hi in chunks(n):
                 for i in range(lo, hi):
-                    producer.produce(
-                        rtopic, to_json(data), key=ks[i % len(ks)], on_delivery=report
-                    )
+                    producer.produce(rtopic, to_json(data), key=ks[i % len(ks)], on_delivery=report)
                     producer.poll(0)
                 producer.flush(60)
         assert delivered == n
@@ -159,10 +165,13 @@ def inflight_publish(env: Env, size: int) -> Iterator[Row]:
                 Side("confluent produce x1000 + callbacks + flush", "reference", raw),
             ],
             targets=[
-                Target("eventbus async publish x1000 gather",
-                       "confluent produce x1000 + callbacks + flush", 0.5,
-                       "awaited singles, 1000 in flight >= 0.5x raw"),
-            ],  # fmt: skip
+                Target(
+                    "eventbus async publish x1000 gather",
+                    "confluent produce x1000 + callbacks + flush",
+                    0.5,
+                    "awaited singles, 1000 in flight >= 0.5x raw",
+                ),
+            ],
         )
     finally:
         for name in (topic, rtopic):
@@ -219,23 +228,39 @@ def consume_ack(env: Env, size: int) -> Iterator[Row]:
             payload=size,
             count=count,
             sides=[
-                Side("eventbus async fetch(1000) + ack each", "eventbus",
-                     lambda n: env.run(fetch_and_ack(abus, topic, env.name("g"), n,
-                                                     batch_ack=False))),
-                Side("eventbus async fetch(1000) + one ack per batch*", "eventbus",
-                     lambda n: env.run(fetch_and_ack(abus, topic, env.name("g"), n,
-                                                     batch_ack=True))),
-                Side("eventbus runner (batch_size=1000)", "eventbus",
-                     lambda n: env.run(drain_with_runner(abus, topic, env.name("g"), n))),
+                Side(
+                    "eventbus async fetch(1000) + ack each",
+                    "eventbus",
+                    lambda n: env.run(
+                        fetch_and_ack(abus, topic, env.name("g"), n, batch_ack=False)
+                    ),
+                ),
+                Side(
+                    "eventbus async fetch(1000) + one ack per batch*",
+                    "eventbus",
+                    lambda n: env.run(fetch_and_ack(abus, topic, env.name("g"), n, batch_ack=True)),
+                ),
+                Side(
+                    "eventbus runner (batch_size=1000)",
+                    "eventbus",
+                    lambda n: env.run(drain_with_runner(abus, topic, env.name("g"), n)),
+                ),
                 Side("confluent consume(1000) + commit", "reference", raw),
             ],
             targets=[
-                Target("eventbus async fetch(1000) + ack each",
-                       "confluent consume(1000) + commit", 0.85,
-                       "consume+ack >= 0.85x raw (subscription)"),
-                Target("eventbus runner (batch_size=1000)", "confluent consume(1000) + commit",
-                       0.85, "consume+ack >= 0.85x raw (runner)"),
-            ],  # fmt: skip
+                Target(
+                    "eventbus async fetch(1000) + ack each",
+                    "confluent consume(1000) + commit",
+                    0.85,
+                    "consume+ack >= 0.85x raw (subscription)",
+                ),
+                Target(
+                    "eventbus runner (batch_size=1000)",
+                    "confluent consume(1000) + commit",
+                    0.85,
+                    "consume+ack >= 0.85x raw (runner)",
+                ),
+            ],
             note="timed from the first batch received to the last ack (group join excluded)",
         )
     finally:

@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
 
 import eventbus
 from benchmarks.harness import Clock, Env, Row, Side, Target, chunks, keys, payload, timed_async
-
 
 POOL = 1100
 """Connections for 1000 publishes in flight (redis-py's default pool raises past 100)."""
@@ -92,11 +92,19 @@ def batch_publish(env: Env, size: int) -> Iterator[Row]:
                 Side("redis.asyncio pipeline", "reference", timed_async(env, raw_async), trim),
             ],
             targets=[
-                Target("eventbus sync publish_many", "redis-py sync pipeline", 1.0,
-                       "Redis batch publish, sync API >= 1.0x raw sync pipeline"),
-                Target("eventbus async publish_many", "redis-py sync pipeline", 1.0,
-                       "Redis batch publish, async API >= 1.0x raw sync pipeline"),
-            ],  # fmt: skip
+                Target(
+                    "eventbus sync publish_many",
+                    "redis-py sync pipeline",
+                    1.0,
+                    "Redis batch publish, sync API >= 1.0x raw sync pipeline",
+                ),
+                Target(
+                    "eventbus async publish_many",
+                    "redis-py sync pipeline",
+                    1.0,
+                    "Redis batch publish, async API >= 1.0x raw sync pipeline",
+                ),
+            ],
             note="keyed eventbus.Event objects built inside the timed loop; raw: XADD key+body",
         )
     finally:
@@ -151,9 +159,13 @@ def inflight_publish(env: Env, size: int) -> Iterator[Row]:
                 Side("redis.asyncio xadd x1000 gather", "reference", timed_async(env, ref), trim),
             ],
             targets=[
-                Target("eventbus async publish x1000 gather", "redis.asyncio xadd x1000 gather",
-                       0.5, "awaited singles, 1000 in flight >= 0.5x raw"),
-            ],  # fmt: skip
+                Target(
+                    "eventbus async publish x1000 gather",
+                    "redis.asyncio xadd x1000 gather",
+                    0.5,
+                    "awaited singles, 1000 in flight >= 0.5x raw",
+                ),
+            ],
         )
     finally:
         trim()
@@ -188,7 +200,7 @@ def consume_ack(env: Env, size: int) -> Iterator[Row]:
         raw.xgroup_create(topic, g, id="0")
         done, start = 0, 0.0
         while done < n:
-            reply = raw.xreadgroup(g, "c1", {topic: ">"}, count=min(1000, n - done))
+            reply: Any = raw.xreadgroup(g, "c1", {topic: ">"}, count=min(1000, n - done))
             if not start:
                 start = time.perf_counter()
             ids = [entry_id for _, entries in reply for entry_id, _fields in entries]
@@ -204,20 +216,37 @@ def consume_ack(env: Env, size: int) -> Iterator[Row]:
             payload=size,
             count=count,
             sides=[
-                Side("eventbus async fetch(1000) + ack each", "eventbus",
-                     lambda n: env.run(fetch_and_ack(abus, topic, group(), n, batch_ack=False))),
-                Side("eventbus async fetch(1000) + one ack per batch*", "eventbus",
-                     lambda n: env.run(fetch_and_ack(abus, topic, group(), n, batch_ack=True))),
-                Side("eventbus runner (batch_size=1000)", "eventbus",
-                     lambda n: env.run(drain_with_runner(abus, topic, group(), n))),
+                Side(
+                    "eventbus async fetch(1000) + ack each",
+                    "eventbus",
+                    lambda n: env.run(fetch_and_ack(abus, topic, group(), n, batch_ack=False)),
+                ),
+                Side(
+                    "eventbus async fetch(1000) + one ack per batch*",
+                    "eventbus",
+                    lambda n: env.run(fetch_and_ack(abus, topic, group(), n, batch_ack=True)),
+                ),
+                Side(
+                    "eventbus runner (batch_size=1000)",
+                    "eventbus",
+                    lambda n: env.run(drain_with_runner(abus, topic, group(), n)),
+                ),
                 Side("redis-py XREADGROUP 1000 + XACK", "reference", raw_side),
             ],
             targets=[
-                Target("eventbus async fetch(1000) + ack each", "redis-py XREADGROUP 1000 + XACK",
-                       0.85, "consume+ack >= 0.85x raw (subscription)"),
-                Target("eventbus runner (batch_size=1000)", "redis-py XREADGROUP 1000 + XACK",
-                       0.85, "consume+ack >= 0.85x raw (runner)"),
-            ],  # fmt: skip
+                Target(
+                    "eventbus async fetch(1000) + ack each",
+                    "redis-py XREADGROUP 1000 + XACK",
+                    0.85,
+                    "consume+ack >= 0.85x raw (subscription)",
+                ),
+                Target(
+                    "eventbus runner (batch_size=1000)",
+                    "redis-py XREADGROUP 1000 + XACK",
+                    0.85,
+                    "consume+ack >= 0.85x raw (runner)",
+                ),
+            ],
             note="timed from the first batch received to the last ack; *: acks the batch "
             "through sub.consumer.ack (no public batch ack exists; see the proposal)",
         )

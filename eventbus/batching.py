@@ -99,14 +99,17 @@ class BudgetFetcher(Protocol):
         max_items: int,
         timeout: float,
         allow_oversize: bool,
-    ) -> list[Record]:
+    ) -> tuple[list[Record], bool]:
         """Like ``fetch``, but claims *new* records only while their weights (the value of
         header ``weight_header``; missing or invalid counts as 0) add up to at most
         ``budget``, in partition order, atomically on the server: a record that does not fit
-        stays unclaimed for the next call. When ``allow_oversize`` and nothing else was
-        claimed, one record heavier than ``budget`` may be claimed alone. Redeliveries (due
-        nacks, records reclaimed from dead or late members) come first and regardless of
-        weight. At most ``max_items`` records; waits up to ``timeout`` s for the first."""
+        stays unclaimed for the next call, and no partition is read past it. When
+        ``allow_oversize`` and nothing else was claimed, one record heavier than ``budget``
+        may be claimed alone. Redeliveries (due nacks, records reclaimed from dead or late
+        members) come first and regardless of weight. At most ``max_items`` records; waits up
+        to ``timeout`` s for the first. Returns ``(records, saturated)``: ``saturated`` is
+        True when a queued record was left because it did not fit (waiting cannot fill the
+        budget further)."""
         ...
 
 
@@ -217,7 +220,7 @@ class AsyncBatchSubscription:
         max_wait: float,
         lookahead: int,
         hold_limit: float | None,
-        fetcher: Callable[..., Awaitable[list[Record]]] | None,
+        fetcher: Callable[..., Awaitable[tuple[list[Record], bool]]] | None,
     ) -> None:
         self.inner = inner
         self.budget = budget
@@ -349,7 +352,11 @@ class AsyncBatchSubscription:
             return True
         return total >= self.budget
 
-    async def _pull(self, batch: list[_Held], total: float, timeout: float) -> list[Record]:
+    async def _pull(
+        self, batch: list[_Held], total: float, timeout: float
+    ) -> tuple[list[Record], bool]:
+        """Fetch more: ``(records, saturated)``, saturated when the fast path left queued
+        records because they did not fit."""
         room = max(1, self.lookahead - len(self._held))
         consumer = self.inner.consumer
         if self._fetcher is not None and isinstance(self.weight, str):
@@ -362,7 +369,7 @@ class AsyncBatchSubscription:
                 timeout,
                 not batch and not self._held,
             )
-        return await consumer.fetch(room, timeout)
+        return await consumer.fetch(room, timeout), False
 
     async def fetch(self, max_wait: float | None = None) -> Batch | None:
         """The next batch, or None when nothing came within ``max_wait`` seconds (default:
@@ -386,14 +393,13 @@ class AsyncBatchSubscription:
                 remaining = 0.0 if eager else deadline - time.monotonic()
                 if remaining <= 0 and not eager and batch:
                     break
-                records = await self._pull(batch, total, max(0.0, remaining))
-                if not records:
-                    if eager or time.monotonic() >= deadline:
-                        break
-                    continue
-                self._merge(await self._admit(records))
-                total = self._fill(batch, total)
-        if not batch:
+                records, saturated = await self._pull(batch, total, max(0.0, remaining))
+                if records:
+                    self._merge(await self._admit(records))
+                    total = self._fill(batch, total)
+                if saturated or (not records and (eager or time.monotonic() >= deadline)):
+                    break
+        if not batch or self._closed:
             return None
         return Batch(self, [h.delivery for h in batch], [h.weight for h in batch], self.budget)
 
@@ -456,7 +462,7 @@ def _check_settings(
 
 def _fetcher(
     sub: AsyncSubscription, weight: Weight, fast_path: bool | None
-) -> Callable[..., Awaitable[list[Record]]] | None:
+) -> Callable[..., Awaitable[tuple[list[Record], bool]]] | None:
     method = getattr(sub.consumer, "fetch_budget", None)
     flagged = bool(getattr(sub.bus.capabilities, BUDGET_FETCH_FLAG, False))
     if fast_path is False:

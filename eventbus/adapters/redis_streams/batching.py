@@ -16,7 +16,9 @@ atomically on the server:
 - claim exactly the fitting entries with ``XREADGROUP GROUP g me COUNT n STREAMS key >``, so
   they sit in this member's PEL like any read, and nothing that does not fit is claimed;
 - when ``allow_oversize`` and nothing was claimed yet, the first entry of a stream is claimed
-  alone even if heavier than the budget (it could never fit; it must not get stuck).
+  alone even if heavier than the budget (it could never fit; it must not get stuck);
+- report whether an entry was left because it did not fit (``saturated``), so the caller
+  returns its batch at once instead of waiting for more.
 
 Exclusivity comes from ownership, as for ``fetch``: only streams this member owns are read.
 When nothing is due and nothing new fits, it waits for new entries with ``XREAD BLOCK`` on the
@@ -45,9 +47,10 @@ __all__ = ["CLAIM_BUDGET", "fetch_budget"]
 
 # KEYS: owned partition streams of one topic (one hash slot). ARGV[1] group, ARGV[2] member,
 # ARGV[3] budget, ARGV[4] weight field ("h:<header>"), ARGV[5] max entries, ARGV[6] "1" to allow
-# one oversize entry when nothing else was claimed. Returns {claims, last_ids}: claims is a list
-# of {stream index, entries as XREADGROUP returns them}; last_ids the group's last-delivered id
-# per stream (after the claims), for a blocking XREAD.
+# one oversize entry when nothing else was claimed. Returns {claims, last_ids, saturated}:
+# claims is a list of {stream index, entries as XREADGROUP returns them}; last_ids the group's
+# last-delivered id per stream (after the claims), for a blocking XREAD; saturated 1 when an
+# entry was left because it did not fit the budget.
 CLAIM_BUDGET = """
 local group, me = ARGV[1], ARGV[2]
 local left = tonumber(ARGV[3])
@@ -57,6 +60,7 @@ local solo = ARGV[6] == '1'
 local claims = {}
 local last = {}
 local claimed = 0
+local saturated = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
   local lastid = nil
@@ -89,6 +93,7 @@ for i = 1, #KEYS do
         left = 0
         break
       else
+        saturated = 1
         break
       end
     end
@@ -103,7 +108,7 @@ for i = 1, #KEYS do
   end
   last[#last + 1] = lastid
 end
-return {claims, last}
+return {claims, last, saturated}
 """
 
 
@@ -114,7 +119,7 @@ async def fetch_budget(
     max_items: int,
     timeout: float,
     allow_oversize: bool = True,
-) -> list[Record]:
+) -> tuple[list[Record], bool]:
     """See the module docstring. Returns within about ``timeout`` s (plus a round trip)."""
     c = consumer
     if c._closed:
@@ -128,26 +133,29 @@ async def fetch_budget(
             if len(out) < max_items:
                 out += await c._sweeps(max_items - len(out))
             if out:
-                return out
-            claimed, last = await _claim_new(c, budget, weight_header, max_items, allow_oversize)
-            if claimed:
-                return claimed
+                return out, False
+            claimed, last, saturated = await _claim_new(
+                c, budget, weight_header, max_items, allow_oversize
+            )
+            if claimed or saturated:
+                return claimed, saturated
             wait = c._block_for(deadline)
             if wait <= 0 or time.monotonic() >= deadline:
-                return []
+                return [], False
             await _wait_for_new(c, last, wait)
-    return []
+    return [], False
 
 
 async def _claim_new(
     c: RedisConsumer, budget: float, header: str, max_items: int, allow_oversize: bool
-) -> tuple[list[Record], dict[str, str]]:
+) -> tuple[list[Record], dict[str, str], bool]:
     by_topic: dict[str, list[Any]] = {}
     for owned in sorted(c._owned.values(), key=lambda o: (o.topic, o.partition)):
         by_topic.setdefault(owned.topic, []).append(owned)
     out: list[Record] = []
     last: dict[str, str] = {}
     left = budget
+    saturated = False
     for topic, streams in by_topic.items():
         if len(out) >= max_items:
             break
@@ -157,7 +165,7 @@ async def _claim_new(
         script = _script(c)
         try:
             with c._t.edge(f"claim a budgeted batch in group {c._group!r}"):
-                claims, lasts = await script(
+                claims, lasts, full = await script(
                     keys=[o.key for o in streams],
                     args=[
                         c._group,
@@ -171,6 +179,7 @@ async def _claim_new(
         except GroupNotFoundError:
             await c._regroup(topic)
             continue
+        saturated = saturated or bool(int(full))
         for owned, last_id in zip(streams, lasts, strict=True):
             last[owned.key] = layout.text(last_id)
         for index, entries in claims:
@@ -183,7 +192,7 @@ async def _claim_new(
             if entries:
                 c._seen[(topic, owned.partition)] = layout.text(entries[-1][0])
         left = max(0.0, left)
-    return out, last
+    return out, last, saturated
 
 
 def _weight(record: Record, header: str) -> float:

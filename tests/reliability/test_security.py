@@ -264,21 +264,25 @@ def test_secrets_never_leak(
         seen.append(repr(bus) + repr(bus.aio.transport) + repr(vars(bus.aio.transport)))
         bus.create_topic("secret-check")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    for url in (good, wrong, unreachable):
-        for args in (
-            ["topics", "list", "--url", url],
-            ["topics", "list", "--url", url, "-o", "json"],
-        ):
-            out = subprocess.run(
-                [sys.executable, "-m", "eventbus.cli", *args],
-                capture_output=True, text=True, timeout=60, env=env, check=False,
-            )  # fmt: skip
-            seen.append(out.stdout + out.stderr)
-            if url == good:
-                assert out.returncode == 0, out.stderr
-                assert "secret-check" in out.stdout
-            else:
-                assert out.returncode != 0
+    runs = [
+        (url, ["topics", "list", "--url", url, *fmt])
+        for url, fmt in ((good, []), (good, ["-o", "json"]), (wrong, []), (unreachable, []))
+    ]
+    procs = [  # the CLI runs side by side: each is a fresh interpreter
+        (url, subprocess.Popen(
+            [sys.executable, "-m", "eventbus.cli", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        ))
+        for url, args in runs
+    ]  # fmt: skip
+    for url, proc in procs:
+        stdout, stderr = proc.communicate(timeout=60)
+        seen.append(stdout + stderr)
+        if url == good:
+            assert proc.returncode == 0, stderr
+            assert "secret-check" in stdout
+        else:
+            assert proc.returncode != 0
     seen.append(caplog.text)
     leaked = [text for text in seen if PASSWORD in text]
     assert not leaked, leaked[0][:2000]

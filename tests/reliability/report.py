@@ -35,8 +35,9 @@ Run: {when}, {mode}, Python {python}, {machine}.
 
 "Published" counts events whose publish returned a position (or were published before the
 fault); "lost" counts those that were not stored or never handled/consumed afterwards, and must
-be 0. "Duplicates" counts deliveries beyond the first (at-least-once allows them; each test
-checks they are only events the server had not recorded as acked).
+be 0. "Duplicates" counts deliveries beyond the first (at-least-once allows them; the SIGKILL
+test checks they are only events the server had not recorded as acked, the SIGTERM test that
+there are none).
 
 """
 HEADER = (

@@ -257,13 +257,19 @@ class Migration:
                 )
             await asyncio.sleep(0.2)  # poll heartbeats
 
-    async def _require_empty_journal(self, topic: str, primary: Transport) -> None:
-        backlog = await journal_backlog(self.name, topic, primary)
-        if backlog:
-            raise ConfigurationError(
-                f"{topic}: {backlog} dual-write copies still wait in the journal; wait until "
-                "'eventbus migrate status' shows a backlog of 0"
-            )
+    async def _require_empty_journal(
+        self, topic: str, primary: Transport, wait: float = 30.0
+    ) -> None:
+        """Wait (up to ``wait`` s) until no copy of ``topic`` waits in the journal."""
+        deadline = time.monotonic() + wait
+        while backlog := await journal_backlog(self.name, topic, primary):
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"{topic}: {backlog} dual-write copies still wait in the journal; wait "
+                    "until 'eventbus migrate status' shows a backlog of 0 (is the secondary "
+                    "up? is a producer or 'eventbus migrate drain' replaying it?)"
+                )
+            await asyncio.sleep(0.2)  # poll the backlog
 
     async def _require_groups_on(self, state: MigrationState, topic: str, side: str) -> None:
         wrong = sorted(
@@ -297,8 +303,8 @@ class Migration:
         done.backfill_done = True
         done.backfilled += copied
         await self.control.save(state, expected_version=version)
-        # the dual-written tail waited in the journal; move it now (producers also do)
-        await replay_journal(self.name, topic, self.source, self.target, timeout=0.5)
+        # the dual-written tail waited in the journal: the producers' replayers move it now
+        # ('eventbus migrate drain' moves it when no producer is running)
         return copied
 
     async def _resume_point(self, topic: str, p: int, mig: TopicMigration) -> Offset | None:
@@ -345,6 +351,18 @@ class Migration:
         version = state.version
         state.topic(topic).backfill_checkpoint[p] = (str(source), str(target))
         await self.control.save(state, expected_version=version)
+
+    async def drain(self, topic: str) -> int:
+        """Move what waits in the journal of ``topic`` to the secondary now (for when no
+        producer runs to do it). Returns how many events moved."""
+        mig = (await self.control.require()).topic(topic)
+        if mig.stage == "dual-source-primary":
+            if not mig.backfill_done:
+                raise ConfigurationError(f"{topic}: backfill first; the journal waits for it")
+            return await replay_journal(self.name, topic, self.source, self.target, timeout=0.5)
+        if mig.stage == "dual-target-primary":
+            return await replay_journal(self.name, topic, self.target, self.source, timeout=0.5)
+        return 0
 
     # verify ------------------------------------------------------------------------------
     async def verify(

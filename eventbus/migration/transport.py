@@ -46,8 +46,10 @@ from eventbus.errors import (
     ConfigurationError,
     ConnectionFailedError,
     EventBusError,
+    GroupNotFoundError,
     OperationTimeoutError,
     TopicExistsError,
+    TopicNotFoundError,
 )
 from eventbus.migration.control import ControlStore, Heartbeat, MigrationState, TopicMigration
 from eventbus.observability import instruments
@@ -64,6 +66,7 @@ from eventbus.transport import (
     TopicInfo,
     Transport,
     TransportConsumer,
+    offset_key,
 )
 
 __all__ = ["MigrationTransport", "journal_topic", "replayer_group"]
@@ -73,6 +76,7 @@ log = logging.getLogger("eventbus.migration")
 H_GEN = "eb-mig-gen"
 H_COPY = "eb-copy"
 H_COPY_OF = "eb-copy-of"
+H_MAYBE = "eb-maybe-copied"
 
 
 def journal_topic(name: str, topic: str) -> str:
@@ -130,7 +134,11 @@ class MigrationTransport:
         self._inflight: Counter[tuple[str, int]] = Counter()
         self._consumers: set[MigrationConsumer] = set()
         self._journaling: set[str] = set()
+        """Topics whose copies this member sends to the journal (until its own are replayed)."""
+        self._marks: dict[str, dict[int, Offset]] = {}
+        """Per topic and journal partition, the last journal offset this member wrote."""
         self._backlog: dict[str, int] = {}
+        self._leaving: dict[str, asyncio.Lock] = {}
         self._replayers: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -292,7 +300,9 @@ class MigrationTransport:
         # Until the backfill has copied the history, copies wait in the journal, so the target
         # receives history first and the dual-written tail after it, in source order.
         history_pending = source_primary and not mig.backfill_done
-        if history_pending or topic in self._journaling or self._backlog.get(topic, 0) > 0:
+        if not history_pending and topic in self._journaling:
+            await self._try_leave_journal(topic, primary)
+        if history_pending or topic in self._journaling:
             await self._journal(primary, topic, copies)
             return positions
         try:
@@ -305,25 +315,32 @@ class MigrationTransport:
                 exc,
                 len(copies),
             )
-            await self._journal(primary, topic, copies)
+            # the write may have landed anyway (a timeout): the replayer checks before copying
+            maybe = [
+                dataclasses.replace(c, headers={**c.headers, H_MAYBE: b"1"}) for c in copies
+            ]
+            await self._journal(primary, topic, maybe)
         return positions
 
     async def _journal(self, primary: Transport, topic: str, copies: list[Outgoing]) -> None:
         self._journaling.add(topic)
         name = journal_topic(self.name, topic)
         try:
-            await primary.publish(name, copies, timeout=30.0)
-        except EventBusError:
+            positions = await primary.publish(name, copies, timeout=30.0)
+        except TopicNotFoundError:
             mig = self.stage_of(topic)
             with contextlib.suppress(TopicExistsError):
                 await primary.create_topic(
                     TopicSpec(name=name, partitions=mig.partitions if mig else 1)
                 )
-            await primary.publish(name, copies, timeout=30.0)
+            positions = await primary.publish(name, copies, timeout=30.0)
+        marks = self._marks.setdefault(topic, {})
+        for pos in positions:
+            marks[pos.partition] = pos.offset
 
     def _ensure_replayers(self) -> None:
         """One background replayer per journaling topic (the poll loop must never block)."""
-        for topic in self._journaling:
+        for topic in self._journaling | {t for t, n in self._backlog.items() if n}:
             task = self._replayers.get(topic)
             if task is None or task.done():
                 self._replayers[topic] = asyncio.create_task(self._replayer(topic))
@@ -339,35 +356,93 @@ class MigrationTransport:
         return (self.target, self.source)
 
     async def _replayer(self, topic: str) -> None:
-        while not self._closed and topic in self._journaling:
-            sides = self._journal_sides(topic)
-            if sides is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed().wait(), self.poll_interval * 5)
-                continue
-            try:
-                moved = await replay_journal(self.name, topic, *sides, timeout=0.5)
-            except EventBusError as exc:  # the secondary is still down: try again later
-                log.warning("migration %s: journal replay of %s: %s", self.name, topic, exc)
-                moved = 0
-            if not moved:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed().wait(), self.poll_interval)
+        """Replays one topic's journal with one long-lived group member, so ownership of
+        journal partitions (and with it their order) stays put while producers run."""
+        replayer: JournalReplayer | None = None
+        try:
+            while not self._closed and (topic in self._journaling or self._backlog.get(topic)):
+                sides = self._journal_sides(topic)
+                if replayer is not None and (replayer.primary, replayer.secondary) != sides:
+                    await replayer.close()
+                    replayer = None
+                if sides is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed().wait(), self.poll_interval * 5)
+                    continue
+                if replayer is None:
+                    replayer = JournalReplayer(self.name, topic, *sides, member=self.member)
+                try:
+                    moved = await replayer.step(0.5)
+                except EventBusError as exc:  # the secondary is still down: try again later
+                    log.warning("migration %s: journal replay of %s: %s", self.name, topic, exc)
+                    moved = 0
+                if not moved:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed().wait(), self.poll_interval)
+        finally:
+            if replayer is not None:
+                await replayer.close()
 
     async def _measure_backlog(self) -> None:
+        """Update the journal backlog of each dual-stage topic this member writes, and stop
+        journaling once this member's own journaled copies have all been replayed (its copies
+        then go straight to the secondary without overtaking its earlier ones)."""
         state = self.state
         if state is None:
             return
-        for topic in list(self._journaling):
+        for topic in self._published | self._journaling:
+            sides = self._journal_sides(topic)
             mig = state.topics.get(topic)
-            if mig is None:
+            if mig is None or not mig.stage.startswith("dual"):
                 continue
             primary = self.source if mig.stage == "dual-source-primary" else self.target
-            backlog = await journal_backlog(self.name, topic, primary)
-            self._backlog[topic] = backlog
+            self._backlog[topic] = backlog = await journal_backlog(self.name, topic, primary)
             instruments().observe_backlog(topic, backlog)
-            if backlog == 0:
+            replayed = topic in self._journaling and sides is not None
+            if replayed and await self._own_copies_replayed(topic, primary):
                 self._journaling.discard(topic)
+                self._marks.pop(topic, None)
+
+    async def _try_leave_journal(self, topic: str, primary: Transport) -> None:
+        """Once replay runs, pause this member's publishes of ``topic`` briefly until its own
+        journaled copies are on the secondary, then write copies directly again. Without the
+        pause a busy producer would keep adding to the journal faster than it can see it empty.
+        Gives up (keeps journaling) after a few seconds, e.g. while the secondary is down."""
+        if self._journal_sides(topic) is None:
+            return
+        lock = self._leaving.setdefault(topic, asyncio.Lock())
+        async with lock:
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while topic in self._journaling:
+                if await self._own_copies_replayed(topic, primary):
+                    self._journaling.discard(topic)
+                    self._marks.pop(topic, None)
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    return
+                await asyncio.sleep(0.05)  # poll the replayer's progress
+
+    async def _own_copies_replayed(self, topic: str, primary: Transport) -> bool:
+        marks = self._marks.get(topic, {})
+        if not marks:
+            return True
+        try:
+            info = await primary.describe_group(replayer_group(self.name))
+        except GroupNotFoundError:
+            return False
+        jt = journal_topic(self.name, topic)
+        parts = {p.partition: p for p in info.partitions if p.topic == jt}
+        for partition, mark in marks.items():
+            part = parts.get(partition)
+            if part is None or part.delivered is None:
+                return False
+            if offset_key(part.delivered) < offset_key(mark):
+                return False
+            if part.pending and (
+                part.lowest_pending is None or offset_key(part.lowest_pending) <= offset_key(mark)
+            ):
+                return False
+        return True
 
     # reading -------------------------------------------------------------------------------
     def _reading_side(self, topic: str) -> Transport:
@@ -454,40 +529,71 @@ async def journal_backlog(name: str, topic: str, primary: Transport) -> int:
     return sum((p.lag or 0) + p.pending for p in info.partitions if p.topic == jt)
 
 
-async def replay_journal(
-    name: str, topic: str, primary: Transport, secondary: Transport, *, timeout: float = 2.0
-) -> int:
-    """Move what the journal holds to the secondary, in order; returns how many moved."""
-    jt = journal_topic(name, topic)
-    try:
-        consumer = await primary.open_consumer(
-            [jt], replayer_group(name), f"replayer-{os.getpid()}", ConsumerOptions()
-        )
-    except EventBusError:
-        return 0
-    moved = 0
-    try:
-        while True:
-            batch = await consumer.fetch(500, timeout)
-            if not batch:
-                return moved
-            if any(r.attempt > 1 for r in batch):  # a replayer died mid-batch: skip what landed
-                batch = await _not_yet_copied(secondary, topic, batch)
+class JournalReplayer:
+    """One member of the replayer group: moves journaled copies to the secondary in order."""
+
+    def __init__(
+        self, name: str, topic: str, primary: Transport, secondary: Transport, *, member: str
+    ) -> None:
+        self.name = name
+        self.topic = topic
+        self.primary = primary
+        self.secondary = secondary
+        self.member = member
+        self._consumer: TransportConsumer | None = None
+
+    async def step(self, timeout: float) -> int:
+        """Move one batch; returns how many events moved (0 when the journal is empty)."""
+        if self._consumer is None:
+            try:
+                self._consumer = await self.primary.open_consumer(
+                    [journal_topic(self.name, self.topic)],
+                    replayer_group(self.name),
+                    f"replayer-{self.member}",
+                    # a stuck or dead replayer's copies come back to another one soon
+                    ConsumerOptions(visibility_timeout=5.0, session_timeout=5.0),
+                )
+            except TopicNotFoundError:
+                return 0
+        batch = await self._consumer.fetch(500, timeout)
+        if not batch:
+            return 0
+        todo = batch
+        if any(r.attempt > 1 or H_MAYBE in r.headers for r in batch):
+            todo = await _not_yet_copied(self.secondary, self.topic, batch)
+        if todo:
             copies = [
                 Outgoing(
                     value=r.value,
                     key=r.key,
-                    headers=r.headers,
+                    headers={k: v for k, v in r.headers.items() if k != H_MAYBE},
                     timestamp_ms=r.timestamp_ms,
                     partition=r.partition,
                 )
-                for r in batch
+                for r in todo
             ]
-            await secondary.publish(topic, copies, timeout=30.0)
-            await consumer.ack(batch)
-            moved += len(batch)
+            await self.secondary.publish(self.topic, copies, timeout=30.0)
+        await self._consumer.ack(batch)
+        return len(batch)
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.close()
+
+
+async def replay_journal(
+    name: str, topic: str, primary: Transport, secondary: Transport, *, timeout: float = 2.0
+) -> int:
+    """Drain the journal of ``topic`` to the secondary now; returns how many events moved."""
+    replayer = JournalReplayer(name, topic, primary, secondary, member=f"drain-{os.getpid()}")
+    moved = 0
+    try:
+        while n := await replayer.step(timeout):
+            moved += n
     finally:
-        await consumer.close()
+        await replayer.close()
+    return moved
 
 
 async def _not_yet_copied(secondary: Transport, topic: str, batch: list[Record]) -> list[Record]:

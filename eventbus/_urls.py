@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult, parse_qsl, urlsplit, urlunsplit
+import re
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 __all__ = ["query_options", "redact", "split"]
 
@@ -16,36 +17,41 @@ def split(url: str) -> SplitResult:
         if "," not in parts.netloc:  # a broker list (kafka://h1:9092,h2:9092) has no one port
             _ = parts.port  # validates the port
     except ValueError as exc:
+        # urllib's text may quote the host part (and with it a password): say it in our words
+        reason = "the port is not a number" if "Port" in str(exc) else "it cannot be parsed"
         raise ConfigurationError(
-            f"malformed URL {redact(url)!r}: {exc}; expected scheme://[user:password@]host:port"
+            f"malformed URL {redact(url)!r}: {reason}; expected "
+            "scheme://[user:password@]host:port (percent-encode '@', ':', '/', '?', '#' in "
+            "passwords)"
         ) from None
-    if not parts.scheme or "://" not in url:
+    if not parts.scheme or "://" not in url or "@" in parts.fragment or "@" in parts.query:
         raise ConfigurationError(
-            f"URL {redact(url)!r} has no scheme: start it with memory://, redis://, rediss://, "
-            "kafka:// or redpanda://"
+            f"URL {redact(url)!r} is not of the form scheme://[user:password@]host:port: start "
+            "it with memory://, redis://, rediss://, kafka:// or redpanda:// and percent-encode "
+            "'@', ':', '/', '?' and '#' in passwords"
         )
     return parts
 
 
+_SECRET_PARAM = re.compile(r"(?i)((?:password|secret|token|key_pass)[^=&?#/]*=)[^&#]*")
+
+
 def redact(url: str) -> str:
-    """The URL with any password (and password-like query values) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, sep, _pw = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = []
-        for key, value in parse_qsl(query, keep_blank_values=True):
-            secret = any(s in key.lower() for s in ("password", "secret", "token", "key_pass"))
-            pairs.append(f"{key}={'***' if secret else value}")
-        query = "&".join(pairs)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """The URL with any password (and password-like query values) replaced by ``***``.
+
+    Works on malformed URLs too: everything between the user name and the last ``@`` is
+    treated as the password, and with no ``://`` everything before the last ``@`` is hidden."""
+    at = url.rfind("@")
+    if at >= 0:
+        prefix, rest = url[:at], url[at:]
+        head, sep, userinfo = prefix.partition("://")
+        if sep:
+            user, colon, _pw = userinfo.partition(":")
+            url = f"{head}://{user}{':***' if colon else ''}{rest}"
+        else:
+            url = "***" + rest
+    # password-like parameters, wherever they stand (even in a malformed query)
+    return _SECRET_PARAM.sub(r"\1***", url)
 
 
 def query_options(parts: SplitResult) -> dict[str, str]:

@@ -33,7 +33,7 @@ def test_malformed_url_is_a_configuration_error_without_password() -> None:
 
 
 def test_no_scheme() -> None:
-    with pytest.raises(ConfigurationError, match="no scheme"):
+    with pytest.raises(ConfigurationError, match="not of the form scheme://"):
         open_transport("localhost:6379")
 
 

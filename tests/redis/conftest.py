@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from cluster import LocalCluster, start_cluster  # tests/redis is on sys.path (rootdir conftest)
 
 from eventbus.testing import servers
+from tests.redis.cluster import LocalCluster, start_cluster
 
 ACL_USER = "alice"
 ACL_PASSWORD = "s3cret-Pa55word"

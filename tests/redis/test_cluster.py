@@ -7,12 +7,12 @@ import time
 import uuid
 
 import pytest
-from cluster import LocalCluster
 from redis.crc import key_slot
 
 from eventbus.adapters.redis_streams import RedisTransport, layout
 from eventbus.topics import TopicSpec
 from eventbus.transport import ConsumerOptions, Outgoing, Record, TransportConsumer
+from tests.redis.cluster import LocalCluster
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

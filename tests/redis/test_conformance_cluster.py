@@ -1,9 +1,9 @@
 """The conformance suite once more, on the local three-node Redis Cluster."""
 
 import pytest
-from cluster import LocalCluster
 
 from eventbus.testing.conformance import ConformanceSuite
+from tests.redis.cluster import LocalCluster
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

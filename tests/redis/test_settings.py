@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis import exceptions as rx
 
@@ -61,12 +63,46 @@ def test_blocking_reads_stay_below_the_socket_timeout() -> None:
         "redis://h:1/0?cluster=maybe",
         "redis://h:1/2?cluster=true",
         "redis://u:pw@h:notaport/0",
+        "redis://u:pw@h:99999/0",
+        "rediss://u,x:pw@127.0.0.1:99999/0",
     ],
 )
 def test_bad_urls_raise_configuration_errors_without_secrets(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         RedisSettings.from_url(url)
     assert "pw" not in str(info.value).replace("pwd", "")
+
+
+@pytest.mark.parametrize("url", ["redis://h1:6379,h2:6379/0", "redis://u:pw@h1:1,h2:2/0?x=1"])
+def test_a_host_list_is_refused_with_the_cluster_hint(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"one host.*\?cluster=true") as info:
+        RedisSettings.from_url(url)
+    assert "pw" not in str(info.value)
+
+
+def test_refused_credentials_are_not_retried() -> None:
+    retry = RedisSettings.from_url("redis://h:1/0").client_kwargs()["retry"]
+    calls: list[int] = []
+
+    async def refused() -> None:
+        calls.append(1)
+        raise rx.AuthenticationError("WRONGPASS invalid username-password pair")
+
+    async def dropped() -> None:
+        calls.append(1)
+        raise rx.ConnectionError("connection reset")
+
+    async def fail(_exc: Exception) -> None:
+        return None
+
+    with pytest.raises(rx.AuthenticationError):
+        asyncio.run(retry.call_with_retry(refused, fail))
+    assert len(calls) == 1
+    calls.clear()
+    retry.update_retries(2)
+    with pytest.raises(rx.ConnectionError):
+        asyncio.run(retry.call_with_retry(dropped, fail))
+    assert len(calls) == 3  # other connection errors are still retried
 
 
 def test_registry_builds_the_transport_for_both_schemes() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -11,7 +12,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ACL_PASSWORD, ACL_USER, RO_PASSWORD, RO_USER
 from redis.asyncio import Redis
 
 from eventbus.adapters.redis_streams import RedisTransport, layout
@@ -29,6 +29,7 @@ from eventbus.partitioning import partition_for_key
 from eventbus.testing import servers
 from eventbus.topics import TopicSpec
 from eventbus.transport import Outgoing
+from tests.redis.conftest import ACL_PASSWORD, ACL_USER, RO_PASSWORD, RO_USER
 
 pytestmark = pytest.mark.redis
 
@@ -244,8 +245,10 @@ def test_unreachable_server_names_url_without_password() -> None:
 
 def test_wrong_password_and_missing_permission(acl_redis: int, topic: str) -> None:
     bad = f"redis://{ACL_USER}:wrong-{ACL_PASSWORD}@127.0.0.1:{acl_redis}/0"
+    start = time.monotonic()
     with pytest.raises(AuthenticationError) as info:
         asyncio.run(RedisTransport.from_url(bad, {}).connect())
+    assert time.monotonic() - start < 1.5  # at once: refused credentials are not retried
     assert ACL_PASSWORD not in str(info.value) and "***" in str(info.value)
 
     good = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{acl_redis}/0"

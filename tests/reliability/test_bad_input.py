@@ -128,11 +128,6 @@ def test_urls_raise_only_eventbus_errors_without_password(
     assert PASSWORD not in redact(url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a comma in a redis:// netloc (a broker-list style URL) skips the port check "
-    "in eventbus._urls.split, then RedisSettings.from_url raises a bare ValueError from urllib",
-)
 @pytest.mark.parametrize("url", ["redis://h1:6379,h2:6379/0", "rediss://u,x:pw@127.0.0.1:99999/0"])
 def test_redis_url_with_comma_raises_configuration_error(url: str) -> None:
     with pytest.raises(ConfigurationError):
@@ -267,12 +262,6 @@ def test_random_redis_entries_never_crash_a_reader(
         client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: once another client deletes the stream of an eventbus topic (DEL), "
-    "list_groups() and describe_group() of every group fail with a bare EventBusError "
-    "('XINFO GROUPS <topic>: no such key'); describe_topic() of that topic works",
-)
 def test_stream_deleted_by_another_client_does_not_break_group_admin(topic_name: str) -> None:
     gone, kept = f"{topic_name}-gone", f"{topic_name}-kept"
     with servers.start_redis() as server, eventbus.connect(server.url) as bus:  # its own server

@@ -104,9 +104,7 @@ async def _topic_state(
     t: RedisTransport, meta: TopicMeta, group: str
 ) -> tuple[list[GroupPartition], dict[str, GroupMember]]:
     keys = meta.streams()
-    replies = await t.pipeline(
-        lambda p: [p.xinfo_groups(k) for k in keys], f"describe group {group!r}"
-    )
+    replies = await t.xinfo_groups(keys, f"describe group {group!r}")
     partitions: list[GroupPartition] = []
     present: list[str] = []
     for p, (key, groups) in enumerate(zip(keys, replies, strict=True)):

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from redis import exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
 from eventbus._urls import query_options, redact, split
 from eventbus.errors import ConfigurationError
 
@@ -38,6 +42,36 @@ _OWN = {
     "redis_options",
     "db",
 }
+
+
+RETRIES = 10
+"""redis-py's default: connection errors and timeouts are retried with jittered backoff."""
+
+
+class NoAuthRetry(Retry):
+    """redis-py's retry policy, except that refused credentials are never retried.
+
+    redis-py's ``AuthenticationError`` is a ``ConnectionError``, so its default ``Retry``
+    re-tries a wrong password ten times with backoff (about 4.5 s) before raising it. A wrong
+    password does not get better by waiting: fail at once."""
+
+    async def call_with_retry(
+        self,
+        do: Any,
+        fail: Any,
+        is_retryable: Any = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        def retryable(exc: Exception) -> bool:
+            if isinstance(exc, rx.AuthenticationError | rx.AuthorizationError):
+                return False
+            return is_retryable is None or bool(is_retryable(exc))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def _retry() -> NoAuthRetry:
+    return NoAuthRetry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), RETRIES)
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -106,6 +140,18 @@ class RedisSettings:
         scheme = parts.scheme.lower()
         if scheme not in ("redis", "rediss"):
             raise ConfigurationError(f"{safe!r} is not a redis:// or rediss:// URL")
+        if "," in parts.netloc.rpartition("@")[2]:
+            raise ConfigurationError(
+                f"{safe!r}: a Redis URL names one host (host:port), not a list; for Redis "
+                "Cluster name one seed node and add ?cluster=true "
+                "(redis://node1:7000/0?cluster=true), the other nodes are discovered"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigurationError(
+                f"{safe!r}: the port must be a number from 0 to 65535"
+            ) from None
         opts: dict[str, Any] = {**query_options(parts), **dict(options or {})}
         passthrough = dict(opts.pop("redis_options", None) or {})
         passthrough.update({k: v for k, v in opts.items() if k not in _OWN})
@@ -117,7 +163,7 @@ class RedisSettings:
         settings = cls(
             url=safe,
             host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
+            port=port or 6379,
             db=int(path),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
@@ -162,6 +208,9 @@ class RedisSettings:
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.socket_connect_timeout,
             "decode_responses": False,
+            # retry connection errors and timeouts as redis-py does, but not refused
+            # credentials (redis_options may replace it)
+            "retry": _retry(),
         }
         if not self.cluster:
             kwargs["db"] = self.db

@@ -509,10 +509,26 @@ class RedisTransport:
 
     async def groups_of(self, meta: TopicMeta) -> set[str]:
         """Names of the consumer groups on any partition stream of a topic."""
-        replies = await self.pipeline(
-            lambda p: [p.xinfo_groups(k) for k in meta.streams()], f"list groups of {meta.name!r}"
-        )
+        replies = await self.xinfo_groups(meta.streams(), f"list groups of {meta.name!r}")
         return {layout.text(g["name"]) for reply in replies for g in reply}
+
+    async def xinfo_groups(self, keys: Sequence[str], action: str) -> list[list[Any]]:
+        """XINFO GROUPS per stream, in one round trip. A stream deleted by another client
+        (``DEL``) has no groups: ``[]`` instead of the server's "no such key" error."""
+        with self.edge(action):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.xinfo_groups(key)
+            replies = await pipe.execute(raise_on_error=False)
+            out: list[list[Any]] = []
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    if "no such key" in str(reply).lower():
+                        out.append([])
+                        continue
+                    raise reply
+                out.append(reply)
+            return out
 
     # groups ----------------------------------------------------------------------------------
     async def open_consumer(

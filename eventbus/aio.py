@@ -44,6 +44,7 @@ from eventbus.transport import (
 )
 
 if TYPE_CHECKING:
+    from eventbus.batching import AsyncBatchSubscription
     from eventbus.runner import AsyncRunner, RunnerStats
 
 __all__ = [
@@ -219,6 +220,19 @@ class AsyncSubscription:
                 continue
             out.append(AsyncDelivery(self, record, event))
         return out
+
+    async def ack(self, deliveries: Iterable[AsyncDelivery]) -> None:
+        """Ack many deliveries in one call to the server (cheaper than one ack each)."""
+        records = []
+        for delivery in deliveries:
+            if not delivery._acked:
+                delivery._acked = True
+                records.append(delivery.record)
+        if records:
+            await self.consumer.ack(records)
+            if instruments().enabled:
+                for record in records:
+                    self.count("acked", 1, record.topic)
 
     def note_fetched(self, records: list[Record]) -> None:
         """Count deliveries (and redeliveries) for the metrics."""
@@ -465,6 +479,26 @@ class AsyncEventBus:
         sub = AsyncSubscription(self, names, group, member, model, dlq, batch_size)
         self._subscriptions.add(sub)
         return sub
+
+    async def subscribe_batches(
+        self,
+        topics: str | Iterable[str],
+        *,
+        group: str,
+        budget: float,
+        weight: str | Callable[[Event], float],
+        **settings: Any,
+    ) -> AsyncBatchSubscription:
+        """Join ``group`` and receive batches whose total ``weight`` stays within ``budget``
+        (an item heavier than the budget comes alone). ``weight`` is a header name or a
+        function of the event. See :mod:`eventbus.batching` for the guarantees and settings
+        (max_items, max_wait, model, visibility_timeout, ...)."""
+        from eventbus.batching import subscribe_batches
+
+        names = (topics,) if isinstance(topics, str) else tuple(topics)
+        return await subscribe_batches(
+            self, names, group=group, budget=budget, weight=weight, **settings
+        )
 
     def runner(
         self,

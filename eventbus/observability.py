@@ -122,10 +122,12 @@ class Instruments:
         with self._tracer.start_as_current_span(
             f"send {topic}", context=parent, kind=trace.SpanKind.PRODUCER, attributes=attributes
         ):
-            setter = _HeaderSetter()
-            for record in records:
-                if isinstance(record.headers, MutableMapping):
-                    propagate.inject(record.headers, setter=setter)
+            carrier: dict[str, bytes] = {}
+            propagate.inject(carrier, setter=_HeaderSetter())
+            if carrier:  # one context for the whole publish: inject once, copy to each record
+                for record in records:
+                    if isinstance(record.headers, MutableMapping):
+                        record.headers.update(carrier)
             yield
         self.published.add(len(records), {SYSTEM: system, DESTINATION: topic})
 

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -28,6 +28,9 @@ from eventbus.event import Codec, Event
 from eventbus.runner import AsyncRunner, RunnerStats
 from eventbus.topics import Plan, TopicSpec
 from eventbus.transport import Capabilities, GroupInfo, Offset, Outgoing, Position, TopicInfo
+
+if TYPE_CHECKING:
+    from eventbus.batching import BatchSubscription
 
 __all__ = ["Delivery", "EventBus", "Runner", "Subscription", "connect"]
 
@@ -97,6 +100,10 @@ class Subscription:
             return Delivery(self._portal.call(self._inner.__anext__()), self._portal)
         except StopAsyncIteration:
             raise StopIteration from None
+
+    def ack(self, deliveries: Iterable[Delivery]) -> None:
+        """Ack many deliveries in one call to the server (cheaper than one ack each)."""
+        self._portal.call(self._inner.ack([d._inner for d in deliveries]))
 
     def close(self) -> None:
         """Leave the group: acked events are committed, the rest go back to the group."""
@@ -251,6 +258,23 @@ class EventBus:
             )
         )
         return Subscription(inner, self._portal)
+
+    def subscribe_batches(
+        self,
+        topics: str | Iterable[str],
+        *,
+        group: str,
+        budget: float,
+        weight: str | Callable[[Event], float],
+        **settings: Any,
+    ) -> BatchSubscription:
+        """Blocking twin of :meth:`AsyncEventBus.subscribe_batches`."""
+        from eventbus.batching import subscribe_batches_sync
+
+        names = [topics] if isinstance(topics, str) else list(topics)
+        return subscribe_batches_sync(
+            self, names, group=group, budget=budget, weight=weight, **settings
+        )
 
     def runner(
         self,

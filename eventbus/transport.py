@@ -174,6 +174,11 @@ class Capabilities:
     max_event_bytes: int = 1_048_576
     """The default largest encoded event a topic accepts (Kafka's default, enforced everywhere)."""
     partitions_can_grow: bool = True
+    partitions_can_shrink: bool = False
+    """Topics can lose partitions in place (no transport can: recreate the topic)."""
+    budget_fetch: bool = False
+    """The consumer has ``fetch_budget`` (an atomic claim up to a weight budget), used by
+    :mod:`eventbus.batching`; see ``eventbus.batching.BudgetFetcher`` for its contract."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ def _root(
 
 
 def _register() -> None:
-    from eventbus.cli import dev, doctor, events, groups, topics
+    from eventbus.cli import dev, doctor, events, groups, migrate, topics
 
     app.add_typer(topics.app, name="topics")
     app.add_typer(groups.app, name="groups")
@@ -53,6 +53,7 @@ def _register() -> None:
     app.command(epilog=_TAIL_EXAMPLES)(events.tail)
     app.command(epilog=_REPLAY_EXAMPLES)(events.replay)
     app.command(epilog=_DOCTOR_EXAMPLES)(doctor.doctor)
+    app.add_typer(migrate.app, name="migrate")
     app.add_typer(dev.app, name="dev")
 
 

@@ -1,0 +1,255 @@
+"""``eventbus migrate``: the staged migration from one transport to another.
+
+Every command names the migration (``--name``), its source (``--from``, env
+``EVENTBUS_MIGRATE_FROM``) and target (``--to``, env ``EVENTBUS_MIGRATE_TO``); services use
+``migrate://NAME?source=...&target=...`` meanwhile. See docs/migration.md for the runbook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from eventbus.cli._common import (
+    Output,
+    OutputOption,
+    console,
+    emit_json,
+    errors_to_exit,
+    fail,
+    remember_secret,
+)
+from eventbus.migration import Migration
+from eventbus.migration.control import MigrationState, VerifyReport
+
+__all__ = ["app"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Migrate topics and consumer groups from one transport to another, live.",
+    no_args_is_help=True,
+)
+
+NameOption = Annotated[
+    str, typer.Option("--name", "-n", envvar="EVENTBUS_MIGRATION", help="Migration name.")
+]
+FromOption = Annotated[
+    str,
+    typer.Option(
+        "--from", envvar="EVENTBUS_MIGRATE_FROM", help="Source URL (where the control record is)."
+    ),
+]
+ToOption = Annotated[str, typer.Option("--to", envvar="EVENTBUS_MIGRATE_TO", help="Target URL.")]
+TopicArg = Annotated[str, typer.Argument(help="The topic to act on.")]
+EXAMPLE = (
+    "Example:  eventbus migrate {cmd} --name orders-move --from redis://localhost:6379/0 "
+    "--to kafka://localhost:9092{extra}"
+)
+
+
+def _example(cmd: str, extra: str = "") -> str:
+    return EXAMPLE.format(cmd=cmd, extra=extra)
+
+
+def _run(name: str, source: str, target: str, job: Callable[[Migration], Awaitable[T]]) -> T:
+    """Open the migration, run ``job``, close; eventbus errors end the command cleanly."""
+    remember_secret(source)
+    remember_secret(target)
+
+    async def main() -> T:
+        migration = await Migration.open(name, source, target)
+        try:
+            return await job(migration)
+        finally:
+            await migration.close()
+
+    with errors_to_exit():
+        return asyncio.run(main())
+    raise AssertionError("unreachable")  # errors_to_exit exits on errors
+
+
+def _state_json(state: MigrationState) -> dict[str, Any]:
+    return {
+        "name": state.name,
+        "version": state.version,
+        "topics": {
+            t: {"stage": m.stage, "generation": m.generation, "backfill_done": m.backfill_done}
+            for t, m in state.topics.items()
+        },
+        "groups": {g: {"topic": m.topic, "status": m.status} for g, m in state.groups.items()},
+    }
+
+
+def _print_state(state: MigrationState, output: Output, what: str) -> None:
+    if output is Output.json:
+        emit_json(_state_json(state))
+        return
+    console().print(what)
+    for topic, mig in state.topics.items():
+        console().print(f"  {topic}: {mig.stage} (generation {mig.generation})")
+
+
+@app.command(epilog=_example("init", " --topic orders"))
+def init(
+    name: NameOption,
+    source: FromOption,
+    target: ToOption,
+    topic: Annotated[list[str], typer.Option("--topic", "-t", help="Topics to migrate.")],
+    output: OutputOption = Output.table,
+) -> None:
+    """Start a migration (or add topics to it): creates the target topics with the source's
+    partitions and settings and records every topic at stage source-only."""
+    state = _run(name, source, target, lambda m: m.init(list(topic)))
+    _print_state(state, output, f"migration {name} initialised")
+
+
+@app.command(epilog=_example("status"))
+def status(
+    name: NameOption, source: FromOption, target: ToOption, output: OutputOption = Output.table
+) -> None:
+    """Per topic and group: stage, lag on both sides, journal backlog, last verification."""
+    report = _run(name, source, target, lambda m: m.status())
+    if output is Output.json:
+        emit_json(report)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"migration {name} (version {report['version']})")
+    for col in ("topic", "stage", "backfill", "journal", "verify", "producers"):
+        table.add_column(col)
+    for topic, t in report["topics"].items():
+        verify = t["verify"]
+        table.add_row(
+            topic,
+            t["stage"],
+            "done" if t["backfill_done"] else "-",
+            str(t["journal_backlog"]),
+            "-" if verify is None else ("ok" if verify["ok"] else "DIFFERENT"),
+            str(len(t["producers"])),
+        )
+    console().print(table)
+    groups = Table(title="groups")
+    for col in ("group", "topic", "on", "source lag", "target lag"):
+        groups.add_column(col)
+    for group, g in report["groups"].items():
+        groups.add_row(group, g["topic"], g["status"], str(g["source_lag"]), str(g["target_lag"]))
+    console().print(groups)
+
+
+@app.command(epilog=_example("advance", " orders"))
+def advance(
+    topic: TopicArg,
+    name: NameOption,
+    source: FromOption,
+    target: ToOption,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for producers.")] = 30.0,
+    output: OutputOption = Output.table,
+) -> None:
+    """Move a topic to its next stage once every live producer follows the current one and
+    the next stage's checks pass (backfill done and verified; groups cut over; journal empty)."""
+    state = _run(name, source, target, lambda m: m.advance(topic, wait=wait))
+    _print_state(state, output, f"{topic} advanced")
+
+
+@app.command(epilog=_example("rollback", " orders"))
+def rollback(
+    topic: TopicArg,
+    name: NameOption,
+    source: FromOption,
+    target: ToOption,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for producers.")] = 30.0,
+    output: OutputOption = Output.table,
+) -> None:
+    """Move a topic back one stage (groups go back first: cutover --to source)."""
+    state = _run(name, source, target, lambda m: m.rollback(topic, wait=wait))
+    _print_state(state, output, f"{topic} rolled back")
+
+
+@app.command(epilog=_example("backfill", " orders"))
+def backfill(
+    topic: TopicArg,
+    name: NameOption,
+    source: FromOption,
+    target: ToOption,
+    output: OutputOption = Output.table,
+) -> None:
+    """Copy the source's history into the target, in order, resumably (run it again after
+    any interruption: each event ends up on the target exactly once)."""
+    copied = _run(name, source, target, lambda m: m.backfill(topic))
+    if output is Output.json:
+        emit_json({"topic": topic, "copied": copied})
+    else:
+        console().print(f"{topic}: backfill copied {copied} events")
+
+
+@app.command(epilog=_example("drain", " orders"))
+def drain(
+    topic: TopicArg,
+    name: NameOption,
+    source: FromOption,
+    target: ToOption,
+    output: OutputOption = Output.table,
+) -> None:
+    """Replay the dual-write journal to the secondary now (when no producer runs to do it)."""
+    moved = _run(name, source, target, lambda m: m.drain(topic))
+    if output is Output.json:
+        emit_json({"topic": topic, "moved": moved})
+    else:
+        console().print(f"{topic}: moved {moved} journaled events")
+
+
+@app.command(epilog=_example("verify", " orders"))
+def verify(
+    topic: TopicArg,
+    name: NameOption,
+    source: FromOption,
+    target: ToOption,
+    output: OutputOption = Output.table,
+) -> None:
+    """Compare both sides per partition (counts, event ids, per-key order, payload hashes);
+    exit 1 and say exactly what differs when anything does."""
+    report: VerifyReport = _run(name, source, target, lambda m: m.verify(topic))
+    if output is Output.json:
+        emit_json({"ok": report.ok, **report.model_dump(mode="json")})
+    else:
+        console().print(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command(epilog=_example("cutover", " orders --group workers"))
+def cutover(
+    topic: TopicArg,
+    name: NameOption,
+    source: FromOption,
+    target: ToOption,
+    group: Annotated[str, typer.Option("--group", "-g", help="The consumer group to move.")],
+    to: Annotated[str, typer.Option("--to-side", help="target, or source to roll back.")] = (
+        "target"
+    ),
+    exact: Annotated[
+        bool, typer.Option(help="Require no pending events (a clean prefix) after pausing.")
+    ] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for members to pause.")] = 60.0,
+    output: OutputOption = Output.table,
+) -> None:
+    """Move a consumer group to the other side: members pause, positions are translated
+    (never ahead of what the group finished), members resume there, skipping what they
+    already handled."""
+    if to not in ("target", "source"):
+        fail("--to-side takes target or source")
+    gm = _run(
+        name, source, target, lambda m: m.cutover(group, topic, to=to, exact=exact, wait=wait)
+    )
+    if output is Output.json:
+        emit_json({"group": group, **gm.model_dump(mode="json")})
+    else:
+        skipped = sum(len(s) for s in gm.skip.values())
+        console().print(
+            f"group {group} now reads {topic} from the {gm.status}; starts "
+            f"{dict(sorted(gm.start.items()))}, {skipped} already-handled events skipped"
+        )

@@ -181,6 +181,56 @@ def test_closed_member_pending_moves_at_once(redis_url: str, topic: str) -> None
     run(redis_url, body)
 
 
+@pytest.mark.parametrize("mode", ["fetch", "fetch_budget"])
+def test_partition_moving_between_live_members_waits_for_the_old_owners_acks(
+    redis_url: str, topic: str, mode: str
+) -> None:
+    """The partition really moves between two live members ("b" alone owns it; "a" sorts
+    first, so it takes it over): the new owner reads nothing of it while the old owner still
+    holds un-acked records of it, then everything after them, in order."""
+    group = f"g-{topic}"
+    options = ConsumerOptions(session_timeout=30.0, visibility_timeout=30.0)
+
+    async def take(c: TransportConsumer, n: int, timeout: float) -> list[Record]:
+        if mode == "fetch":
+            return await c.fetch(n, timeout)
+        records, _ = await c.fetch_budget(1000.0, "w", n, timeout)  # type: ignore[attr-defined]
+        return records
+
+    async def body(t: RedisTransport) -> None:
+        await t.create_topic(TopicSpec(name=topic, partitions=1))
+        await t.publish(topic, keyed(5, keys=1), timeout=5)
+        old = await t.open_consumer([topic], group, "b", options)
+        held: list[Record] = []
+        while len(held) < 5:
+            held += await take(old, 5 - len(held), 0.2)  # un-acked, in flight at "b"
+        new = await t.open_consumer([topic], group, "a", options)
+
+        async def moved() -> bool:
+            assert await old.fetch(10, 0) == []  # heartbeat: "b" releases the partition
+            assert await take(new, 10, 0) == []  # "a" takes it; its sweep claims nothing
+            return (await owned(t, group)).get("a") == {0}
+
+        await wait_for(moved, 10, "the partition to move to a")
+        await t.publish(topic, keyed(5, keys=1, start=5), timeout=5)
+        for _ in range(3):
+            assert await take(new, 10, 0.2) == []  # "b" still holds older records of the key
+        await old.ack(held)
+        got: list[Record] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 5:
+            assert time.monotonic() < deadline, f"got {len(got)} of 5 records"
+            batch = await take(new, 5 - len(got), 0.2)
+            await new.ack(batch)
+            got += batch
+        assert [int(r.headers["seq"]) for r in held + got] == list(range(10))
+        assert {r.attempt for r in got} == {1}
+        await new.close()
+        await old.close()
+
+    run(redis_url, body)
+
+
 def test_restarted_member_rereads_its_pending_first(redis_url: str, topic: str) -> None:
     group = f"g-{topic}"
 

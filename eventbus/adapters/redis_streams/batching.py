@@ -150,7 +150,7 @@ async def _claim_new(
     c: RedisConsumer, budget: float, header: str, max_items: int, allow_oversize: bool
 ) -> tuple[list[Record], dict[str, str], bool]:
     by_topic: dict[str, list[Any]] = {}
-    for owned in sorted(c._owned.values(), key=lambda o: (o.topic, o.partition)):
+    for owned in await c._readable():  # not streams held back by a previous owner's entries
         by_topic.setdefault(owned.topic, []).append(owned)
     out: list[Record] = []
     last: dict[str, str] = {}

@@ -14,6 +14,11 @@ per-key order. Here each partition stream has one owner at a time:
   on acquisition this member's own leftover entries too (a restart re-reads its PEL first);
   entries idle past ``visibility_timeout`` at anyone are claimed with XCLAIM min-idle-time.
   ``Record.attempt`` is the PEL delivery count after the claim.
+- Hand-over between live members: the new owner reads no new entries of a partition while
+  another live member still holds entries of it that are younger than the visibility timeout
+  (XPENDING summary, checked at most every ``HOLD_RECHECK`` s): they are the previous owner's
+  records in flight, and reading on would break per-key order. It reads once they are acked,
+  or claims them when their visibility timeout passes (as the memory transport does).
 - nack(record, delay) keeps the entry in this member's PEL and notes a local due time; when
   due (and the partition is still ours) it is claimed again by id with XCLAIM RETRYCOUNT =
   attempt + 1. Later entries keep flowing meanwhile. Visibility sweeps skip nacked ids.
@@ -27,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventbus.adapters.redis_streams import layout
+from eventbus.adapters.redis_streams import batching, layout
 from eventbus.adapters.redis_streams.groups import ensure_group
 from eventbus.errors import ClosedError, GroupNotFoundError
 from eventbus.transport import ConsumerOptions, Outgoing, Record
@@ -36,6 +41,11 @@ if TYPE_CHECKING:
     from eventbus.adapters.redis_streams.transport import RedisTransport
 
 __all__ = ["RedisConsumer"]
+
+HOLD_RECHECK = 0.05
+"""Seconds between checks of a partition held back by another member's pending entries."""
+HOLD_SCAN = 1000
+"""Past this many entries pending at one member, the partition is held without counting."""
 
 TP = tuple[str, int]
 Entry = tuple[str, int, str]
@@ -50,6 +60,11 @@ class _Owned:
     swept_at: float = 0.0
     fresh: bool = True
     """Just acquired: the next sweep also claims this member's own leftover entries."""
+    clear: bool = False
+    """No other live member holds entries of it that are not yet due: new entries may be read.
+    Stays true while this member owns the stream (no one else reads it meanwhile)."""
+    held_until: float = 0.0
+    """Held back (see ``RedisConsumer._readable``): do not check again before this time."""
 
 
 class RedisConsumer:
@@ -140,6 +155,22 @@ class RedisConsumer:
                 if out or time.monotonic() >= deadline:
                     return out
         return []
+
+    async def fetch_budget(
+        self,
+        budget: float,
+        weight_header: str,
+        max_items: int,
+        timeout: float,
+        allow_oversize: bool = True,
+    ) -> tuple[list[Record], bool]:
+        """Like :meth:`fetch`, but new entries are claimed only while the sum of their
+        ``weight_header`` values fits ``budget`` (atomically on the server). Returns the
+        records and whether an entry was left because it did not fit. See
+        :mod:`eventbus.adapters.redis_streams.batching`."""
+        return await batching.fetch_budget(
+            self, budget, weight_header, max_items, timeout, allow_oversize
+        )
 
     def _block_for(self, deadline: float) -> float:
         now = time.monotonic()
@@ -233,13 +264,71 @@ class RedisConsumer:
             out.append(layout.decode_entry(owned.topic, owned.partition, entry_id, fields, attempt))
         return out
 
+    async def _readable(self) -> list[_Owned]:
+        """Owned streams whose new entries may be read now, sorted by (topic, partition).
+
+        A stream is held back while another live member holds pending entries of it that are
+        younger than the visibility timeout: the partition just moved here and its previous
+        owner still works on records of it. Reading on would hand newer records of the same
+        keys to this member while older ones are in flight there. Entries of members that are
+        gone, and entries idle past the visibility timeout, do not hold it back: the sweeps
+        claim them. Once clear, a stream stays clear while owned (no one else reads it)."""
+        now = time.monotonic()
+        owned = sorted(self._owned.values(), key=lambda o: (o.topic, o.partition))
+        check = [o for o in owned if not o.clear and o.held_until <= now]
+        if check:
+            try:
+                held = await self._held(check)
+            except GroupNotFoundError:
+                held = set()  # the read re-creates the group
+            for o in check:
+                if o.key in held:
+                    o.held_until = now + HOLD_RECHECK
+                else:
+                    o.clear = True
+        return [o for o in owned if o.clear]
+
+    async def _held(self, streams: Sequence[_Owned]) -> set[str]:
+        """Keys of ``streams`` where another live member holds entries not yet due."""
+        summaries = await self._t.pipeline(
+            lambda p: [p.xpending(o.key, self._group) for o in streams],
+            f"check pending entries of group {self._group!r}",
+        )
+        held: set[str] = set()
+        counts: list[tuple[_Owned, str, int]] = []
+        for o, summary in zip(streams, summaries, strict=True):
+            live = self._live.get(o.topic, set())
+            for name, pending in _holders(summary):
+                if name == self._name or name not in live or not pending:
+                    continue
+                if pending > HOLD_SCAN:
+                    held.add(o.key)
+                else:
+                    counts.append((o, name, pending))
+        counts = [c for c in counts if c[0].key not in held]
+        if not counts:
+            return held
+
+        def build(pipe: Any) -> None:
+            for o, name, pending in counts:
+                pipe.xpending_range(
+                    o.key, self._group, "-", "+", pending, consumername=name, idle=self._vis_ms
+                )
+
+        lates = await self._t.pipeline(build, f"check pending entries of group {self._group!r}")
+        for (o, _, pending), late in zip(counts, lates, strict=True):
+            if len(late) < pending:  # some are younger than the visibility timeout
+                held.add(o.key)
+        return held
+
     async def _read_new(self, budget: int, block: float) -> list[Record]:
         by_topic: dict[str, list[_Owned]] = {}
-        for owned in sorted(self._owned.values(), key=lambda o: (o.topic, o.partition)):
+        for owned in await self._readable():
             by_topic.setdefault(owned.topic, []).append(owned)
         if not by_topic:
             if block > 0:
-                await asyncio.sleep(block)  # nothing owned yet: wait for the next heartbeat
+                # nothing owned yet, or held back: wait for the next heartbeat and check
+                await asyncio.sleep(block)
             return []
         out: list[Record] = []
         for topic, streams in by_topic.items():
@@ -355,6 +444,19 @@ class RedisConsumer:
         """Stop without a goodbye: others take over after the session timeout."""
         self._closed = True
         self._owned.clear()
+
+
+def _holders(summary: Any) -> list[tuple[str, int]]:
+    """(consumer, pending count) pairs from an XPENDING summary reply."""
+    if not isinstance(summary, Mapping):
+        return []
+    out: list[tuple[str, int]] = []
+    for row in summary.get("consumers") or []:
+        if isinstance(row, Mapping):
+            out.append((layout.text(row["name"]), int(row["pending"])))
+        else:
+            out.append((layout.text(row[0]), int(row[1])))
+    return out
 
 
 def _rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:

@@ -63,6 +63,7 @@ CAPABILITIES = Capabilities(
     auto_create_topics=False,
     atomic_dead_letter=True,
     partitions_can_grow=True,
+    budget_fetch=True,  # RedisConsumer.fetch_budget (batching.py)
 )
 
 PUBLISH_CHUNK = 1000

@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from eventbus.adapters.redis_streams import RedisTransport, layout
+from eventbus.adapters.redis_streams.consumer import RedisConsumer
 from eventbus.errors import ClosedError
 from eventbus.testing import servers
 from eventbus.topics import TopicSpec
@@ -194,7 +195,8 @@ def test_partition_moving_between_live_members_waits_for_the_old_owners_acks(
     async def take(c: TransportConsumer, n: int, timeout: float) -> list[Record]:
         if mode == "fetch":
             return await c.fetch(n, timeout)
-        records, _ = await c.fetch_budget(1000.0, "w", n, timeout)  # type: ignore[attr-defined]
+        assert isinstance(c, RedisConsumer)
+        records, _ = await c.fetch_budget(1000.0, "w", n, timeout)
         return records
 
     async def body(t: RedisTransport) -> None:

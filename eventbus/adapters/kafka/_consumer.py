@@ -6,14 +6,30 @@ it small jobs and await their results through ``loop.call_soon_threadsafe``; the
 never blocked. ``ack`` and ``nack`` only update in-memory state (under a lock).
 
 Commit strategy (at-least-once): ``enable.auto.commit=false``. Per partition the member tracks
-the offsets it fetched and has not acked yet (``outstanding``) and the next offset after the
-last fetched record (``high``). The committable position is ``min(outstanding)``, or ``high``
-when nothing is outstanding: only the contiguous acked prefix, whatever order acks arrive in,
-and offset gaps (compaction, transaction markers) never stall it. Commits go out from the
-member's thread: after acks (one queued commit job covers every ack before it runs), at the end
-of every ``fetch`` that changed something (asynchronously, to record deliveries), synchronously
-on revoke and on ``close``. A failed commit (say, during a rebalance) is sent again with the
-next one. ``kill`` closes the client without committing anything more.
+the offsets it handed to the application and has not acked yet (``outstanding``) and the next
+offset after the last one handed out (``high``). Records librdkafka fetched but ``fetch`` has
+not returned yet sit in a local buffer and count for nothing: they are not delivered. The
+committable position is ``min(outstanding)``, or ``high`` when nothing is outstanding: only the
+contiguous acked prefix, whatever order acks arrive in, and offset gaps (compaction,
+transaction markers) never stall it. Commits go out from the member's thread: after acks (one
+queued commit job covers every ack before it runs), at the end of every ``fetch`` that changed
+something (asynchronously, to record deliveries), synchronously on revoke and on ``close``. A
+failed commit (say, ``REBALANCE_IN_PROGRESS`` during a rebalance) is sent again with the next
+one while the partition is still ours. ``ack`` itself only records offsets (under a lock) and
+queues a commit job: it never waits for the member's thread, which may be inside a rebalance
+callback waiting for that very ack.
+
+Rebalances (cooperative-sticky): partitions the member keeps are untouched. For each partition
+it gives up, the revoke callback (member thread, inside ``poll``) 1. drops buffered records of
+it that were never handed out, 2. waits until every record of it that the application holds is
+acked, or its visibility timeout (counted from its delivery) has passed — so the next owner
+never reads past a record still being worked on, and per-key order holds — 3. commits the acked
+prefix synchronously (always sent, even if an asynchronous commit of the same offset may still
+be in flight; retried briefly on ``REBALANCE_IN_PROGRESS``), 4. forgets the partition: later
+acks of its records are ignored. ``fetch`` never returns a record of a partition that was
+revoked during that call. Records waiting in the nack delay queue are not waited for.
+``kill`` lets commit jobs of acks made before it run, then closes the client without
+committing anything more.
 
 Nacks and delivery counts: a nacked record stays outstanding (nothing is committed past it)
 and waits in a local delay queue; ``fetch`` hands it out again once its delay is over, with
@@ -36,6 +52,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -49,7 +66,7 @@ from confluent_kafka import (
 )
 
 from eventbus.adapters.kafka._admin import to_ms
-from eventbus.adapters.kafka._errors import translate
+from eventbus.adapters.kafka._errors import kafka_error, translate
 from eventbus.errors import ClosedError, ConfigurationError, OperationTimeoutError
 from eventbus.transport import ConsumerOptions, Outgoing, Position, Record
 
@@ -62,6 +79,15 @@ PublishFn = Callable[[str, Sequence[Outgoing]], Awaitable[list[Position]]]
 _METADATA_BUDGET = 3500
 """Characters of commit metadata we use (Kafka's offset.metadata.max.bytes defaults to 4096)."""
 _IGNORED = {KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET}
+_RETRY_ON_REVOKE = {
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+}
+"""Commit errors that may clear up within a revoke callback (the group is syncing)."""
 
 
 def encode_metadata(high: int, counts: Mapping[int, int]) -> str:
@@ -125,14 +151,42 @@ class _Partition:
     """Delivery counts read back from the commit metadata at assignment."""
     sent: tuple[int, str] | None = None
     """The last (offset, metadata) committed."""
+    delivered_at: dict[int, float] = field(default_factory=dict)
+    """When each outstanding offset was last handed out (monotonic seconds)."""
+    nacked: set[int] = field(default_factory=set)
+    """Outstanding offsets waiting in the delay queue (the application does not hold them)."""
+
+    def deliver(self, offset: int, now: float) -> int:
+        """Record a hand-out of ``offset`` and return its attempt number."""
+        if offset in self.outstanding:
+            attempt = self.counts.get(offset, 1) + 1
+        else:
+            attempt = self.first_attempt(offset)
+            self.outstanding.add(offset)
+            self.high = max(self.high, offset + 1)
+        self.counts[offset] = attempt
+        self.delivered_at[offset] = now
+        self.nacked.discard(offset)
+        return attempt
+
+    def done(self, offset: int) -> None:
+        self.outstanding.discard(offset)
+        self.counts.pop(offset, None)
+        self.delivered_at.pop(offset, None)
+        self.nacked.discard(offset)
+
+    def held_until(self, visibility_timeout: float) -> float | None:
+        """When the last record the application holds times out, or None if it holds none."""
+        held = [self.delivered_at[o] for o in self.outstanding if o not in self.nacked]
+        return max(held) + visibility_timeout if held else None
 
     def first_attempt(self, offset: int) -> int:
         if self.committed <= offset < self.prior_high:
             return self.prior_counts.get(offset, 1) + 1
         return 1
 
-    def position(self) -> tuple[int, str] | None:
-        """The commit to send now, or None when nothing changed."""
+    def position(self, force: bool = False) -> tuple[int, str] | None:
+        """The commit to send now, or None when nothing changed (unless ``force``)."""
         if self.high < 0:
             return None
         offset = min(self.outstanding) if self.outstanding else self.high
@@ -140,7 +194,7 @@ class _Partition:
         counts = {o: c for o, c in self.prior_counts.items() if o >= self.high}
         counts.update((o, c) for o, c in self.counts.items() if o >= offset)
         commit = (offset, encode_metadata(max(self.high, self.prior_high), counts))
-        return None if commit == self.sent else commit
+        return None if commit == self.sent and not force else commit
 
 
 class _Worker:
@@ -217,11 +271,20 @@ class KafkaConsumer:
         self._where = where
         self._lock = threading.Lock()
         self._parts: dict[tuple[str, int], _Partition] = {}
+        self._changed = threading.Condition(self._lock)
+        """Notified (with the lock held) when an ack, nack or stop may end a revoke's wait."""
         self._delayed: list[tuple[float, int, tuple[str, int], _Partition, Record]] = []
         self._seq = itertools.count()
-        self._buffer: list[Record] = []
+        self._buffer: deque[tuple[_Partition, Record]] = deque()
+        """Fetched from librdkafka, not handed out yet (not delivered: tracked nowhere)."""
         self._assigned_once = threading.Event()
         self._killed = False
+        self._stopping = False
+        """Set at once by close/kill: a revoke callback stops waiting for acks."""
+        self._killing = False
+        """Set at once by kill: a revoke callback commits nothing."""
+        self._in_close = False
+        """Set on the member thread just before the client's close()."""
         self._closed = False
         self._commit_queued = False
         self._error: BaseException | None = None
@@ -272,32 +335,47 @@ class KafkaConsumer:
         if self._closed:
             return
         self._closed = True
+        self._stop_waiting()
         try:
             await self._worker.run(self._close_blocking)
         finally:
             self._worker.stop()
 
+    def _stop_waiting(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+
     def _close_blocking(self) -> None:
         if self._consumer is None:
             return
         try:
-            self._commit(list(self._parts), asynchronous=False)
+            self._commit(list(self._parts), asynchronous=False, force=True)
         except KafkaException as exc:
             log.warning("final commit failed: %s", exc)
+        self._in_close = True
         self._consumer.close()
 
     async def kill(self) -> None:
-        """Stop without committing. The client still says goodbye to the broker (librdkafka
-        cannot vanish silently), so the group gets the partitions back at once, at the last
-        committed offsets; what this member had not committed is delivered again."""
+        """Stop without committing anything more. Commit jobs already queued for acks made
+        before ``kill`` still run first (those acks returned: they count). The client still
+        says goodbye to the broker (librdkafka cannot vanish silently), so the group gets the
+        partitions back at once, at the last committed offsets; what this member had not
+        acked is delivered again."""
         if self._closed:
             return
         self._closed = True
-        self._killed = True
+        self._killing = True
+        self._stop_waiting()
         try:
-            await self._worker.run(lambda: self._consumer and self._consumer.close())
+            await self._worker.run(self._kill_blocking)
         finally:
             self._worker.stop()
+
+    def _kill_blocking(self) -> None:
+        self._killed = True
+        if self._consumer is not None:
+            self._consumer.close()
 
     # -- rebalance callbacks (worker thread) --------------------------------------------------
 
@@ -364,12 +442,69 @@ class KafkaConsumer:
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        if not self._killed:
-            try:
-                self._commit(keys, asynchronous=False)
-            except KafkaException as exc:
-                log.warning("commit on revoke failed: %s", exc)
+        # inside close(), which committed just before (a commit now fails and can wedge the
+        # close); after kill(), nothing more is committed
+        if not self._killing and not self._in_close:
+            self._await_held(keys)
+            self._commit_on_revoke(keys)
         self._drop(keys)
+
+    def _await_held(self, keys: list[tuple[str, int]]) -> None:
+        """Wait until the application acked every record of ``keys`` it holds, or each timed
+        out (visibility timeout from its delivery), so the next owner does not read past
+        them. Bounded below librdkafka's max.poll.interval.ms; close/kill end it at once."""
+        cap = time.monotonic() + self._max_wait()
+        waited = False
+        with self._changed:
+            while not self._stopping:
+                states = [self._parts[k] for k in keys if k in self._parts]
+                ends = [
+                    e
+                    for e in (s.held_until(self._options.visibility_timeout) for s in states)
+                    if e is not None
+                ]
+                now = time.monotonic()
+                until = min(max(ends), cap) if ends else now
+                if until <= now:
+                    break
+                if not waited:
+                    waited = True
+                    log.info(
+                        "partitions %s move to another member: waiting up to %.1f s for acks "
+                        "of the records this member still holds",
+                        keys,
+                        until - now,
+                    )
+                self._changed.wait(until - now)
+
+    def _max_wait(self) -> float:
+        """The longest a revoke may wait: the visibility timeout, and safely below
+        max.poll.interval.ms (librdkafka drops a member that does not poll for that long)."""
+        interval = float(self._config.get("max.poll.interval.ms", 300_000)) / 1000
+        return max(0.0, min(self._options.visibility_timeout, interval * 0.8))
+
+    def _commit_on_revoke(self, keys: list[tuple[str, int]]) -> None:
+        """Commit the acked prefix of partitions being given up, synchronously and always
+        (an asynchronous commit of the same offset may still be in flight and fail); retried
+        briefly while the group is still syncing."""
+        deadline = time.monotonic() + min(5.0, self._options.session_timeout)
+        delay = 0.05
+        while True:
+            try:
+                self._commit(keys, asynchronous=False, force=True)
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                code = err.code() if err is not None else None
+                if code not in _RETRY_ON_REVOKE or time.monotonic() + delay > deadline:
+                    log.warning(
+                        "commit on revoke failed (records after the last commit will be "
+                        "delivered again): %s",
+                        exc,
+                    )
+                    return
+            time.sleep(delay)  # retry backoff inside the rebalance callback
+            delay = min(delay * 2, 0.5)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         log.warning(
@@ -380,18 +515,22 @@ class KafkaConsumer:
         self._drop([(tp.topic, tp.partition) for tp in partitions])
 
     def _drop(self, keys: list[tuple[str, int]]) -> None:
+        """Forget partitions (revoked or lost): later acks of their records are ignored."""
         with self._lock:
-            for key in keys:
-                self._parts.pop(key, None)
+            gone = {id(self._parts.pop(key)) for key in keys if key in self._parts}
             self._delayed = [d for d in self._delayed if self._parts.get(d[2]) is d[3]]
             heapq.heapify(self._delayed)
+            if gone:
+                self._buffer = deque(e for e in self._buffer if id(e[0]) not in gone)
 
-    def _commit(self, keys: list[tuple[str, int]], *, asynchronous: bool) -> None:
+    def _commit(
+        self, keys: list[tuple[str, int]], *, asynchronous: bool, force: bool = False
+    ) -> None:
         offsets: list[Any] = []
         with self._lock:
             for key in keys:
                 state = self._parts.get(key)
-                commit = state.position() if state is not None else None
+                commit = state.position(force) if state is not None else None
                 if state is not None and commit is not None:
                     offsets.append(TopicPartition(key[0], key[1], commit[0], commit[1]))
                     state.sent = commit
@@ -432,19 +571,22 @@ class KafkaConsumer:
 
     def _fetch_blocking(self, max_records: int, timeout: float) -> list[Record]:
         deadline = time.monotonic() + max(0.0, timeout)
-        out = self._take_buffer(max_records)
-        while True:
-            out.extend(self._due(max_records - len(out)))
-            if len(out) >= max_records or self._error is not None:
-                break
+        while self._error is None:
             now = time.monotonic()
-            wait = 0.0 if out else max(0.0, deadline - now)
+            ready = len(self._buffer) + self._due_count(now, max_records)
+            if ready >= max_records:
+                break
+            wait = 0.0 if ready else max(0.0, deadline - now)
             if self._delayed:
                 wait = min(wait, max(0.0, self._delayed[0][0] - now))
-            self._poll_into_buffer(wait, max_records - len(out))
-            out.extend(self._take_buffer(max_records - len(out)))
-            if out or time.monotonic() >= deadline:
+            self._poll_into_buffer(wait, max_records - ready)
+            if ready or self._buffer or self._due_count(time.monotonic(), 1):
                 break
+            if time.monotonic() >= deadline:
+                break
+        # hand out only now, after the last poll: a revoke inside a poll (which waits for the
+        # records the application holds) can never concern records this call returns
+        out = self._hand_out(max_records)
         self._commit(list(self._parts), asynchronous=True)
         return out
 
@@ -455,14 +597,16 @@ class KafkaConsumer:
         msgs = [first]
         if limit > 1:
             msgs.extend(self._consumer.consume(num_messages=limit - 1, timeout=0))
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                self._on_message_error(err)
-                continue
-            record = self._track(msg)
-            if record is not None:
-                self._buffer.append(record)
+        with self._lock:
+            parts = self._parts
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    self._on_message_error(err)
+                    continue
+                state = parts.get((msg.topic(), msg.partition()))
+                if state is not None:  # else: not ours any more
+                    self._buffer.append((state, to_record(msg)))
 
     def _on_message_error(self, err: Any) -> None:
         if err.code() in _IGNORED:
@@ -477,34 +621,39 @@ class KafkaConsumer:
         else:
             log.warning("consumer error (librdkafka retries): %s", err.str())
 
-    def _track(self, msg: Any) -> Record | None:
-        key = (msg.topic(), msg.partition())
-        offset = msg.offset()
-        with self._lock:
-            state = self._parts.get(key)
-            if state is None:
-                return None  # not ours any more
-            attempt = state.first_attempt(offset)
-            state.outstanding.add(offset)
-            state.counts[offset] = attempt
-            state.high = max(state.high, offset + 1)
-        return to_record(msg, attempt)
+    def _due_count(self, now: float, limit: int) -> int:
+        count = 0
+        for due, *_ in self._delayed:
+            if due <= now:
+                count += 1
+                if count >= limit:
+                    break
+        return count
 
-    def _take_buffer(self, limit: int) -> list[Record]:
-        taken, self._buffer = self._buffer[:limit], self._buffer[limit:]
-        return taken
-
-    def _due(self, limit: int) -> list[Record]:
+    def _hand_out(self, limit: int) -> list[Record]:
+        """Deliver up to ``limit`` records: due redeliveries first, then buffered ones, each
+        only if its partition is still ours (in the same assignment)."""
         out: list[Record] = []
         now = time.monotonic()
         with self._lock:
+            parts = self._parts
             while self._delayed and len(out) < limit and self._delayed[0][0] <= now:
                 _, _, key, state, record = heapq.heappop(self._delayed)
-                if self._parts.get(key) is not state or record.offset not in state.outstanding:
+                offset = record.offset
+                if parts.get(key) is not state or offset not in state.outstanding:
+                    continue
+                assert isinstance(offset, int)
+                out.append(replace(record, attempt=state.deliver(offset, now)))
+            buffer = self._buffer
+            while buffer and len(out) < limit:
+                state, record = buffer.popleft()
+                if parts.get((record.topic, record.partition)) is not state:
                     continue
                 assert isinstance(record.offset, int)
-                state.counts[record.offset] = state.counts.get(record.offset, 1) + 1
-                out.append(replace(record, attempt=state.counts[record.offset]))
+                attempt = state.deliver(record.offset, now)
+                if attempt != 1:
+                    record.attempt = attempt
+                out.append(record)
         return out
 
     # -- acks -------------------------------------------------------------------------------
@@ -513,12 +662,12 @@ class KafkaConsumer:
         """Mark records done. Idempotent. The member's thread commits the new prefix as soon
         as it is free (one commit job queued at a time, covering every ack before it runs);
         ack does not wait for it. Acks of records this member no longer owns are ignored."""
-        with self._lock:
+        with self._changed:
             for record in records:
                 state = self._parts.get((record.topic, record.partition))
                 if state is not None and isinstance(record.offset, int):
-                    state.outstanding.discard(record.offset)
-                    state.counts.pop(record.offset, None)
+                    state.done(record.offset)
+            self._changed.notify_all()
             if self._commit_queued or self._closed:
                 return
             self._commit_queued = True
@@ -531,19 +680,22 @@ class KafkaConsumer:
             try:
                 self._commit(list(self._parts), asynchronous=False)
             except KafkaException as exc:
-                log.warning("commit after ack failed (retried with the next one): %s", exc)
+                log.info("commit after ack failed (sent again with the next one): %s", exc)
 
     async def nack(self, record: Record, delay: float = 0.0) -> None:
         """Deliver ``record`` again to this member after ``delay`` s (if it still owns it)."""
         if self._closed:
             raise ClosedError("this consumer is closed; open a new one")
         key = (record.topic, record.partition)
-        with self._lock:
+        with self._changed:
             state = self._parts.get(key)
             if state is None or record.offset not in state.outstanding:
                 return
+            assert isinstance(record.offset, int)
+            state.nacked.add(record.offset)
             due = time.monotonic() + max(0.0, delay)
             heapq.heappush(self._delayed, (due, next(self._seq), key, state, record))
+            self._changed.notify_all()
 
     async def dead_letter(self, record: Record, topic: str, headers: Mapping[str, bytes]) -> None:
         """Publish a copy to ``topic`` and wait for the broker, then ack (not atomic)."""

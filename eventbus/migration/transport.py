@@ -139,6 +139,8 @@ class MigrationTransport:
         """Per topic and journal partition, the last journal offset this member wrote."""
         self._backlog: dict[str, int] = {}
         self._leaving: dict[str, asyncio.Lock] = {}
+        self._replay_healthy: dict[str, bool] = {}
+        self._next_leave_try: dict[str, float] = {}
         self._replayers: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -373,8 +375,10 @@ class MigrationTransport:
                     replayer = JournalReplayer(self.name, topic, *sides, member=self.member)
                 try:
                     moved = await replayer.step(0.5)
+                    self._replay_healthy[topic] = True
                 except EventBusError as exc:  # the secondary is still down: try again later
                     log.warning("migration %s: journal replay of %s: %s", self.name, topic, exc)
+                    self._replay_healthy[topic] = False
                     moved = 0
                 if not moved:
                     with contextlib.suppress(TimeoutError):
@@ -408,17 +412,21 @@ class MigrationTransport:
         journaled copies are on the secondary, then write copies directly again. Without the
         pause a busy producer would keep adding to the journal faster than it can see it empty.
         Gives up (keeps journaling) after a few seconds, e.g. while the secondary is down."""
-        if self._journal_sides(topic) is None:
+        loop = asyncio.get_running_loop()
+        if self._journal_sides(topic) is None or not self._replay_healthy.get(topic, False):
+            return  # nothing replays now (history first, or the secondary is down)
+        if loop.time() < self._next_leave_try.get(topic, 0.0):
             return
         lock = self._leaving.setdefault(topic, asyncio.Lock())
         async with lock:
-            deadline = asyncio.get_running_loop().time() + 5.0
+            deadline = loop.time() + 2.0
             while topic in self._journaling:
                 if await self._own_copies_replayed(topic, primary):
                     self._journaling.discard(topic)
                     self._marks.pop(topic, None)
                     return
-                if asyncio.get_running_loop().time() > deadline:
+                if loop.time() > deadline or not self._replay_healthy.get(topic, False):
+                    self._next_leave_try[topic] = loop.time() + 1.0  # do not stall every publish
                     return
                 await asyncio.sleep(0.05)  # poll the replayer's progress
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from clihelp import eventbus_subprocess, json_lines, ok
+from tests.cli.clihelp import eventbus_subprocess, json_lines, ok
 
 from eventbus.cli import app
 from eventbus.cli._docs import _paths, render_markdown

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from clihelp import eventbus_subprocess, ok, ok_json, run
+from tests.cli.clihelp import eventbus_subprocess, ok, ok_json, run
 
 from eventbus.testing import servers
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from clihelp import json_lines, ok, ok_json, run
+from tests.cli.clihelp import json_lines, ok, ok_json, run
 
 import eventbus
 from eventbus.transport import parse_offset

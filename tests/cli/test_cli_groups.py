@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from clihelp import ok, ok_json, run
+from tests.cli.clihelp import ok, ok_json, run
 
 import eventbus
 

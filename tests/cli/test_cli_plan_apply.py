@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from clihelp import ok, ok_json, run
+from tests.cli.clihelp import ok, ok_json, run
 
 import eventbus.cli._common as common
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from clihelp import ok, ok_json, run
+from tests.cli.clihelp import ok, ok_json, run
 
 import eventbus.cli._common as common
 

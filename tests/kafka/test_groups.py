@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -9,7 +10,7 @@ import pytest
 
 from eventbus.adapters.kafka import KafkaTransport
 from eventbus.errors import ClosedError, GroupActiveError, GroupNotFoundError
-from eventbus.transport import Outgoing, Record
+from eventbus.transport import Outgoing, Record, TransportConsumer
 from tests.kafka.conftest import (
     connected,
     fetch_until,
@@ -231,5 +232,147 @@ def test_transport_close_closes_members_and_is_idempotent(kafka_url: str) -> Non
                 await c.fetch(1, 0.1)
             with pytest.raises(ClosedError):
                 await t.publish(topic, [Outgoing(b"x")], timeout=5)
+
+    run(main())
+
+
+class _Keeper:
+    """Keeps a member fetching in the background (librdkafka runs rebalance callbacks inside
+    poll, so a member that does not fetch never gives a partition up)."""
+
+    def __init__(self, member: TransportConsumer) -> None:
+        self.member = member
+        self.got: list[Record] = []
+        self._stop = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self.got.extend(await self.member.fetch(10, 0.3))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.wait_for(self.task, 60)
+
+
+async def _moving_setup(
+    t: KafkaTransport, t2: KafkaTransport, visibility_timeout: float
+) -> tuple[str, str, TransportConsumer, list[Record], float]:
+    topic = await make_topic(t, partitions=2)
+    group = unique("g")
+    await t.publish(
+        topic,
+        [Outgoing(b"%d-%d" % (p, i), partition=p) for p in (0, 1) for i in range(3)],
+        timeout=30,
+    )
+    opts = options(visibility_timeout=visibility_timeout)
+    old = await t.open_consumer([topic], group, "old", opts)
+    started = time.monotonic()
+    held = await fetch_until(old, 6, ack=False)
+    return topic, group, old, held, started
+
+
+async def _assigned(t: KafkaTransport, group: str) -> dict[str, list[tuple[str, int]]]:
+    info = await t.describe_group(group)
+    return {m.name: list(m.assignments) for m in info.members}
+
+
+def test_a_partition_moves_only_after_the_records_its_owner_holds_are_acked(
+    kafka_url: str,
+) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t, connected(kafka_url) as t2:
+            topic, group, old, held, _ = await _moving_setup(t, t2, visibility_timeout=60.0)
+            new = await t2.open_consumer([topic], group, "new", options(visibility_timeout=60.0))
+            keeper = _Keeper(old)
+
+            async def in_limbo() -> bool:  # old gave one partition up, new does not have it yet
+                assert await new.fetch(10, 0.2) == [], "new read past records old still holds"
+                owners = await _assigned(t, group)
+                return set(owners) == {"old", "new"} and len(owners["old"]) == 1
+
+            await wait_for(in_limbo, 30, "the rebalance to wait for old's acks")
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # and it stays that way: the wait is real
+                assert await in_limbo()
+            assert not keeper.task.done()
+            await old.ack(held)  # from the event loop, while old's thread waits in the revoke
+            await t.publish(
+                topic,
+                [Outgoing(b"%d-%d" % (p, i), partition=p) for p in (0, 1) for i in (3, 4)],
+                timeout=30,
+            )
+            got: list[tuple[str, int, int]] = []
+            deadline = time.monotonic() + 40
+            while len(got) + len(keeper.got) < 4 and time.monotonic() < deadline:
+                batch = await new.fetch(10, 0.2)
+                await new.ack(batch)
+                got.extend(("new", r.partition, r.offset) for r in batch)
+            await keeper.stop()
+            await old.ack(keeper.got)
+            got.extend(("old", r.partition, r.offset) for r in keeper.got)
+            assert sorted((p, o) for _, p, o in got) == [(0, 3), (0, 4), (1, 3), (1, 4)]
+            moved = {p for name, p, _ in got if name == "new"}
+            assert len(moved) == 1, "cooperative-sticky moves one of the two partitions"
+            await old.close()
+            await new.close()
+            assert (await t.describe_group(group)).lag == 0
+
+    run(main())
+
+
+def test_a_partition_moves_when_the_records_its_owner_holds_time_out(kafka_url: str) -> None:
+    async def main() -> None:
+        vt = 3.0
+        async with connected(kafka_url) as t, connected(kafka_url) as t2:
+            topic, group, old, held, started = await _moving_setup(t, t2, visibility_timeout=vt)
+            new = await t2.open_consumer([topic], group, "new", options(visibility_timeout=vt))
+            keeper = _Keeper(old)  # never acks what it holds
+            again: list[Record] = []
+            deadline = time.monotonic() + 40
+            while len(again) < 3 and time.monotonic() < deadline:
+                batch = await new.fetch(10, 0.2)
+                if batch:
+                    assert time.monotonic() >= started + vt, "moved before the timeout"
+                again.extend(batch)
+            await new.ack(again)
+            assert len({r.partition for r in again}) == 1
+            assert [r.offset for r in again] == [0, 1, 2]
+            assert [r.attempt for r in again] == [2, 2, 2], "delivery counts move along"
+            await old.ack(held)  # too late for the moved partition: ignored there
+            await keeper.stop()
+            assert keeper.got == []
+            await old.close()
+            await new.close()
+            info = await t.describe_group(group)
+            assert {p.partition: p.committed for p in info.partitions} == {0: 3, 1: 3}
+
+    run(main())
+
+
+def test_reset_to_offsets_sets_the_next_record_read(kafka_url: str) -> None:
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=2)
+            group = unique("g")
+            await t.publish(
+                topic, [Outgoing(b"%d" % i, partition=i % 2) for i in range(10)], timeout=30
+            )
+            c = await t.open_consumer([topic], group, "c", options())
+            await fetch_until(c, 10)
+            await c.close()
+            assert await t.reset_group(group, topic, {0: 2}) == {0: (5, 2)}
+            parts = {p.partition: p for p in (await t.describe_group(group)).partitions}
+            assert (parts[0].committed, parts[0].delivered, parts[0].lowest_pending) == (2, 1, None)
+            assert (parts[1].committed, parts[1].delivered) == (5, 4), "other partitions stay"
+            c = await t.open_consumer([topic], group, "c", options())
+            got = await fetch_until(c, 3)
+            assert [(r.partition, r.offset, r.attempt) for r in got] == [
+                (0, 2, 1),
+                (0, 3, 1),
+                (0, 4, 1),
+            ]
+            assert await c.fetch(10, 0.5) == []
+            await c.close()
 
     run(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eventbus.adapters.kafka import CAPABILITIES, KafkaSettings, KafkaTransport
+from eventbus.adapters.kafka._admin import _group_partition
 from eventbus.adapters.kafka._consumer import decode_metadata, encode_metadata
 from eventbus.errors import ConfigurationError
 
@@ -83,3 +84,37 @@ def test_commit_metadata_round_trip_and_foreign_metadata() -> None:
     assert decode_metadata("eb1 x 1:2") == (-1, {})
     many = encode_metadata(10**12, {10**11 + i: 2 for i in range(2000)})
     assert len(many) <= 4096
+
+
+@pytest.mark.parametrize(
+    ("committed", "metadata", "delivered", "lowest_pending"),
+    [
+        (None, None, None, None),  # nothing committed: nothing known delivered
+        (0, "", None, None),  # at the start, nothing delivered
+        (5, None, 4, None),  # no metadata: what is below committed was delivered and done
+        (5, "someone else's", 4, None),  # foreign metadata says nothing more
+        (5, "eb1 5", 4, None),  # ours, nothing delivered beyond committed
+        (5, "eb1 3", 4, None),  # stale high (e.g. after a reset) never lowers delivered
+        (5, "eb1 9 5:2", 8, 5),  # 5-8 delivered, 5 not acked (acks above it unknown)
+        (0, "eb1 1", 0, 0),
+    ],
+)
+def test_group_positions_from_commit_metadata(
+    committed: int | None,
+    metadata: str | None,
+    delivered: int | None,
+    lowest_pending: int | None,
+) -> None:
+    part = _group_partition("t", 0, committed, metadata, lag=None)
+    assert (part.committed, part.delivered, part.lowest_pending) == (
+        committed,
+        delivered,
+        lowest_pending,
+    )
+    if delivered is not None:  # what the migration counts as finished is really finished
+        done = [
+            o
+            for o in range(12)
+            if o <= delivered and (lowest_pending is None or o < lowest_pending)
+        ]
+        assert done == list(range(min(committed or 0, delivered + 1)))

@@ -118,3 +118,30 @@ def test_group_positions_from_commit_metadata(
             if o <= delivered and (lowest_pending is None or o < lowest_pending)
         ]
         assert done == list(range(min(committed or 0, delivered + 1)))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://h1:9092,h2",  # a broker of a list without a port
+        "kafka://h1:9092,h2:x",
+        "kafka://h1:9092,:9093",
+        "kafka://h1:notaport",  # a single broker: checked by eventbus._urls.split
+        "kafka://u:hunter2@h1:9092,h2:99999x",
+    ],
+)
+def test_each_broker_of_a_list_needs_host_and_port(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"host:port|malformed") as info:
+        KafkaSettings.from_url(url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_broker_list_through_the_registry() -> None:
+    import eventbus
+
+    bus = eventbus.connect_async("kafka://u:p%40ss@h1:9092,h2:9093?connect_timeout=2")
+    transport = bus.transport
+    assert isinstance(transport, KafkaTransport)
+    assert transport.settings.bootstrap_servers == "h1:9092,h2:9093"
+    assert transport.settings.config["sasl.password"] == "p@ss"
+    assert "p@ss" not in repr(transport) and "p%40ss" not in repr(transport)

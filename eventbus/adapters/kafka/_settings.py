@@ -24,9 +24,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
-from eventbus._urls import query_options, redact
+from eventbus._urls import query_options, redact, split
 from eventbus.errors import ConfigurationError
 
 __all__ = ["KafkaSettings"]
@@ -102,10 +102,7 @@ class KafkaSettings:
         """Parse a ``kafka://`` or ``redpanda://`` URL plus options (options win).
 
         Raises ConfigurationError (with the URL redacted) for a malformed URL or option."""
-        try:  # not _urls.split: it checks a single port, and we take host:port,host:port
-            parts = urlsplit(url)
-        except ValueError as exc:
-            raise ConfigurationError(f"malformed URL {redact(url)!r}: {exc}") from None
+        parts = split(url)  # accepts broker lists; checks the port of a single broker
         scheme = parts.scheme.lower()
         if scheme not in ("kafka", "redpanda"):
             raise ConfigurationError(
@@ -117,7 +114,7 @@ class KafkaSettings:
             raise ConfigurationError(
                 f"{redact(url)!r} names no broker: use {scheme}://host:port[,host:port...]"
             )
-        for hostport in hosts.split(","):
+        for hostport in hosts.split(","):  # split() does not check each broker of a list
             host, _, port = hostport.rpartition(":")
             if not host or not port.isdigit():
                 raise ConfigurationError(

@@ -51,7 +51,7 @@ def test_doctor_flags_dead_letter_partitions(bus_url: str, name: str) -> None:
         ("foo://x", "Known schemes"),
         ("memry://x", "memory://"),
         ("redis://127.0.0.1:notaport/0", "malformed URL"),
-        ("no-scheme", "no scheme"),
+        ("no-scheme", "not of the form scheme://"),
     ],
 )
 def test_bad_urls(url: str, needle: str) -> None:

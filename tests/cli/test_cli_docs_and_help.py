@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import typer
-from tests.cli.clihelp import eventbus_subprocess, json_lines, ok
 
 from eventbus.cli import app
 from eventbus.cli._docs import _paths, render_markdown
+from tests.cli.clihelp import eventbus_subprocess, json_lines, ok
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 COMMANDS = [p[1:] for p in _paths(typer.main.get_command(app), ("eventbus",))]

@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from tests.cli.clihelp import eventbus_subprocess, ok, ok_json, run
 
 from eventbus.testing import servers
+from tests.cli.clihelp import eventbus_subprocess, ok, ok_json, run
 
 PASSWORD = "Sup3r-s3cret-pw"
 WRONG = "Wr0ng-pa55word-xyz"

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 import pytest
-from tests.cli.clihelp import json_lines, ok, ok_json, run
 
 import eventbus
 from eventbus.transport import parse_offset
+from tests.cli.clihelp import json_lines, ok, ok_json, run
 
 EVENT_FIELDS = {"id", "key", "type", "source", "topic", "partition", "position", "offset",
                 "time", "timestamp_ms", "headers", "data"}  # fmt: skip

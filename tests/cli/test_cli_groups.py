@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from tests.cli.clihelp import ok, ok_json, run
-
 import eventbus
+from tests.cli.clihelp import ok, ok_json, run
 
 
 def _consume(url: str, topic: str, group: str, n: int) -> None:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.cli.clihelp import ok, ok_json, run
 
 import eventbus.cli._common as common
+from tests.cli.clihelp import ok, ok_json, run
 
 YAML = """\
 topics:

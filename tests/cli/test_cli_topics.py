@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tests.cli.clihelp import ok, ok_json, run
 
 import eventbus.cli._common as common
+from tests.cli.clihelp import ok, ok_json, run
 
 
 def test_create_list_describe(bus_url: str, name: str) -> None:

@@ -156,7 +156,10 @@ class AsyncRunner:
         acks: list[Record] = []
         room = asyncio.Event()
         limit = max(self.batch_size, self.concurrency * 2)
+        ack_ready = self._ack_ready = asyncio.Event()
         self.started.set()
+
+        flusher = asyncio.create_task(self._ack_flusher(sub, acks, ack_ready))
 
         async def lane_worker(lane: object) -> None:
             queue = lanes[lane]
@@ -170,9 +173,8 @@ class AsyncRunner:
                 del lanes[lane]
 
         while not self._stop_flag.is_set():
-            if acks:
-                batch, acks[:] = list(acks), []
-                await self._ack(sub, batch)
+            if flusher.done():  # an ack failed: surface the transport's error
+                flusher.result()
             if self.stats.in_flight >= limit:
                 room.clear()
                 await _wait_any(room, self._wake, 0.5)
@@ -195,12 +197,37 @@ class AsyncRunner:
                     task = asyncio.create_task(lane_worker(lane))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+        await self._finish(sub, tasks, flusher, acks)
+
+    async def _ack_flusher(
+        self, sub: AsyncSubscription, acks: list[Record], ready: asyncio.Event
+    ) -> None:
+        """Send acks as handlers finish (batched while one is in flight), not only between
+        fetches: a transport may wait inside fetch for them (a Kafka revoke does)."""
+        while True:
+            await ready.wait()
+            ready.clear()
+            if acks:
+                batch, acks[:] = list(acks), []
+                await self._ack(sub, batch)
+
+    async def _finish(
+        self,
+        sub: AsyncSubscription,
+        tasks: set[asyncio.Task[None]],
+        flusher: asyncio.Task[None],
+        acks: list[Record],
+    ) -> None:
+        """Let in-flight handlers finish (up to shutdown_timeout), then send the last acks."""
         if tasks:
             _, late = await asyncio.wait(set(tasks), timeout=self.shutdown_timeout)
             for task in late:  # their events stay un-acked and come back to the group
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
         if acks:
             await self._ack(sub, list(acks))
 
@@ -253,6 +280,8 @@ class AsyncRunner:
             if not delivery._acked:
                 delivery._acked = True
                 acks.append(record)
+                if self._ack_ready is not None:
+                    self._ack_ready.set()
             self.stats.handled += 1
             return
 
@@ -284,6 +313,7 @@ class AsyncRunner:
         return self._stop_flag.is_set()
 
     _sem: asyncio.Semaphore | None = None
+    _ack_ready: asyncio.Event | None = None
 
     def _semaphore(self) -> asyncio.Semaphore:
         if self._sem is None:

@@ -45,7 +45,7 @@ def _root(
 
 
 def _register() -> None:
-    from eventbus.cli import dev, doctor, events, groups, migrate, topics
+    from eventbus.cli import demo, dev, doctor, events, groups, migrate, topics
 
     app.add_typer(topics.app, name="topics")
     app.add_typer(groups.app, name="groups")
@@ -54,9 +54,15 @@ def _register() -> None:
     app.command(epilog=_REPLAY_EXAMPLES)(events.replay)
     app.command(epilog=_DOCTOR_EXAMPLES)(doctor.doctor)
     app.add_typer(migrate.app, name="migrate")
+    app.command(epilog=_DEMO_EXAMPLES)(demo.demo)
     app.add_typer(dev.app, name="dev")
 
 
+_DEMO_EXAMPLES = (
+    "Examples:  eventbus demo\n\n"
+    "eventbus demo --output json\n\n"
+    "eventbus demo --from redis://localhost:6379/0 --to kafka://localhost:9092"
+)
 _PRODUCE_EXAMPLES = (
     "Examples:  eventbus produce tasks --key task-1 --data '{\"id\": 1}'\n\n"
     "cat events.jsonl | eventbus produce tasks --type TaskCreated -H origin=import -o json"

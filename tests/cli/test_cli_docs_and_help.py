@@ -29,8 +29,8 @@ def test_help_has_an_example(path: tuple[str, ...]) -> None:
     is_group = len(path) == 1 and path[0] in ("topics", "groups", "migrate")
     if not is_group:
         assert "Example" in result.stdout, path
-    # migrate commands name two servers (--from, --to) instead of one --url
-    server = "--from" if path[0] == "migrate" else "--url"
+    # migrate and demo name two servers (--from, --to) instead of one --url
+    server = "--from" if path[0] in ("migrate", "demo") else "--url"
     assert server in result.stdout or is_group
 
 

@@ -157,6 +157,7 @@ class AsyncRunner:
         room = asyncio.Event()
         limit = max(self.batch_size, self.concurrency * 2)
         ack_ready = self._ack_ready = asyncio.Event()
+        self._flusher_done = False
         self.started.set()
 
         flusher = asyncio.create_task(self._ack_flusher(sub, acks, ack_ready))
@@ -210,6 +211,8 @@ class AsyncRunner:
             if acks:
                 batch, acks[:] = list(acks), []
                 await self._ack(sub, batch)
+            if self._flusher_done:
+                return
 
     async def _finish(
         self,
@@ -225,9 +228,11 @@ class AsyncRunner:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        # never cancel the flusher mid-ack (that batch would be lost): let it finish and end
+        self._flusher_done = True
+        if self._ack_ready is not None:
+            self._ack_ready.set()
+        await flusher
         if acks:
             await self._ack(sub, list(acks))
 
@@ -314,6 +319,7 @@ class AsyncRunner:
 
     _sem: asyncio.Semaphore | None = None
     _ack_ready: asyncio.Event | None = None
+    _flusher_done = False
 
     def _semaphore(self) -> asyncio.Semaphore:
         if self._sem is None:

@@ -35,7 +35,7 @@ import pytest
 
 from eventbus.testing import servers
 
-__all__ = ["kafka_bootstrap", "kafka_url", "redis_url", "topic_name"]
+__all__ = ["kafka_bootstrap", "kafka_url", "redis_url", "topic_name", "unavailable"]
 
 REDIS_IMAGE = os.environ.get("EVENTBUS_TEST_REDIS_IMAGE", "redis:7")
 REDPANDA_IMAGE = os.environ.get(
@@ -49,7 +49,9 @@ def servers_required() -> bool:
     return os.environ.get("EVENTBUS_REQUIRE_SERVERS", "").strip().lower() in _TRUE
 
 
-def _unavailable(reason: str) -> NoReturn:
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for ``reason`` (a missing server or tool), or fail it in CI
+    (``EVENTBUS_REQUIRE_SERVERS=1``), where everything a test needs must be installed."""
     if servers_required():
         pytest.fail(f"{reason} (EVENTBUS_REQUIRE_SERVERS=1)", pytrace=False)
     pytest.skip(reason)
@@ -86,14 +88,14 @@ def _check_env_redis(url: str) -> str:
     if urlsplit(url).scheme == "redis" and not urlsplit(url).password:
         ok = servers.wait_until(lambda: servers.redis_answers(port, host), timeout=5)
         if not ok:
-            _unavailable(f"EVENTBUS_TEST_REDIS_URL={url} does not answer PING")
+            unavailable(f"EVENTBUS_TEST_REDIS_URL={url} does not answer PING")
     return url
 
 
 def _check_env_kafka(url: str) -> str:
     host, port = _host_port(url, 9092)
     if not servers.kafka_answers(f"{host}:{port}", timeout=15):
-        _unavailable(f"EVENTBUS_TEST_KAFKA_URL={url} does not answer a metadata request")
+        unavailable(f"EVENTBUS_TEST_KAFKA_URL={url} does not answer a metadata request")
     return url
 
 
@@ -147,13 +149,13 @@ def redis_url() -> Iterator[str]:
             try:
                 url = stack.enter_context(_redis_container())
             except Exception as exc:
-                _unavailable(f"Redis via testcontainers ({REDIS_IMAGE}) failed: {exc}")
+                unavailable(f"Redis via testcontainers ({REDIS_IMAGE}) failed: {exc}")
             yield url
         return
     try:
         server = servers.start_redis()
     except servers.ServerError as exc:
-        _unavailable(f"no Redis server: {exc}")
+        unavailable(f"no Redis server: {exc}")
     try:
         yield server.url
     finally:
@@ -172,13 +174,13 @@ def kafka_url() -> Iterator[str]:
             try:
                 url = stack.enter_context(_redpanda_container())
             except Exception as exc:
-                _unavailable(f"Kafka via testcontainers ({REDPANDA_IMAGE}) failed: {exc}")
+                unavailable(f"Kafka via testcontainers ({REDPANDA_IMAGE}) failed: {exc}")
             yield url
         return
     try:
         server = servers.start_kafka()
     except servers.ServerError as exc:
-        _unavailable(f"no Kafka broker: {exc}")
+        unavailable(f"no Kafka broker: {exc}")
     try:
         yield server.url
     finally:

@@ -79,7 +79,7 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: s
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # allowed: poll interval of a deadline wait
 
 
 def options(**changes: Any) -> ConsumerOptions:

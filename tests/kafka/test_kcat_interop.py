@@ -15,13 +15,17 @@ import subprocess
 import pytest
 
 from eventbus.partitioning import partition_for_key
+from eventbus.testing.fixtures import unavailable
 from eventbus.transport import Outgoing
 from tests.kafka.conftest import connected, fetch_until, make_topic, options, run, unique
 
-pytestmark = [
-    pytest.mark.kafka,
-    pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed"),
-]
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(autouse=True)
+def _kcat() -> None:
+    if shutil.which("kcat") is None:
+        unavailable("kcat is not installed (apt-get install kcat)")
 
 
 def kcat(bootstrap: str, *args: str, stdin: str | None = None) -> str:

@@ -76,7 +76,7 @@ def run_scenario(
                 with tally.lock:
                     tally.published.append(ev.id)
                 seq += 1
-                time.sleep(0.005)  # a producer's pace, not a wait for a condition
+                time.sleep(0.005)  # allowed: a producer's pace, not a wait for a condition
 
     def handle(d: eventbus.Delivery) -> None:
         key, seq = d.event.key or "", d.event.data["seq"]

@@ -113,7 +113,7 @@ def start_cluster(size: int = 3, timeout: float = 60.0) -> LocalCluster:
         while not _ready(cluster.ports):
             if time.monotonic() > deadline:
                 raise servers.ServerError(f"cluster did not become ok in {timeout}s: {out}")
-            time.sleep(0.1)
+            time.sleep(0.1)  # allowed: poll interval of a deadline wait
     except BaseException:
         cluster.stop()
         raise

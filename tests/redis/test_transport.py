@@ -187,8 +187,11 @@ def test_publish_after_delete_by_another_client_fails_cleanly(redis_url: str, to
 def test_time_retention_trims(redis_url: str, topic: str) -> None:
     async def body(t: RedisTransport) -> None:
         await t.create_topic(TopicSpec(name=topic))
-        await t.publish(topic, [Outgoing(b"old")] * 5, timeout=5)
-        await asyncio.sleep(0.01)  # entries must be older than the 1 ms retention below
+        positions = await t.publish(topic, [Outgoing(b"old")] * 5, timeout=5)
+        newest_ms = int(str(positions[-1].offset).split("-")[0])
+        deadline = time.monotonic() + 5  # the entries must be older than the 1 ms retention
+        while time.time() * 1000 <= newest_ms + 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)  # allowed: poll interval of a deadline wait
         await t.alter_topic(TopicSpec(name=topic, retention_ms=1))
         assert (await t.describe_topic(topic)).count == 0
 

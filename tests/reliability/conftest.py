@@ -101,4 +101,4 @@ def poll(condition: Callable[[], bool], timeout: float, what: str, interval: flo
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling interval of a condition wait, not a settle time
+        time.sleep(interval)  # allowed: polling interval of a condition wait

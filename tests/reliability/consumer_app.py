@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.log_start:
             line(f"S {where}")
         if args.delay:
-            time.sleep(args.delay)  # the handler's work
+            time.sleep(args.delay)  # allowed: the handler's simulated work
         line(f"H {where}")
 
     with eventbus.connect(args.url) as bus:

@@ -210,7 +210,7 @@ class Consumer(threading.Thread):
                     self._timed(delivery.ack)
             except EventBusError as exc:  # counted; the consumer goes on
                 self.errors[type(exc).__name__] += 1
-                time.sleep(0.1)  # back off before the next fetch
+                time.sleep(0.1)  # allowed: back off before the next fetch
         try:
             self.sub.close()
         except EventBusError as exc:

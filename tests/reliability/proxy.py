@@ -119,7 +119,7 @@ class Proxy:
                 if not chunk:
                     return
                 if self._delay:
-                    await asyncio.sleep(self._delay)
+                    await asyncio.sleep(self._delay)  # allowed: the injected network delay
                 if self._blackhole:
                     continue  # dropped on the floor
                 writer.write(chunk)

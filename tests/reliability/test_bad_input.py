@@ -36,6 +36,7 @@ from eventbus.errors import (
 )
 from eventbus.event import JsonCodec, decode_record
 from eventbus.testing import servers
+from eventbus.testing.fixtures import unavailable
 from eventbus.topics import TopicSpec
 from eventbus.transport import Record
 from tests.reliability.conftest import SOAK, poll, scale
@@ -190,7 +191,7 @@ def test_topic_specs_validate_or_raise_clearly(fields: dict[str, Any]) -> None:
 def _redis_cli(redis_url: str, *args: str, stdin: bytes | None = None) -> str:
     cli = shutil.which("redis-cli")
     if cli is None:
-        pytest.skip("redis-cli is not installed (apt-get install redis-tools)")
+        unavailable("redis-cli is not installed (apt-get install redis-tools)")
     parts = urlsplit(redis_url)
     argv = [cli, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
     if stdin is not None:
@@ -347,7 +348,7 @@ def test_redis_cli_entries_in_a_consumed_topic(
 def _kcat(bootstrap: str, topic: str, *args: str, stdin: bytes = b"") -> None:
     kcat = shutil.which("kcat")
     if kcat is None:
-        pytest.skip("kcat is not installed (apt-get install kcat)")
+        unavailable("kcat is not installed (apt-get install kcat)")
     subprocess.run(
         [kcat, "-P", "-b", bootstrap, "-t", topic, "-p", "0", *args],
         input=stdin, capture_output=True, check=True, timeout=60,

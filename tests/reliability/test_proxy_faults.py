@@ -64,7 +64,7 @@ def test_redis_through_faulty_network(redis_url: str, topic_name: str, figures: 
                 if fails:
                     poll(lambda: publisher.failed_since(began) >= 1, 30, f"{name}: a failure")
                 else:
-                    time.sleep(hold)  # the fault's length: it is what is being injected
+                    time.sleep(hold)  # allowed: the fault's length is what is injected
                 proxy.normal()
                 fig.extra.setdefault("faults", Counter())[name] += 1
 

@@ -21,6 +21,7 @@ import pytest
 import eventbus
 from eventbus.errors import AuthenticationError, ConnectionFailedError, EventBusError
 from eventbus.testing import servers
+from eventbus.testing.fixtures import unavailable
 
 PASSWORD = "S3cret-Pw_9a8b"
 
@@ -28,7 +29,7 @@ PASSWORD = "S3cret-Pw_9a8b"
 def _openssl(*args: str, cwd: Path) -> None:
     exe = shutil.which("openssl")
     if exe is None:
-        pytest.skip("openssl is not installed")
+        unavailable("openssl is not installed (apt-get install openssl)")
     subprocess.run([exe, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
@@ -68,7 +69,7 @@ def round_trip(url: str, topic: str) -> None:
 @pytest.fixture
 def acl_redis() -> Iterator[servers.ServerProcess]:
     if shutil.which("redis-cli") is None:
-        pytest.skip("redis-cli is not installed")
+        unavailable("redis-cli is not installed (apt-get install redis-tools)")
     with servers.start_redis() as server:
         redis_cli(server.port, "ACL", "SETUSER", "alice", "on", f">{PASSWORD}", "~*", "&*", "+@all")
         yield server
@@ -99,7 +100,7 @@ def test_redis_over_tls(tmp_path: Path) -> None:
     try:
         server = servers.start_redis(extra_args=args)
     except servers.ServerError as exc:
-        pytest.skip(f"this redis-server cannot do TLS: {exc}")
+        unavailable(f"this redis-server cannot do TLS: {exc}")
     with server:
         base = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={certs['ca_pem']}"
         round_trip(base, "tls-topic")

@@ -428,7 +428,11 @@ class AsyncEventBus:
         Items are :class:`Event` objects (carrying key, headers, type) or plain data. If it
         raises, some events may have been written: publish again, consumers dedupe by id."""
         self._check()
-        records = [self.encode(item) for item in events]
+        codec = self.codec
+        records = [
+            encode_event(item, codec) if item.__class__ is Event else self.encode(item)
+            for item in events
+        ]
         if not records:
             return []
         with instruments().publish_span(self._system, topic, records):

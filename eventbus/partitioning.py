@@ -7,6 +7,8 @@ memory and on Kafka (where librdkafka's ``murmur2_random`` partitioner computes 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 __all__ = ["murmur2", "partition_for_key"]
 
 _M = 0x5BD1E995
@@ -43,7 +45,13 @@ def partition_for_key(key: str | bytes, partitions: int) -> int:
 
     A ``str`` key is hashed as its UTF-8 bytes (what goes on the wire). Raises ValueError when
     ``partitions`` is not positive."""
+    if partitions == 1:
+        return 0
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     data = key.encode("utf-8") if isinstance(key, str) else key
-    return (murmur2(data) & 0x7FFFFFFF) % partitions
+    return (_murmur2_cached(data) & 0x7FFFFFFF) % partitions
+
+
+# Keys repeat (entity ids, sessions): the pure-Python hash costs ~1.5 us, a cache hit ~0.1 us.
+_murmur2_cached = lru_cache(maxsize=1 << 16)(murmur2)

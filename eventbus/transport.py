@@ -123,8 +123,9 @@ class Outgoing:
 
 def record_size(record: Outgoing) -> int:
     """The size that counts against a topic's max event bytes: value, key and headers."""
+    headers = record.headers
     size = len(record.value) + len(record.key or b"")
-    return size + sum(len(k) + len(v) for k, v in record.headers.items())
+    return size + sum(map(len, headers)) + sum(map(len, headers.values()))
 
 
 @dataclass(slots=True)

@@ -67,7 +67,9 @@ CAPABILITIES = Capabilities(
 )
 
 PUBLISH_CHUNK = 1000
-"""Records per publish script call: bounds how long one call blocks the server."""
+"""Records per round trip of a publish (the deadline is checked between chunks)."""
+PUBLISH_SLICE = 250
+"""Records per publish script call: each call is all-or-nothing and blocks the server briefly."""
 
 # Names usable as topics: TopicSpec names, plus adopted streams with other characters (such as
 # ':'), but never braces (they would break the hash tag) nor the internal prefix.
@@ -184,6 +186,7 @@ class RedisTransport:
         self._round_robin: dict[str, itertools.count[int]] = {}
         self._closed = False
         self._scripts: dict[str, Any] = {}
+        self._shas: dict[str, bytes] = {}
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> RedisTransport:
@@ -276,8 +279,9 @@ class RedisTransport:
     async def publish(
         self, topic: str, records: Sequence[Outgoing], *, timeout: float = 10.0
     ) -> list[Position]:
-        """Append records (see the Transport contract). Batches go in chunks of
-        PUBLISH_CHUNK records, one Lua call each; a chunk is all-or-nothing on the server."""
+        """Append records (see the Transport contract). Batches go in round trips of
+        PUBLISH_CHUNK records, pipelined Lua calls of PUBLISH_SLICE records each (on Redis
+        Cluster one call per chunk); each call is all-or-nothing on the server."""
         self._check()
         if not records:
             return []
@@ -340,14 +344,14 @@ class RedisTransport:
             chunk = records[start : start + PUBLISH_CHUNK]
             chunk_parts = parts[start : start + PUBLISH_CHUNK]
             ids = await self._append(meta, chunk, chunk_parts)
-            positions += [
-                Position(p, layout.text(i)) for p, i in zip(chunk_parts, ids, strict=True)
-            ]
+            positions += [Position(p, i.decode()) for p, i in zip(chunk_parts, ids, strict=True)]
         return positions
 
     async def _append(
         self, meta: TopicMeta, records: Sequence[Outgoing], parts: Sequence[int]
     ) -> list[bytes]:
+        if not self.settings.cluster:
+            return await self._append_packed(meta, records, parts)
         used = sorted(set(parts))
         index = {p: i + 1 for i, p in enumerate(used)}
         args: list[Any] = [meta.minid()]
@@ -362,6 +366,63 @@ class RedisTransport:
             self.raise_if_missing(meta.name, exc)
             raise
         return ids
+
+    async def _append_packed(
+        self, meta: TopicMeta, records: Sequence[Outgoing], parts: Sequence[int]
+    ) -> list[bytes]:
+        """The PUBLISH script on one pooled connection, packed here, in pipelined calls of
+        PUBLISH_SLICE records: the server appends one slice while the next is packed."""
+        for attempt in (1, 2):
+            sha = await self._sha("PUBLISH")
+            try:
+                with self.edge(f"publish to {meta.name!r}"):
+                    return await self._send_slices(sha, meta, records, parts)
+            except Exception as exc:
+                self.raise_if_missing(meta.name, exc)
+                if attempt == 1 and "NOSCRIPT" in str(exc):  # SCRIPT FLUSH or a failover
+                    self._shas.pop("PUBLISH", None)
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send_slices(
+        self, sha: bytes, meta: TopicMeta, records: Sequence[Outgoing], parts: Sequence[int]
+    ) -> list[bytes]:
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            calls = 0
+            minid = meta.minid().encode()
+            for lo in range(0, len(records), PUBLISH_SLICE):
+                chunk = records[lo : lo + PUBLISH_SLICE]
+                chunk_parts = parts[lo : lo + PUBLISH_SLICE]
+                used = sorted(set(chunk_parts))
+                index = {p: i + 1 for i, p in enumerate(used)}
+                body, bulks = layout.resp_publish_args(chunk, [index[p] for p in chunk_parts])
+                keys = [layout.stream_key(meta.name, p) for p in used]
+                head = layout.resp_command(
+                    [b"EVALSHA", sha, str(len(keys)).encode(), *keys, minid], bulks
+                )
+                await conn.send_packed_command([head, *body], check_health=calls == 0)
+                calls += 1
+            ids: list[bytes] = []
+            for _ in range(calls):
+                ids += await conn.read_response()
+            return ids
+        except BaseException:
+            # replies may be left unread (an error reply, a cancel): never reuse the socket
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    async def _sha(self, name: str) -> bytes:
+        found = self._shas.get(name)
+        if found is None:
+            with self.edge("load a script"):
+                loaded = await self.client.script_load(getattr(scripts, name))
+            found = self._shas[name] = loaded.encode() if isinstance(loaded, str) else loaded
+        return found
 
     def raise_if_missing(self, topic: str, exc: BaseException) -> None:
         """Turn the scripts' EBNOSTREAM error into TopicNotFoundError (and forget the topic)."""

@@ -9,7 +9,15 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -26,7 +34,15 @@ from eventbus.errors import (
     TopicExistsError,
     UnsupportedError,
 )
-from eventbus.event import Codec, Event, JsonCodec, decode_record, encode_event, new_event_id
+from eventbus.event import (
+    Codec,
+    Event,
+    JsonCodec,
+    built_event,
+    decode_record,
+    encode_event,
+    new_event_id,
+)
 from eventbus.observability import instruments
 from eventbus.topics import Plan, TopicSpec, plan
 from eventbus.transport import (
@@ -230,17 +246,27 @@ class AsyncSubscription:
                 records.append(delivery.record)
         if records:
             await self.consumer.ack(records)
-            if instruments().enabled:
-                for record in records:
-                    self.count("acked", 1, record.topic)
+            self.count_records("acked", records)
+
+    def count_records(self, name: str, records: Sequence[Record]) -> None:
+        """Add each topic's number of ``records`` to the metric ``name`` (one call per topic)."""
+        if not records or not instruments().enabled:
+            return
+        topic = records[0].topic
+        if all(r.topic == topic for r in records):
+            self.count(name, len(records), topic)
+            return
+        per_topic: dict[str, int] = {}
+        for record in records:
+            per_topic[record.topic] = per_topic.get(record.topic, 0) + 1
+        for name_of_topic, amount in per_topic.items():
+            self.count(name, amount, name_of_topic)
 
     def note_fetched(self, records: list[Record]) -> None:
         """Count deliveries (and redeliveries) for the metrics."""
         if records and instruments().enabled:
-            for record in records:
-                self.count("consumed", 1, record.topic)
-                if record.attempt > 1:
-                    self.count("redelivered", 1, record.topic)
+            self.count_records("consumed", records)
+            self.count_records("redelivered", [r for r in records if r.attempt > 1])
 
     async def send_to_dead_letter(
         self, record: Record, reason: BaseException | str, attempts: int
@@ -374,7 +400,7 @@ class AsyncEventBus:
     ) -> Event:
         if isinstance(data, Event):
             return data
-        return Event.model_construct(
+        return built_event(
             id=new_event_id(),
             time=datetime.now(UTC),
             schema_version=None,
@@ -784,10 +810,14 @@ def connect_async(
 
 
 async def call_handler(
-    handler: Callable[[Any], Any], delivery: Any, run_sync: Callable[..., Awaitable[Any]]
+    handler: Callable[[Any], Any],
+    delivery: Any,
+    run_sync: Callable[..., Awaitable[Any]],
+    is_async: bool | None = None,
 ) -> None:
-    """Call a sync or async handler with a delivery; sync ones run via ``run_sync``."""
-    if asyncio.iscoroutinefunction(handler):
+    """Call a sync or async handler with a delivery; sync ones run via ``run_sync``.
+    ``is_async`` saves the per-call check when the caller knows it."""
+    if is_async if is_async is not None else asyncio.iscoroutinefunction(handler):
         await handler(delivery)
     else:
         result = await run_sync(handler, delivery)

@@ -181,9 +181,9 @@ class Batch:
         for d in open_:
             _mark_settled(d)
         sub = self.subscription.inner
-        await sub.consumer.ack([d.record for d in open_])
-        for d in open_:
-            sub.count("acked", 1, d.topic)
+        records = [d.record for d in open_]
+        await sub.consumer.ack(records)
+        sub.count_records("acked", records)
 
     async def nack(self, delay: float = 0.0) -> None:
         """Give back every delivery not settled yet; each comes again no sooner than ``delay``

@@ -85,6 +85,7 @@ class AsyncRunner:
             raise ValueError("concurrency and max_attempts must be at least 1")
         self.bus = bus
         self.handler = handler
+        self._handler_is_async = asyncio.iscoroutinefunction(handler)
         self.topics = (topics,) if isinstance(topics, str) else topics
         self.group = group
         self.consumer = consumer
@@ -238,9 +239,7 @@ class AsyncRunner:
 
     async def _ack(self, sub: AsyncSubscription, records: list[Record]) -> None:
         await sub.consumer.ack(records)
-        if instruments().enabled:
-            for record in records:
-                sub.count("acked", 1, record.topic)
+        sub.count_records("acked", records)
 
     async def _process(self, sub: AsyncSubscription, record: Record, acks: list[Record]) -> None:
         try:
@@ -259,7 +258,9 @@ class AsyncRunner:
                 async with sem:
                     target = self._wrap(delivery) if self._wrap is not None else delivery
                     with obs.process_span(system, self.group, record):
-                        await call_handler(self.handler, target, self._run_sync)
+                        await call_handler(
+                            self.handler, target, self._run_sync, self._handler_is_async
+                        )
             except Exception as exc:  # the handler's failure, whatever it is
                 self.stats.failed_attempts += 1
                 if attempt >= self.max_attempts:

@@ -95,6 +95,9 @@ class PolledProducer:
         """Publish calls now in their produce loop; they poll inline meanwhile (two threads
         taking turns on the GIL for every report would halve the throughput)."""
         self._stop = threading.Event()
+        self._flush_wanted = False
+        self._wake = threading.Event()
+        """Set when the last inline publish ends, so the thread resumes polling at once."""
         self._thread = threading.Thread(
             target=self._poll_forever, name="eventbus-kafka-producer-poll", daemon=True
         )
@@ -103,7 +106,13 @@ class PolledProducer:
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
             if self._inline:  # a publish is producing and serving reports itself
-                self._stop.wait(0.005)
+                self._wake.wait(0.05)
+                self._wake.clear()
+            elif self._flush_wanted:
+                # a publish waits for its reports: flush() sends queued records at once
+                # (librdkafka ignores linger.ms while flushing) and serves the reports
+                self._flush_wanted = False
+                self._producer.flush(1.0)
             else:
                 self._producer.poll(0.05)
 
@@ -123,6 +132,9 @@ class PolledProducer:
             await self._produce_all(topic, records, batch, deadline)
         finally:
             self._inline -= 1
+            self._flush_wanted = True
+            if not self._inline:
+                self._wake.set()  # the rest of the reports: the thread serves them from now
         try:
             await asyncio.wait_for(
                 asyncio.shield(batch.future), max(0.0, deadline - time.monotonic())
@@ -179,6 +191,7 @@ class PolledProducer:
             return 0
         self._closed = True
         self._stop.set()  # one thread serves reports at a time: stop polling, then flush
+        self._wake.set()
         await asyncio.to_thread(self._thread.join, 5.0)
         return await asyncio.to_thread(self._shutdown, timeout)
 

@@ -380,12 +380,19 @@ class RedisConsumer:
     async def ack(self, records: Sequence[Record]) -> None:
         """XACK, one call per partition in one round trip. Acking twice is harmless."""
         by_key: dict[str, list[str]] = {}
+        by_part: dict[tuple[str, int], list[str]] = {}
+        nacked = self._nacked
         for record in records:
-            entry_id = layout.id_of(record.offset, record.topic)
-            self._nacked.pop((record.topic, record.partition, entry_id), None)
-            by_key.setdefault(layout.stream_key(record.topic, record.partition), []).append(
-                entry_id
-            )
+            offset = record.offset
+            # ids this consumer read are complete "<ms>-<seq>" strings: validate others only
+            entry_id = offset if offset.__class__ is str else layout.id_of(offset, record.topic)
+            part = (record.topic, record.partition)
+            ids = by_part.get(part)
+            if ids is None:
+                ids = by_part[part] = by_key.setdefault(layout.stream_key(*part), [])
+            ids.append(entry_id)
+            if nacked:
+                nacked.pop((record.topic, record.partition, entry_id), None)
         if by_key:
             await self._t.pipeline(
                 lambda p: [p.xack(k, self._group, *ids) for k, ids in by_key.items()],

@@ -103,9 +103,7 @@ def resp_number(value: int) -> bytes:
     return _SMALL[value] if 0 <= value < 256 else _bulk(str(value).encode())
 
 
-def resp_publish_args(
-    records: Sequence[Outgoing], slots: Sequence[int]
-) -> tuple[list[bytes], int]:
+def resp_publish_args(records: Sequence[Outgoing], slots: Sequence[int]) -> tuple[list[bytes], int]:
     """The PUBLISH script's per-record arguments as RESP bulk strings, ready to send, and how
     many bulk strings they are.
 

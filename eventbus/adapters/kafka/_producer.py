@@ -29,6 +29,8 @@ __all__ = ["PolledProducer", "producer_config"]
 
 _YIELD_EVERY = 2048
 """Records produced between two yields to the event loop during a large publish."""
+_POLL_MASK = 63
+"""Serve delivery reports after every 64th record produced (and on BufferError)."""
 
 
 def producer_config(base: dict[str, Any], batch_size: int | None = None) -> dict[str, Any]:
@@ -175,9 +177,10 @@ class PolledProducer:
                     await asyncio.sleep(0)
                 except KafkaException as exc:
                     raise translate(exc, f"publish to {topic!r}", where=self._where) from None
-            poll(0)  # serve reports here, as a raw produce loop does
-            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+            if index & _POLL_MASK == _POLL_MASK:
+                poll(0)  # serve reports while producing (every record costs ~0.5 us more)
+                if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
 
     def _timeout(self, topic: str, done: int, total: int) -> OperationTimeoutError:
         return OperationTimeoutError(

@@ -1,16 +1,19 @@
-"""Security: Redis ACL users and TLS, Kafka SASL_SSL with SCRAM-SHA-512, and secrets that never
-show up in logs, CLI output, exception messages, tracebacks or settings reprs.
+"""Security: Redis ACL users and TLS, Kafka SASL_SSL with SCRAM-SHA-512 (and PLAIN), refused
+logins that fail fast, and secrets that never show up in logs, CLI output, exception messages,
+tracebacks or settings reprs.
 
 Each test starts its own server (certificates made with ``openssl`` into a temp dir).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,15 +118,16 @@ def test_redis_over_tls(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------
-# Kafka SASL_SSL + SCRAM-SHA-512 (broker started here: servers.start_kafka has no listeners
-# with security)
+# Kafka SASL_SSL + SCRAM-SHA-512 and PLAIN (broker started here: servers.start_kafka has no
+# listeners with security)
 
 
 def start_sasl_ssl_kafka(
     workdir: Path, certs: dict[str, Path]
 ) -> tuple[servers.ServerProcess, int]:
-    """A single-node KRaft broker with a SASL_SSL listener (SCRAM-SHA-512) for clients and a
-    PLAINTEXT listener for the inter-broker traffic and our readiness check."""
+    """A single-node KRaft broker with a SASL_SSL listener (SCRAM-SHA-512 and PLAIN, user
+    alice) for clients and a PLAINTEXT listener for the inter-broker traffic and our readiness
+    check. SCRAM-SHA-256 is deliberately not enabled."""
     java = servers.require_tool("java", "to run Apache Kafka")
     libs = servers.ensure_kafka_jars()
     classpath = servers.kafka_classpath(libs)
@@ -141,9 +145,13 @@ def start_sasl_ssl_kafka(
         "advertised.listeners": f"SASL_SSL://127.0.0.1:{sasl},PLAINTEXT://127.0.0.1:{plain}",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
         "SASL_SSL:SASL_SSL",
-        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512,PLAIN",
         "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
             "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_alice="{PASSWORD}";'
         ),
         "ssl.keystore.location": str(store),
         "ssl.keystore.type": "PKCS12",
@@ -214,19 +222,138 @@ def test_kafka_sasl_ssl_scram(
     assert PASSWORD not in caplog.text
 
 
+REFUSED_WITHIN = 10.0
+"""A refused login must fail this fast, with connect_timeout twice that: librdkafka reports
+it after the TLS and SASL round trips (well under a second here)."""
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("userinfo", "mechanism", "hint"),
+    [
+        (f"alice:wrong{PASSWORD}", "SCRAM-SHA-512", "password"),
+        (f"mallory:{quote(PASSWORD)}", "SCRAM-SHA-512", "user name"),
+        (f"alice:wrong{PASSWORD}", "PLAIN", "password"),
+        (f"alice:{quote(PASSWORD)}", "SCRAM-SHA-256", "sasl_mechanism"),  # not enabled
+    ],
+    ids=["scram-wrong-password", "scram-unknown-user", "plain-wrong-password", "mechanism-off"],
+)
+def test_kafka_refused_login_is_authentication_error(
+    sasl_kafka: tuple[int, str],
+    caplog: pytest.LogCaptureFixture,
+    userinfo: str,
+    mechanism: str,
+    hint: str,
+) -> None:
+    """A refused SASL login raises AuthenticationError as soon as librdkafka reports it (which
+    it does only through error_cb), not ConnectionFailedError at connect_timeout."""
+    port, query = sasl_kafka
+    caplog.set_level(logging.DEBUG)
+    query = query.replace("sasl_mechanism=SCRAM-SHA-512", f"sasl_mechanism={mechanism}")
+    url = f"kafka://{userinfo}@127.0.0.1:{port}?{query}&connect_timeout={2 * REFUSED_WITHIN}"
+    started = time.monotonic()
+    with pytest.raises(AuthenticationError) as caught:
+        eventbus.connect(url)
+    took = time.monotonic() - started
+    assert took < REFUSED_WITHIN, f"took {took:.1f} s: {caught.value}"
+    text = str(caught.value)
+    assert "refused the SASL login" in text and "127.0.0.1" in text, text
+    assert hint in text, text
+    assert PASSWORD not in _all_text(caught.value)
+    assert PASSWORD not in caplog.text
+
+
+@contextlib.contextmanager
+def password_changed_under(port: int, query: str, user: str) -> Iterator[eventbus.EventBus]:
+    """A bus logged in as a new SCRAM ``user`` whose password is then changed: its admin
+    connection stays logged in, every new client it makes is refused."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    ca = query.rpartition("ssl_ca_location=")[2]
+    admin = AdminClient({
+        "bootstrap.servers": f"127.0.0.1:{port}", "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512", "ssl.ca.location": ca,
+        "sasl.username": "alice", "sasl.password": PASSWORD,
+        "logger": logging.getLogger("tests.security.librdkafka"),  # not to stderr
+    })  # fmt: skip
+
+    def set_password(password: str) -> None:
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
+        change = UserScramCredentialUpsertion(user, info, password.encode())
+        for future in admin.alter_user_scram_credentials([change], request_timeout=30).values():
+            future.result(timeout=30)
+
+    def url(password: str) -> str:
+        return f"kafka://{user}:{quote(password)}@127.0.0.1:{port}?{query}"
+
+    def refused(password: str) -> bool:
+        try:
+            eventbus.connect(url(password)).close()
+        except AuthenticationError:
+            return True
+        return False
+
+    old, new = f"old{PASSWORD}", f"new{PASSWORD}"
+    set_password(old)
+    assert servers.wait_until(lambda: not refused(old), timeout=30, interval=0.2)
+    with eventbus.connect(url(old), publish_timeout=60) as bus:
+        bus.create_topic(f"{user}-topic")
+        set_password(new)
+        assert servers.wait_until(lambda: refused(old), timeout=30, interval=0.2)
+        yield bus
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_kafka_publish_after_password_change(
+    sasl_kafka: tuple[int, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The producer is made after the password changed: its login is refused, and publish
+    raises AuthenticationError promptly instead of waiting out publish_timeout."""
+    caplog.set_level(logging.DEBUG)
+    with password_changed_under(*sasl_kafka, user="carol") as bus:
+        started = time.monotonic()
+        with pytest.raises(AuthenticationError) as caught:
+            bus.publish("carol-topic", {"n": 1})
+        took = time.monotonic() - started
+    assert took < REFUSED_WITHIN, f"took {took:.1f} s: {caught.value}"
+    assert "refused the SASL login" in str(caught.value)
+    assert PASSWORD not in _all_text(caught.value)
+    assert PASSWORD not in caplog.text
+
+
 @pytest.mark.kafka
 @pytest.mark.timeout(120)
 @pytest.mark.xfail(
     strict=True,
-    reason="bug: a wrong SCRAM password gives ConnectionFailedError ('Broker transport "
-    "failure') after connect_timeout, not AuthenticationError: librdkafka reports "
-    "_AUTHENTICATION through error_cb, which AdminClient.list_topics does not serve, so "
-    "KafkaTransport._auth_failed is still None when connect() checks it",
+    reason="bug in _consumer.py: KafkaConsumer._on_error keeps the last of the error events "
+    "one poll serves, and librdkafka follows _AUTHENTICATION at once with _ALL_BROKERS_DOWN, "
+    "so start() raises ConnectionFailedError('1/1 brokers are down'), not AuthenticationError",
 )
-def test_kafka_wrong_scram_password_is_authentication_error(sasl_kafka: tuple[int, str]) -> None:
-    port, query = sasl_kafka
-    with pytest.raises(AuthenticationError):
-        eventbus.connect(f"kafka://alice:wrong@127.0.0.1:{port}?{query}&connect_timeout=3")
+def test_kafka_subscribe_after_password_change(
+    sasl_kafka: tuple[int, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer made after the password changed is refused: subscribe raises
+    AuthenticationError promptly instead of waiting for a group assignment."""
+    caplog.set_level(logging.DEBUG)
+    with password_changed_under(*sasl_kafka, user="dave") as bus:
+        started = time.monotonic()
+        with (
+            pytest.raises(ConnectionFailedError) as caught,
+            bus.subscribe("dave-topic", group="dave") as sub,
+        ):
+            sub.fetch(1, timeout=30)
+        took = time.monotonic() - started
+    assert took < REFUSED_WITHIN, f"took {took:.1f} s: {caught.value}"
+    assert PASSWORD not in _all_text(caught.value)
+    assert PASSWORD not in caplog.text
+    assert isinstance(caught.value, AuthenticationError), caught.value
 
 
 # -------------------------------------------------------------------------------------------

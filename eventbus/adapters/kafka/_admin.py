@@ -4,6 +4,13 @@ The AdminClient has no asyncio API: its calls return ``concurrent.futures.Future
 which are awaited with ``asyncio.wrap_future``; its one blocking call (``list_topics``) runs in
 a worker thread. Every call carries a timeout, and every error is translated at this edge.
 
+Refused logins: librdkafka retries a refused SASL login in the background and reports it only
+through ``error_cb`` (served by ``poll()``), while the request waiting for a connection runs
+into its timeout with a generic "transport failure". So the admin client's error events go to
+the transport's :class:`CredentialWatch`, every wait here polls the client, and a refusal ends
+the wait at once with AuthenticationError. Metadata is asked for in short slices while no
+broker is usable, so the blocking ``list_topics`` never outlives a refusal by more than one.
+
 Topic size limits: Kafka's ``max.message.bytes`` bounds a whole record *batch* (batch header,
 record framing, headers), while ``TopicSpec.max_event_bytes`` bounds one event's key + value +
 headers on every transport. A topic created here gets ``max.message.bytes = max_event_bytes +
@@ -30,7 +37,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from eventbus.adapters.kafka._errors import kafka_error, translate
+from eventbus.adapters.kafka._errors import CredentialWatch, kafka_error, translate
 from eventbus.errors import (
     GroupActiveError,
     GroupNotFoundError,
@@ -62,6 +69,8 @@ _LEADERLESS = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
 }
+_SLICE = 0.25
+"""Seconds one ``list_topics`` call waits for a usable broker before the watch is checked."""
 T = TypeVar("T")
 K: Any = _kafka_admin
 """confluent_kafka.admin, untyped: its re-exports carry no type information."""
@@ -161,32 +170,76 @@ def _group_partition(
 class KafkaAdmin:
     """Admin operations over one AdminClient. All methods are coroutines with timeouts."""
 
-    def __init__(self, config: dict[str, Any], where: str, timeout: float) -> None:
+    def __init__(
+        self, config: dict[str, Any], where: str, timeout: float, watch: CredentialWatch
+    ) -> None:
+        settings: dict[str, Any] = {**config, "error_cb": watch}
         try:
-            self._client = AdminClient(config)
+            self._client = AdminClient(settings)
         except KafkaException as exc:
             raise translate(exc, "creating the Kafka admin client", where=where) from None
+        self._watch = watch
         self._where = where
         self.timeout = timeout
         self._meta: dict[str, TopicMeta] = {}
 
     # -- plumbing -------------------------------------------------------------------------
 
+    async def _result(self, future: concurrent.futures.Future[T], what: str) -> T:
+        """The result of an admin future, within ``timeout`` + 5 s; AuthenticationError as
+        soon as the login is refused meanwhile. Raises KafkaException and TimeoutError."""
+        return await asyncio.wait_for(
+            self._watch.guard(asyncio.wrap_future(future), what, poll=self._client.poll),
+            self.timeout + 5.0,
+        )
+
     async def _wait(self, future: concurrent.futures.Future[T], what: str) -> T:
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 5.0)
+            return await self._result(future, what)
         except TimeoutError:
             raise OperationTimeoutError(f"{what} timed out at {self._where}") from None
         except KafkaException as exc:
             raise translate(exc, what, where=self._where) from None
 
-    async def metadata(self, topic: str | None = None, timeout: float | None = None) -> Any:
-        """Cluster metadata (for one topic, or all) from a worker thread."""
+    async def metadata(
+        self,
+        topic: str | None = None,
+        timeout: float | None = None,
+        *,
+        mark: int | None = None,
+        what: str = "reading cluster metadata",
+    ) -> Any:
+        """Cluster metadata (for one topic, or all) from a worker thread.
+
+        AuthenticationError as soon as a login refused after ``mark`` (a
+        :meth:`CredentialWatch.mark`; by default, taken now) is reported."""
         wait = self.timeout if timeout is None else timeout
-        try:
-            return await asyncio.to_thread(self._client.list_topics, topic, wait)
-        except KafkaException as exc:
-            raise translate(exc, "reading cluster metadata", where=self._where) from None
+        if mark is None:
+            self._client.poll(0)  # events queued before now do not count as new
+            mark = self._watch.mark()
+        return await asyncio.to_thread(self._metadata_blocking, topic, wait, mark, what)
+
+    def _metadata_blocking(self, topic: str | None, timeout: float, mark: int, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        wait = min(timeout, _SLICE)
+        while True:
+            try:
+                return self._client.list_topics(topic, wait)
+            except KafkaException as exc:
+                self._client.poll(0)  # serve error_cb
+                failure = self._watch.failure(mark, what)
+                if failure is not None:
+                    raise failure from None
+                left = deadline - time.monotonic()
+                err = kafka_error(exc)
+                if err is None or left <= 0:
+                    raise translate(exc, what, where=self._where) from None
+                if err.code() == KafkaError._TRANSPORT:
+                    wait = min(left, _SLICE)  # no broker usable yet: look again shortly
+                elif err.code() == KafkaError._TIMED_OUT:
+                    wait = left  # a broker took the request: give it the time that is left
+                else:
+                    raise translate(exc, what, where=self._where) from None
 
     async def partition_count(self, topic: str) -> int:
         """The partition count; raises TopicNotFoundError."""
@@ -283,7 +336,7 @@ class KafkaAdmin:
             try:
                 out: dict[int, int] = {}
                 for tp, future in futures.items():
-                    info = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 5)
+                    info = await self._result(future, f"list offsets of {topic!r}")
                     out[tp.partition] = info.offset
                 return out
             except KafkaException as exc:
@@ -354,7 +407,7 @@ class KafkaAdmin:
         while True:
             futures = self._client.describe_consumer_groups([group], request_timeout=self.timeout)
             try:
-                return await asyncio.wait_for(asyncio.wrap_future(futures[group]), self.timeout + 5)
+                return await self._result(futures[group], f"describe group {group!r}")
             except KafkaException as exc:
                 err = kafka_error(exc)
                 retriable = err is not None and err.code() in (

@@ -32,7 +32,10 @@ from eventbus.errors import ConfigurationError
 __all__ = ["KafkaSettings"]
 
 _LIBRDKAFKA_LOG = logging.getLogger("eventbus.kafka.librdkafka")
-"""librdkafka's own log lines go here (not to stderr)."""
+"""librdkafka's own log lines go here (not to stderr). They propagate to the application's
+handlers; the NullHandler keeps Python's last-resort handler from printing them to stderr
+when the application configured no logging (a broker that is down logs a line per retry)."""
+_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 _SECRET_WORDS = ("password", "secret", "token", "jaas")
 _OWN_KEYS = {"auto_create", "connect_timeout", "client_id", "config"}
 _TRUE = {"1", "true", "yes", "on"}

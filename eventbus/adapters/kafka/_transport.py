@@ -10,15 +10,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import KafkaError
-
 from eventbus.adapters.kafka._admin import KafkaAdmin, TopicMeta
 from eventbus.adapters.kafka._consumer import KafkaConsumer
-from eventbus.adapters.kafka._errors import translate
+from eventbus.adapters.kafka._errors import CredentialWatch
 from eventbus.adapters.kafka._producer import PolledProducer, producer_config
 from eventbus.adapters.kafka._reader import KafkaReader
 from eventbus.adapters.kafka._settings import KafkaSettings
 from eventbus.errors import (
+    AuthenticationError,
     ClosedError,
     ConnectionFailedError,
     EventBusError,
@@ -81,7 +80,9 @@ class KafkaTransport:
         self._reader: KafkaReader | None = None
         self._consumers: weakref.WeakSet[KafkaConsumer] = weakref.WeakSet()
         self._closed = False
-        self._auth_failed: Any = None
+        self._watch = CredentialWatch(self._where)
+        """``error_cb`` of the admin client, the producers and the reader: notices a refused
+        login, which librdkafka reports nowhere else (consumers watch their own)."""
 
     @classmethod
     def from_url(cls, url: str, options: dict[str, Any]) -> KafkaTransport:
@@ -93,29 +94,33 @@ class KafkaTransport:
 
     # -- connection -------------------------------------------------------------------------
 
-    def _on_error(self, err: Any) -> None:
-        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
-            self._auth_failed = err
+    def _client_config(self) -> dict[str, Any]:
+        """``base_config()`` plus the watch as ``error_cb`` (for every client but consumers)."""
+        return {**self.settings.base_config(), "error_cb": self._watch}
 
     async def connect(self) -> None:
         """Reach the cluster within ``connect_timeout`` s; ConnectionFailedError or
-        AuthenticationError (naming the redacted address and what to check) otherwise."""
+        AuthenticationError (naming the redacted address and what to check) otherwise.
+
+        A refused login (wrong user or password, a SASL mechanism the broker does not enable)
+        raises AuthenticationError as soon as librdkafka reports it, well before the timeout."""
         if self._closed:
             raise ClosedError("this Kafka transport is closed; open a new bus")
-        base = {**self.settings.base_config(), "error_cb": self._on_error}
-        self._admin = KafkaAdmin(base, self._where, self.settings.connect_timeout)
+        mark = self._watch.mark()
+        admin = KafkaAdmin(
+            self.settings.base_config(), self._where, self.settings.connect_timeout, self._watch
+        )
         try:
-            await self._admin.metadata(None, self.settings.connect_timeout)
+            await admin.metadata(None, self.settings.connect_timeout, mark=mark, what="connect")
+        except AuthenticationError:
+            raise
         except EventBusError as exc:
-            if self._auth_failed is not None:
-                raise translate(self._auth_failed, "connect", where=self._where) from None
             raise ConnectionFailedError(
                 f"cannot reach the Kafka cluster at {self._where} within "
                 f"{self.settings.connect_timeout} s ({exc}); check the host and port, that the "
                 "broker is running, and security_protocol/sasl settings"
             ) from None
-        if self._auth_failed is not None:
-            raise translate(self._auth_failed, "connect", where=self._where)
+        self._admin = admin
 
     def _admin_client(self) -> KafkaAdmin:
         if self._closed:
@@ -146,7 +151,7 @@ class KafkaTransport:
         producer = self._producers.get(limit)
         if producer is None:
             batch = None if limit is None else max(1, limit - 256)
-            config = producer_config(self.settings.base_config(), batch)
+            config = producer_config(self._client_config(), batch)
             producer = self._producers[limit] = PolledProducer(config, self._where)
         return producer
 
@@ -186,7 +191,10 @@ class KafkaTransport:
                 )
         producer = self._producer_for(meta)
         try:
-            return await producer.publish(topic, records, deadline)
+            # a refused login leaves records queued until the deadline: surface it at once
+            return await self._watch.guard(
+                producer.publish(topic, records, deadline), f"publish to {topic!r}"
+            )
         except TopicNotFoundError:
             self._admin_client().forget(topic)
             raise
@@ -208,9 +216,12 @@ class KafkaTransport:
             raise InvalidPositionError(f"topic {topic!r} has no partition {partition}")
         if self._reader is None:
             self._reader = KafkaReader(
-                self.settings.base_config(), self._where, self.settings.connect_timeout
+                self._client_config(), self._where, self.settings.connect_timeout
             )
-        return await self._reader.read(topic, partition, start, inclusive=inclusive, limit=limit)
+        return await self._watch.guard(
+            self._reader.read(topic, partition, start, inclusive=inclusive, limit=limit),
+            f"read {topic!r}",
+        )
 
     async def open_consumer(
         self, topics: Sequence[str], group: str, consumer: str, options: ConsumerOptions
@@ -234,7 +245,12 @@ class KafkaTransport:
             **dict(options.options),
         }
         member = KafkaConsumer(config, topics, options, self._publish_for_dlq, self._where)
-        await member.start(timeout=max(30.0, options.session_timeout * 3))
+        try:
+            await member.start(timeout=max(30.0, options.session_timeout * 3))
+        except EventBusError:  # a refused login, say: do not leave the client retrying it
+            with contextlib.suppress(EventBusError):
+                await member.kill()
+            raise
         self._consumers.add(member)
         return member
 

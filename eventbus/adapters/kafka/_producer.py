@@ -138,9 +138,10 @@ class PolledProducer:
             if not self._inline:
                 self._wake.set()  # the rest of the reports: the thread serves them from now
         try:
-            await asyncio.wait_for(
-                asyncio.shield(batch.future), max(0.0, deadline - time.monotonic())
-            )
+            # a timeout cancels only this wait's view: reports arriving later find the future
+            # done and are ignored (see _Batch._finish)
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await batch.future
         except TimeoutError:
             raise self._timeout(topic, len(records) - batch.remaining, len(records)) from None
         if batch.error is not None:

@@ -32,17 +32,21 @@ for i = 1, #KEYS do
     return redis.error_reply('EBNOSTREAM ' .. KEYS[i])
   end
 end
+local call = redis.call
 local out = {}
+local count = 0
 local i = 2
 local n = #ARGV
 local minid = ARGV[1]
+local trim = minid ~= ''
 while i <= n do
   local key = KEYS[tonumber(ARGV[i])]
   local last = i + 1 + 2 * tonumber(ARGV[i + 1])
-  if minid ~= '' then
-    out[#out + 1] = redis.call('XADD', key, 'MINID', '~', minid, '*', unpack(ARGV, i + 2, last))
+  count = count + 1
+  if trim then
+    out[count] = call('XADD', key, 'MINID', '~', minid, '*', unpack(ARGV, i + 2, last))
   else
-    out[#out + 1] = redis.call('XADD', key, '*', unpack(ARGV, i + 2, last))
+    out[count] = call('XADD', key, '*', unpack(ARGV, i + 2, last))
   end
   i = last + 1
 end

@@ -292,7 +292,8 @@ class RedisTransport:
 
     async def with_timeout(self, work: Awaitable[T], timeout: float, action: str) -> T:
         try:
-            return await asyncio.wait_for(work, timeout)
+            async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
+                return await work
         except TimeoutError as exc:
             if isinstance(exc, OperationTimeoutError):
                 raise

@@ -330,12 +330,6 @@ def test_kafka_publish_after_password_change(
 
 @pytest.mark.kafka
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in _consumer.py: KafkaConsumer._on_error keeps the last of the error events "
-    "one poll serves, and librdkafka follows _AUTHENTICATION at once with _ALL_BROKERS_DOWN, "
-    "so start() raises ConnectionFailedError('1/1 brokers are down'), not AuthenticationError",
-)
 def test_kafka_subscribe_after_password_change(
     sasl_kafka: tuple[int, str], caplog: pytest.LogCaptureFixture
 ) -> None:

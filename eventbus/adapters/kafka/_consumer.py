@@ -67,7 +67,12 @@ from confluent_kafka import (
 
 from eventbus.adapters.kafka._admin import to_ms
 from eventbus.adapters.kafka._errors import kafka_error, translate
-from eventbus.errors import ClosedError, ConfigurationError, OperationTimeoutError
+from eventbus.errors import (
+    AuthenticationError,
+    ClosedError,
+    ConfigurationError,
+    OperationTimeoutError,
+)
 from eventbus.transport import ConsumerOptions, Outgoing, Position, Record
 
 __all__ = ["KafkaConsumer", "decode_metadata", "encode_metadata", "to_record"]
@@ -323,7 +328,10 @@ class KafkaConsumer:
 
     def _on_error(self, err: Any) -> None:
         if err.fatal() or err.code() in (KafkaError._AUTHENTICATION, KafkaError._ALL_BROKERS_DOWN):
-            self._error = translate(err, "consuming", where=self._where)
+            error = translate(err, "consuming", where=self._where)
+            # librdkafka follows a refused login at once with "all brokers down": keep the cause
+            if not isinstance(self._error, AuthenticationError):
+                self._error = error
 
     def _raise_pending(self) -> None:
         if self._error is not None:

@@ -254,7 +254,7 @@ def consume_ack(env: Env, size: int) -> Iterator[Row]:
                     ),
                 ),
                 Side(
-                    "eventbus async fetch(1000) + one ack per batch*",
+                    "eventbus async fetch(1000) + sub.ack(batch)",
                     "eventbus",
                     lambda n: env.run(fetch_and_ack(abus, topic, env.name("g"), n, batch_ack=True)),
                 ),

@@ -21,7 +21,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from eventbus.adapters.kafka._errors import translate
+from eventbus.adapters.kafka._errors import CredentialWatch, translate
 from eventbus.errors import ClosedError, OperationTimeoutError
 from eventbus.transport import Outgoing, Position
 
@@ -29,6 +29,8 @@ __all__ = ["PolledProducer", "producer_config"]
 
 _YIELD_EVERY = 2048
 """Records produced between two yields to the event loop during a large publish."""
+_CHECK_EVERY = 0.1
+"""Seconds between checks for a refused login while a publish waits for its reports."""
 _POLL_MASK = 63
 """Serve delivery reports after every 64th record produced (and on BufferError)."""
 
@@ -54,15 +56,15 @@ def producer_config(base: dict[str, Any], batch_size: int | None = None) -> dict
 class _Batch:
     """The delivery reports of one publish call; resolves ``future`` when all have arrived."""
 
-    __slots__ = ("error", "future", "lock", "loop", "positions", "remaining")
+    __slots__ = ("done", "error", "future", "lock", "positions", "remaining")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
+    def __init__(self, future: asyncio.Future[None], count: int, done: _Completions) -> None:
+        self.future = future
         self.positions: list[Position | None] = [None] * count
         self.remaining = count
         self.error: Any = None
         self.lock = threading.Lock()
+        self.done = done
 
     def delivered(self, index: int, err: Any, msg: Any) -> None:
         """Delivery callback, once per record, from whichever thread called ``poll``."""
@@ -75,23 +77,49 @@ class _Batch:
             self.remaining -= 1
             last = self.remaining == 0
         if last:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-                self.loop.call_soon_threadsafe(self._finish)
+            self.done.add(self.future)
 
-    def _finish(self) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
+
+class _Completions:
+    """Futures whose publish got its last report, resolved on their loop in batches: one
+    ``call_soon_threadsafe`` (a wake-up of the loop) per poll round, not one per publish."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+
+    def add(self, future: asyncio.Future[None]) -> None:
+        loop = future.get_loop()
+        with self._lock:
+            waiting = self._ready.setdefault(loop, [])
+            first = not waiting
+            waiting.append(future)
+        if first:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(self._resolve, loop)
+
+    def _resolve(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            futures = self._ready.pop(loop, [])
+        for future in futures:
+            if not future.done():  # a waiter that timed out or was cancelled is gone
+                future.set_result(None)
 
 
 class PolledProducer:
     """A ``confluent_kafka.Producer`` whose delivery reports are served by its own thread."""
 
-    def __init__(self, config: dict[str, Any], where: str) -> None:
+    def __init__(
+        self, config: dict[str, Any], where: str, watch: CredentialWatch | None = None
+    ) -> None:
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
             raise translate(exc, "creating the Kafka producer", where=where) from None
         self._where = where
+        self._watch = watch
+        """Refused logins reported through ``error_cb`` (which this thread's polls serve)."""
+        self._completions = _Completions()
         self._closed = False
         self._inline = 0
         """Publish calls now in their produce loop; they poll inline meanwhile (two threads
@@ -128,7 +156,8 @@ class PolledProducer:
         if self._closed:
             raise ClosedError("the Kafka producer is closed; open a new transport")
         loop = asyncio.get_running_loop()
-        batch = _Batch(loop, len(records))
+        batch = _Batch(loop.create_future(), len(records), self._completions)
+        mark = self._watch.mark() if self._watch is not None else 0
         self._inline += 1
         try:
             await self._produce_all(topic, records, batch, deadline)
@@ -137,16 +166,30 @@ class PolledProducer:
             self._flush_wanted = True
             if not self._inline:
                 self._wake.set()  # the rest of the reports: the thread serves them from now
-        try:
-            # a timeout cancels only this wait's view: reports arriving later find the future
-            # done and are ignored (see _Batch._finish)
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await batch.future
-        except TimeoutError:
-            raise self._timeout(topic, len(records) - batch.remaining, len(records)) from None
+        await self._wait(batch, topic, len(records), deadline, mark)
         if batch.error is not None:
             raise translate(batch.error, f"publish to {topic!r}", where=self._where)
         return [p for p in batch.positions if p is not None]
+
+    async def _wait(
+        self, batch: _Batch, topic: str, total: int, deadline: float, mark: int
+    ) -> None:
+        """Wait for the batch's reports until ``deadline``; a refused login seen meanwhile
+        raises AuthenticationError at once (librdkafka would retry until the timeout)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._timeout(topic, total - batch.remaining, total)
+            try:
+                async with asyncio.timeout(min(left, _CHECK_EVERY)):
+                    await asyncio.shield(batch.future)  # shield: the next round waits again
+                return
+            except TimeoutError:
+                failure = None
+                if self._watch is not None:
+                    failure = self._watch.failure(mark, f"publish to {topic!r}")
+                if failure is not None:
+                    raise failure from None
 
     async def _produce_all(
         self, topic: str, records: Sequence[Outgoing], batch: _Batch, deadline: float

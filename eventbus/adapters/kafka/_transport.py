@@ -152,7 +152,7 @@ class KafkaTransport:
         if producer is None:
             batch = None if limit is None else max(1, limit - 256)
             config = producer_config(self._client_config(), batch)
-            producer = self._producers[limit] = PolledProducer(config, self._where)
+            producer = self._producers[limit] = PolledProducer(config, self._where, self._watch)
         return producer
 
     async def _meta_for_publish(self, topic: str) -> TopicMeta:
@@ -191,10 +191,9 @@ class KafkaTransport:
                 )
         producer = self._producer_for(meta)
         try:
-            # a refused login leaves records queued until the deadline: surface it at once
-            return await self._watch.guard(
-                producer.publish(topic, records, deadline), f"publish to {topic!r}"
-            )
+            # a refused login leaves records queued until the deadline: the producer watches
+            # for it while it waits (without a guard task per publish)
+            return await producer.publish(topic, records, deadline)
         except TopicNotFoundError:
             self._admin_client().forget(topic)
             raise

@@ -26,6 +26,7 @@ check. With it, eventbus uses the globally configured tracer and meter providers
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -38,12 +39,17 @@ try:  # optional dependency
     from opentelemetry import context as otel_context
     from opentelemetry import metrics as otel_metrics
     from opentelemetry import propagate, trace
+    from opentelemetry.metrics import _internal as _metrics_internal
     from opentelemetry.propagators.textmap import Getter, Setter
 
     _OTEL = True
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     _OTEL = False
     Getter = Setter = object  # type: ignore[assignment,misc]
+
+# providers configured through the environment (read once: they are chosen at start-up)
+_ENV_TRACER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_ENV_METER = "OTEL_PYTHON_METER_PROVIDER" in os.environ
 
 SYSTEM = "messaging.system"
 DESTINATION = "messaging.destination.name"
@@ -64,10 +70,22 @@ class _HeaderGetter(Getter[Mapping[str, bytes]]):
         return list(carrier)
 
 
+_UNKNOWN = object()
+
+
 def _tracing() -> bool:
     """True once the application installed a tracer provider (the API's default is a proxy
-    whose spans record nothing until then)."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    whose spans record nothing until then). Reads the API's global, not
+    ``get_tracer_provider()``, which looks up an environment variable on every call; if that
+    global ever moves, spans stay on."""
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    return provider is not None or _ENV_TRACER
+
+
+def _metering() -> bool:
+    """True once the application installed a meter provider (same reasoning as _tracing)."""
+    provider = getattr(_metrics_internal, "_METER_PROVIDER", _UNKNOWN)
+    return provider is not None or _ENV_METER
 
 
 class Instruments:
@@ -144,6 +162,10 @@ class Instruments:
                         record.headers.update(carrier)
             yield
         self.published.add(len(records), {SYSTEM: system, DESTINATION: topic})
+
+    def process_active(self) -> bool:
+        """Whether :meth:`process_span` would record anything (a span or a duration)."""
+        return self.enabled and (_tracing() or _metering())
 
     @contextlib.contextmanager
     def process_span(self, system: str, group: str, record: Record) -> Iterator[None]:

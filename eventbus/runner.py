@@ -257,7 +257,12 @@ class AsyncRunner:
             try:
                 async with sem:
                     target = self._wrap(delivery) if self._wrap is not None else delivery
-                    with obs.process_span(system, self.group, record):
+                    if obs.process_active():
+                        with obs.process_span(system, self.group, record):
+                            await call_handler(
+                                self.handler, target, self._run_sync, self._handler_is_async
+                            )
+                    else:
                         await call_handler(
                             self.handler, target, self._run_sync, self._handler_is_async
                         )

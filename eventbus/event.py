@@ -321,13 +321,20 @@ def decode_record(record: Record, codec: Codec, model: type[BaseModel] | None = 
     except ValueError:
         when = _ms(record)
     schema = headers.get(H_SCHEMA)
+    kind = headers.get(H_TYPE)
+    source = headers.get(H_SOURCE)
+    reserved = 2 + (kind is not None) + (source is not None) + (schema is not None)
+    reserved += H_CONTENT_TYPE in headers
+    user: dict[str, str] = {}
+    if len(headers) > reserved - (time_raw is None):  # some header is the user's (or unknown)
+        user = {k: _text(v) for k, v in headers.items() if not k.startswith(RESERVED_PREFIX)}
     return built_event(
         id=event_id.decode(errors="replace"),
-        type=_text(headers[H_TYPE]) if H_TYPE in headers else None,
-        source=_text(headers[H_SOURCE]) if H_SOURCE in headers else None,
+        type=None if kind is None else _text(kind),
+        source=None if source is None else _text(source),
         time=when,
         key=key,
-        headers={k: _text(v) for k, v in headers.items() if not k.startswith(RESERVED_PREFIX)},
+        headers=user,
         data=data,
         schema_version=int(schema) if schema and schema.isdigit() else None,
     )

@@ -142,6 +142,17 @@ def resp_command(head: Sequence[bytes | str], arg_count: int) -> bytes:
     return b"".join(out)
 
 
+_FIELD_NAMES: dict[bytes, str] = {MARKER: "", _KEY: "", _VALUE: ""}
+"""Entry field -> header name ("" for fields that are not headers); header names repeat."""
+
+
+def _field_name(field: bytes) -> str:
+    name = field[len(_HEADER) :].decode("utf-8", "replace") if field.startswith(_HEADER) else ""
+    if len(_FIELD_NAMES) < 4096:  # bounded: foreign writers may use many distinct fields
+        _FIELD_NAMES[field] = name
+    return name
+
+
 def decode_entry(
     topic: str, partition: int, entry_id: bytes | str, fields: Mapping[bytes, bytes], attempt: int
 ) -> Record:
@@ -149,11 +160,14 @@ def decode_entry(
     offset = text(entry_id)
     ms = id_ms(offset)
     if fields.get(MARKER) is not None:
-        headers = {
-            k[len(_HEADER) :].decode("utf-8", "replace"): v
-            for k, v in fields.items()
-            if k.startswith(_HEADER)
-        }
+        headers: dict[str, bytes] = {}
+        names = _FIELD_NAMES
+        for k, v in fields.items():
+            name = names.get(k)
+            if name is None:
+                name = _field_name(k)
+            if name:
+                headers[name] = v
         return Record(
             topic=topic,
             partition=partition,

@@ -350,6 +350,24 @@ def test_kafka_subscribe_after_password_change(
     assert isinstance(caught.value, AuthenticationError), caught.value
 
 
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_kafka_replay_after_password_change(
+    sasl_kafka: tuple[int, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reader is made after the password changed: replay raises AuthenticationError
+    promptly instead of waiting out connect_timeout for the partition's watermarks."""
+    caplog.set_level(logging.DEBUG)
+    with password_changed_under(*sasl_kafka, user="erin") as bus:
+        started = time.monotonic()
+        with pytest.raises(AuthenticationError) as caught:
+            list(bus.replay("erin-topic"))
+        took = time.monotonic() - started
+    assert took < REFUSED_WITHIN, f"took {took:.1f} s: {caught.value}"
+    assert PASSWORD not in _all_text(caught.value)
+    assert PASSWORD not in caplog.text
+
+
 # -------------------------------------------------------------------------------------------
 # secrets never leak
 

@@ -30,6 +30,10 @@ _FAIL = {
     KafkaError._AUTHENTICATION,
 }
 
+_UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT}
+_SLICE = 0.25
+"""Seconds per watermark request while no broker answers (see ``_watermarks``)."""
+
 
 class KafkaReader:
     """Reads records of one partition at a time, without a consumer group."""
@@ -76,7 +80,7 @@ class KafkaReader:
     def _begin(
         self, consumer: Any, tp: Any, start: int | datetime | None, inclusive: bool
     ) -> tuple[int, int]:
-        low, high = consumer.get_watermark_offsets(tp, timeout=self._timeout, cached=False)
+        low, high = self._watermarks(consumer, tp)
         if start is None:
             first = low
         elif isinstance(start, datetime):
@@ -86,6 +90,24 @@ class KafkaReader:
         else:
             first = max(low, start if inclusive else start + 1)
         return first, high
+
+    def _watermarks(self, consumer: Any, tp: Any) -> tuple[int, int]:
+        """The partition's watermarks, asked in slices of _SLICE s while no broker answers,
+        polling in between: a refused login reaches ``error_cb`` only inside ``poll``, and the
+        read's guard then raises AuthenticationError instead of waiting out the timeout."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    tp, timeout=max(0.01, min(_SLICE, left)), cached=False
+                )
+                return int(low), int(high)
+            except KafkaException as exc:
+                code = exc.args[0].code() if exc.args else None
+                if code not in _UNREACHABLE or time.monotonic() >= deadline:
+                    raise
+                consumer.poll(0)  # nothing is assigned yet: this only serves error events
 
     def _read_blocking(
         self, topic: str, partition: int, start: int | datetime | None, inclusive: bool, limit: int

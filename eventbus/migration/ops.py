@@ -30,6 +30,7 @@ from eventbus.errors import (
     TopicExistsError,
 )
 from eventbus.event import H_ID
+from eventbus.migration._backfill_writer import BackfillWriter, open_backfill_writer
 from eventbus.migration.control import (
     STAGES,
     ControlStore,
@@ -286,7 +287,10 @@ class Migration:
         """Copy the source's history (events not written by dual-write) into the target in
         order per partition, keys, ids, headers and timestamps kept. Resumable: it continues
         after the last copy found on the target, so running it again after a crash leaves
-        each event on the target exactly once. Returns how many events it copied."""
+        each event on the target exactly once. On Kafka each batch is one transaction, and a
+        new run first fences every earlier run of the same topic (see ``_backfill_writer``),
+        so copies a killed or stalled run still had on their way never show up twice.
+        Returns how many events it copied."""
         state = await self.control.require()
         mig = state.topic(topic)
         if mig.stage != "dual-source-primary":
@@ -294,9 +298,15 @@ class Migration:
                 f"{topic} is {mig.stage}; backfill runs in dual-source-primary (advance first)"
             )
         await self._await_producers(topic, mig.generation, 30.0)
+        # fence earlier runs before the resume scan reads the target
+        writer = await open_backfill_writer(self.target, self.name, topic)
         copied = 0
-        for p in range(mig.partitions):
-            copied += await self._backfill_partition(topic, p, mig, progress)
+        try:
+            mig = (await self.control.require()).topic(topic)
+            for p in range(mig.partitions):
+                copied += await self._backfill_partition(topic, p, mig, writer, progress)
+        finally:
+            await writer.close()
         state = await self.control.require()
         version = state.version
         done = state.topic(topic)
@@ -326,7 +336,12 @@ class Migration:
             start, inclusive = batch[-1].offset, False
 
     async def _backfill_partition(
-        self, topic: str, p: int, mig: TopicMigration, progress: Progress | None
+        self,
+        topic: str,
+        p: int,
+        mig: TopicMigration,
+        writer: BackfillWriter,
+        progress: Progress | None,
     ) -> int:
         after = await self._resume_point(topic, p, mig)
         copied = 0
@@ -337,7 +352,7 @@ class Migration:
             todo = [r for r in batch if H_GEN not in r.headers]
             if todo:
                 copies = [_copy(r, "backfill") for r in todo]
-                positions = await self.target.publish(topic, copies, timeout=60.0)
+                positions = await writer.write(topic, copies, timeout=60.0)
                 copied += len(todo)
                 await self._checkpoint(topic, p, todo[-1].offset, positions[-1].offset)
             if progress is not None and batch:
@@ -347,10 +362,19 @@ class Migration:
             start, inclusive = batch[-1].offset, False
 
     async def _checkpoint(self, topic: str, p: int, source: Offset, target: Offset) -> None:
-        state = await self.control.require()
-        version = state.version
-        state.topic(topic).backfill_checkpoint[p] = (str(source), str(target))
-        await self.control.save(state, expected_version=version)
+        """Record a lower bound for the resume scan. A fenced earlier run may still save one
+        of its own meanwhile (older, so also a lower bound): on a version clash, read again
+        and retry rather than fail the backfill."""
+        for attempt in range(5):
+            state = await self.control.require()
+            version = state.version
+            state.topic(topic).backfill_checkpoint[p] = (str(source), str(target))
+            try:
+                await self.control.save(state, expected_version=version)
+                return
+            except ConfigurationError:
+                if attempt == 4:
+                    raise
 
     async def drain(self, topic: str) -> int:
         """Move what waits in the journal of ``topic`` to the secondary now (for when no

@@ -318,9 +318,7 @@ class MigrationTransport:
                 len(copies),
             )
             # the write may have landed anyway (a timeout): the replayer checks before copying
-            maybe = [
-                dataclasses.replace(c, headers={**c.headers, H_MAYBE: b"1"}) for c in copies
-            ]
+            maybe = [dataclasses.replace(c, headers={**c.headers, H_MAYBE: b"1"}) for c in copies]
             await self._journal(primary, topic, maybe)
         return positions
 
@@ -476,8 +474,23 @@ class MigrationTransport:
         self, topics: Sequence[str], group: str, consumer: str, options: ConsumerOptions
     ) -> MigrationConsumer:
         member = MigrationConsumer(self, tuple(topics), group, consumer, options)
-        await member.switch_if_needed()
+        # Announce the member, then read the control record, then join a side. An operator's
+        # cutover saves "pausing" and then reads heartbeats: either it sees this member's
+        # announcement (and waits for it to pause) or this member's read comes after the
+        # save (and it stays paused). Joining on a stale state without announcing could let
+        # a cutover translate positions while this member still reads the old side.
+        # Until it has joined, its heartbeats say "joining" (never "paused").
+        member.announcing = True
         self._consumers.add(member)
+        try:
+            await self._heartbeat()
+            await self.refresh()
+            await member.switch_if_needed()
+        except BaseException:
+            self._consumers.discard(member)
+            raise
+        finally:
+            member.announcing = False
         return member
 
     def group_side(self, group: str) -> str:
@@ -640,10 +653,15 @@ class MigrationConsumer:
         self.side: str | None = None
         self.inner: TransportConsumer | None = None
         self.outstanding: set[tuple[str, int, Offset]] = set()
+        self.announcing = False
+        """True while the member announces itself before it joins a side (never "paused")."""
         self._closed = False
 
     def status(self) -> str:
-        """What the heartbeat says: the side being read, or "paused" between sides."""
+        """What the heartbeat says: the side being read, "joining" before the first join,
+        or "paused" between sides."""
+        if self.announcing:
+            return "joining"
         return self.side if self.side is not None else "paused"
 
     async def switch_if_needed(self) -> None:

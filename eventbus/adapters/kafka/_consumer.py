@@ -126,7 +126,10 @@ def decode_metadata(text: str | None) -> tuple[int, dict[int, int]]:
 
 def to_record(msg: Any, attempt: int = 1) -> Record:
     """A Record from a librdkafka message (tombstones read as empty bytes)."""
-    headers = {k: (v if v is not None else b"") for k, v in (msg.headers() or [])}
+    raw = msg.headers()
+    headers = dict(raw) if raw else {}
+    if None in headers.values():  # a header without a value (allowed by Kafka)
+        headers = {k: (v if v is not None else b"") for k, v in headers.items()}
     _, timestamp = msg.timestamp()
     return Record(
         topic=msg.topic(),

@@ -48,8 +48,10 @@ class Children:
         self.folder = folder
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        """Start ``argv``; stdout and stderr go to ``<folder>/<name>.log``."""
+    def start(
+        self, name: str, argv: list[str], *, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` (in ``cwd``); stdout and stderr go to ``<folder>/<name>.log``."""
         log = open(self.log_path(name), "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:
             proc = subprocess.Popen(
@@ -57,6 +59,7 @@ class Children:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                cwd=cwd,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         finally:

@@ -1,0 +1,71 @@
+"""A worker service for the migration tests: ``python -m tests.migration.worker_app ARGS``.
+
+It runs an eventbus runner over one topic in a consumer group (through ``migrate://`` in the
+tests) and appends one line per handled event to ``--out``, flushed and fsynced before the
+handler returns (so the line exists whenever the runner may ack):
+
+    READY <pid>                                          before the runner starts
+    H <event id> <key> <seq> <pid> <monotonic ns>        handler started on this event
+    EXIT <pid> <handled>                                 after the runner stopped
+
+Events carry ``{"seq": <int>}``. SIGTERM calls ``runner.stop()`` (in-flight handlers finish,
+acks are sent). ``time.monotonic_ns()`` is one clock for every process of the machine, so the
+lines of several workers can be merged in handling order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from typing import TextIO
+
+import eventbus
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--name", required=True, help="consumer name in the group")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--session-timeout", type=float, default=6.0)
+    args = parser.parse_args(argv)
+
+    lock = threading.Lock()
+    out: TextIO = open(args.out, "a", encoding="utf-8")  # noqa: SIM115 (closed at exit)
+    pid = os.getpid()
+
+    def line(text: str) -> None:
+        with lock:
+            out.write(text + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+    def handler(delivery: eventbus.Delivery) -> None:
+        started = time.monotonic_ns()
+        event = delivery.event
+        line(f"H {event.id} {event.key or '-'} {event.data['seq']} {pid} {started}")
+
+    with eventbus.connect(args.url) as bus:
+        runner = bus.runner(
+            handler,
+            args.topic,
+            group=args.group,
+            consumer=args.name,
+            session_timeout=args.session_timeout,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+        line(f"READY {pid}")
+        stats = runner.run()
+    line(f"EXIT {pid} {stats.handled}")
+    out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from eventbus.adapters.redis_streams import layout, scripts
 from eventbus.adapters.redis_streams.errors import edge
@@ -373,18 +374,16 @@ class RedisTransport:
     ) -> list[bytes]:
         """The PUBLISH script on one pooled connection, packed here, in pipelined calls of
         PUBLISH_SLICE records: the server appends one slice while the next is packed."""
-        for attempt in (1, 2):
-            sha = await self._sha("PUBLISH")
-            try:
-                with self.edge(f"publish to {meta.name!r}"):
-                    return await self._send_slices(sha, meta, records, parts)
-            except Exception as exc:
-                self.raise_if_missing(meta.name, exc)
-                if attempt == 1 and "NOSCRIPT" in str(exc):  # SCRIPT FLUSH or a failover
-                    self._shas.pop("PUBLISH", None)
-                    continue
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            with self.edge(f"publish to {meta.name!r}"):
+                try:
+                    return await self._send_slices(await self._sha("PUBLISH"), meta, records, parts)
+                except NoScriptError:  # a restart, SCRIPT FLUSH or failover emptied the cache
+                    self._shas.pop("PUBLISH", None)  # nothing ran: load it and send again
+                    return await self._send_slices(await self._sha("PUBLISH"), meta, records, parts)
+        except Exception as exc:
+            self.raise_if_missing(meta.name, exc)
+            raise
 
     async def _send_slices(
         self, sha: bytes, meta: TopicMeta, records: Sequence[Outgoing], parts: Sequence[int]

@@ -52,7 +52,10 @@ def test_runbook_through_the_cli(request: pytest.FixtureRequest, kind: str) -> N
     status = ok_json(["migrate", "status", *common])
     assert status["topics"][topic]["stage"] == "dual-target-primary"
     assert status["groups"]["workers"]["status"] == "target"
-    assert status["groups"]["workers"]["target_lag"] in (25, 40)  # 40 where lag counts skips
+    # Kafka's lag counts offsets, and the fenced backfill's transaction leaves one commit
+    # marker per partition (2 here); 40 where lag counts skipped events too
+    markers = 2 if kind == "redis-kafka" else 0
+    assert status["groups"]["workers"]["target_lag"] - markers in (25, 40)
     ok_json(["migrate", "advance", topic, *common])
     # through migrate:// the group now reads exactly the 25 events it had not handled
     url = migrate_url(name, source, target)

@@ -45,6 +45,10 @@ class KafkaReader:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
+            # it reads only records that exist (up to the high watermark seen at the start):
+            # a fetch must not idle for new ones, or the next read's watermark request (and
+            # assign) waits behind it, up to fetch.wait.max.ms (500 ms) per page
+            "fetch.wait.max.ms": 10,
         }
         self._where = where
         self._timeout = timeout

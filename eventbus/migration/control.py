@@ -108,6 +108,12 @@ class TopicMigration(BaseModel):
     """partition -> (last source offset copied, its target offset), a lower bound on resume."""
     backfilled: int = 0
     verify: VerifyReport | None = None
+    target_only_at: datetime | None = None
+    """When the topic last went ``target-only`` (events after it were written to the target
+    only)."""
+    reverse_pending: bool = False
+    """Rolled back from ``target-only``: the events written meanwhile are on the target only,
+    so copies to the source wait in the journal until ``backfill`` has copied them back."""
 
 
 class GroupMigration(BaseModel):

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventbus._registry import open_transport
@@ -30,7 +30,7 @@ from eventbus.errors import (
     TopicExistsError,
 )
 from eventbus.event import H_ID
-from eventbus.migration._backfill_writer import BackfillWriter, open_backfill_writer
+from eventbus.migration._fenced import FencedWriter, open_fenced_writer, transactional_id
 from eventbus.migration.control import (
     STAGES,
     ControlStore,
@@ -45,6 +45,7 @@ from eventbus.migration.transport import (
     H_COPY,
     H_COPY_OF,
     H_GEN,
+    copy_writer,
     journal_backlog,
     replay_journal,
 )
@@ -59,6 +60,12 @@ from eventbus.transport import (
 
 __all__ = ["Migration", "Progress"]
 
+REVERSE_MARGIN = timedelta(seconds=60)
+"""How far before ``target_only_at`` the reverse backfill starts reading (producer clocks)."""
+
+COPY_TIMEOUT = 5.0
+"""Seconds a copy write of ``drain`` may take (its records expire then, see ``copy_writer``)."""
+
 Progress = Callable[[int], None]
 """Called with the number of records just processed (for progress bars)."""
 
@@ -71,19 +78,29 @@ def event_id(record: Record) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
+SCAN_PAGE = 5000
+"""Records per read when scanning a partition (verify, cutover, the backfill's resume scan):
+a Kafka read has a fixed cost of up to ``fetch.wait.max.ms`` whatever its size."""
+
+
 async def scan(
-    transport: Transport, topic: str, partition: int, *, page: int = 1000
+    transport: Transport,
+    topic: str,
+    partition: int,
+    *,
+    page: int = SCAN_PAGE,
+    start: datetime | None = None,
 ) -> AsyncIterator[Record]:
-    """Every record of one partition, in order."""
-    start: Offset | None = None
+    """Every record of one partition (from ``start`` if given), in order."""
     inclusive = True
+    at: Offset | datetime | None = start
     while True:
-        batch = await transport.read(topic, partition, start, inclusive=inclusive, limit=page)
+        batch = await transport.read(topic, partition, at, inclusive=inclusive, limit=page)
         for record in batch:
             yield record
         if len(batch) < page:
             return
-        start, inclusive = batch[-1].offset, False
+        at, inclusive = batch[-1].offset, False
 
 
 def _finished(part: GroupPartition | None) -> Callable[[Offset], bool]:
@@ -98,19 +115,36 @@ def _finished(part: GroupPartition | None) -> Callable[[Offset], bool]:
 class Migration:
     """One migration between a source and a target, addressed by name."""
 
-    def __init__(self, name: str, source: Transport, target: Transport) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: Transport,
+        target: Transport,
+        *,
+        source_writer: Transport | None = None,
+        target_writer: Transport | None = None,
+    ) -> None:
         self.name = name
         self.source = source
         self.target = target
+        self.source_writer = source_writer or source
+        """What ``drain`` writes copies to the source with (see ``copy_writer``)."""
+        self.target_writer = target_writer or target
         self.control = ControlStore(source, name)
 
     @classmethod
     async def open(cls, name: str, source_url: str, target_url: str) -> Migration:
         source = open_transport(source_url)
         target = open_transport(target_url)
-        await source.connect()
-        await target.connect()
-        migration = cls(name, source, target)
+        migration = cls(
+            name,
+            source,
+            target,
+            source_writer=copy_writer(source_url, source, COPY_TIMEOUT),
+            target_writer=copy_writer(target_url, target, COPY_TIMEOUT),
+        )
+        for transport in (source, target, *migration._own_writers()):
+            await transport.connect()
         migration.source_url = redact(source_url)
         migration.target_url = redact(target_url)
         return migration
@@ -118,7 +152,16 @@ class Migration:
     source_url = ""
     target_url = ""
 
+    def _own_writers(self) -> list[Transport]:
+        return [
+            w
+            for w, side in ((self.source_writer, self.source), (self.target_writer, self.target))
+            if w is not side
+        ]
+
     async def close(self) -> None:
+        for writer in self._own_writers():
+            await writer.close()
         await self.source.close()
         await self.target.close()
 
@@ -156,6 +199,7 @@ class Migration:
                 "stage": mig.stage,
                 "generation": mig.generation,
                 "backfill_done": mig.backfill_done,
+                "reverse_backfill_pending": mig.reverse_pending,
                 "backfilled": mig.backfilled,
                 "journal_backlog": await journal_backlog(self.name, name, primary),
                 "verify": None
@@ -170,16 +214,18 @@ class Migration:
             groups[group] = {
                 "topic": gm.topic,
                 "status": gm.status,
-                "source_lag": await self._lag(self.source, group),
-                "target_lag": await self._lag(self.target, group),
+                "source_lag": await self._lag(self.source, group, gm.topic),
+                "target_lag": await self._lag(self.target, group, gm.topic),
             }
         return {"name": state.name, "version": state.version, "topics": topics, "groups": groups}
 
-    async def _lag(self, side: Transport, group: str) -> int | None:
+    async def _lag(self, side: Transport, group: str, topic: str) -> int | None:
+        """The group's lag on the migrated topic (a group may consume other topics too)."""
         try:
-            return (await side.describe_group(group)).lag
+            info = await side.describe_group(group)
         except EventBusError:
             return None
+        return sum(p.lag or 0 for p in info.partitions if p.topic == topic)
 
     # stages ------------------------------------------------------------------------------
     async def advance(self, topic: str, *, wait: float = 30.0) -> MigrationState:
@@ -205,13 +251,19 @@ class Migration:
                 )
             await self._require_empty_journal(topic, self.source)
         if nxt == "target-only":
+            state, mig = await self._finish_reverse_backfill(topic, state, mig)
             await self._require_groups_on(state, topic, "target")
             await self._require_empty_journal(topic, self.target)
         return await self._set_stage(state, topic, nxt)
 
     async def rollback(self, topic: str, *, wait: float = 30.0) -> MigrationState:
         """Move ``topic`` back one stage. Going back to ``source-only`` needs every group on
-        the source (roll groups back first with ``cutover --to source``)."""
+        the source (move groups back with ``cutover --to source`` in dual-source-primary).
+
+        From ``target-only`` the events written meanwhile are on the target only: the topic
+        goes back to ``dual-target-primary`` with a reverse backfill pending (run
+        ``backfill``: it copies them to the source; copies of newer events wait in the
+        journal until it has). Moving on from there (either way) runs it first if needed."""
         state = await self.control.require()
         mig = state.topic(topic)
         index = STAGES.index(mig.stage)
@@ -222,8 +274,32 @@ class Migration:
         if prev == "source-only":
             await self._require_groups_on(state, topic, "source")
         if prev == "dual-source-primary":
+            state, mig = await self._finish_reverse_backfill(topic, state, mig)
             await self._require_empty_journal(topic, self.target)
+        if mig.stage == "target-only":
+            mig.reverse_pending = True
         return await self._set_stage(state, topic, prev)
+
+    async def _finish_reverse_backfill(
+        self, topic: str, state: MigrationState, mig: TopicMigration
+    ) -> tuple[MigrationState, TopicMigration]:
+        """Run the reverse backfill if a rollback from target-only left one pending (the
+        operator should have run ``backfill``; moving on without it would leave those events
+        off the source, and hold the journal). Returns the state read again."""
+        if not mig.reverse_pending:
+            return state, mig
+        await self._backfill_reverse(topic, None)
+        state = await self.control.require()
+        return state, state.topic(topic)
+
+    @staticmethod
+    def _require_no_reverse_backfill(topic: str, mig: TopicMigration) -> None:
+        if mig.reverse_pending:
+            raise ConfigurationError(
+                f"{topic}: the events written while it was target-only are not on the source "
+                "yet, and copies to the source wait behind them in the journal; run "
+                "'eventbus migrate backfill' (it copies them back) first"
+            )
 
     async def _set_stage(self, state: MigrationState, topic: str, stage: Stage) -> MigrationState:
         version = state.version
@@ -233,6 +309,8 @@ class Migration:
         if stage == "source-only":
             mig.backfill_done = False
             mig.verify = None
+        if stage == "target-only":
+            mig.target_only_at = datetime.now(UTC)
         return await self.control.save(state, expected_version=version)
 
     async def _await_producers(self, topic: str, generation: int, wait: float) -> None:
@@ -288,18 +366,22 @@ class Migration:
         order per partition, keys, ids, headers and timestamps kept. Resumable: it continues
         after the last copy found on the target, so running it again after a crash leaves
         each event on the target exactly once. On Kafka each batch is one transaction, and a
-        new run first fences every earlier run of the same topic (see ``_backfill_writer``),
+        new run first fences every earlier run of the same topic (see ``_fenced``),
         so copies a killed or stalled run still had on their way never show up twice.
         Returns how many events it copied."""
         state = await self.control.require()
         mig = state.topic(topic)
+        if mig.stage == "dual-target-primary" and mig.reverse_pending:
+            return await self._backfill_reverse(topic, progress)
         if mig.stage != "dual-source-primary":
             raise ConfigurationError(
-                f"{topic} is {mig.stage}; backfill runs in dual-source-primary (advance first)"
+                f"{topic} is {mig.stage}; backfill runs in dual-source-primary (advance first), "
+                "or after a rollback from target-only"
             )
         await self._await_producers(topic, mig.generation, 30.0)
         # fence earlier runs before the resume scan reads the target
-        writer = await open_backfill_writer(self.target, self.name, topic)
+        tid = transactional_id("backfill", self.name, topic)
+        writer = await open_fenced_writer(self.target, tid, topic=topic)
         copied = 0
         try:
             mig = (await self.control.require()).topic(topic)
@@ -327,11 +409,11 @@ class Migration:
             start = _offset(checkpoint[1])
         inclusive = True
         while True:
-            batch = await self.target.read(topic, p, start, inclusive=inclusive, limit=1000)
+            batch = await self.target.read(topic, p, start, inclusive=inclusive, limit=SCAN_PAGE)
             for record in batch:
                 if record.headers.get(H_COPY) == b"backfill":
                     last = _offset(record.headers[H_COPY_OF].decode())
-            if len(batch) < 1000:
+            if len(batch) < SCAN_PAGE:
                 return last
             start, inclusive = batch[-1].offset, False
 
@@ -340,7 +422,7 @@ class Migration:
         topic: str,
         p: int,
         mig: TopicMigration,
-        writer: BackfillWriter,
+        writer: FencedWriter,
         progress: Progress | None,
     ) -> int:
         after = await self._resume_point(topic, p, mig)
@@ -376,6 +458,56 @@ class Migration:
                 if attempt == 4:
                     raise
 
+    async def _backfill_reverse(self, topic: str, progress: Progress | None) -> int:
+        """After a rollback from target-only: copy the events written to the target alone
+        (neither dual-written, ``eb-mig-gen``, nor copies, ``eb-copy``) to the source, in
+        order per partition, then let the journal replay the newer copies after them.
+        Resumable like the forward backfill (it continues after the last copy it finds on the
+        source; on a Kafka source it is fenced the same way)."""
+        mig = (await self.control.require()).topic(topic)
+        await self._await_producers(topic, mig.generation, 30.0)
+        since = (mig.target_only_at or datetime.fromtimestamp(0, UTC)) - REVERSE_MARGIN
+        tid = transactional_id("rollback", self.name, topic)
+        writer = await open_fenced_writer(self.source, tid, topic=topic)
+        copied = 0
+        try:
+            for p in range(mig.partitions):
+                copied += await self._reverse_partition(topic, p, since, writer, progress)
+        finally:
+            await writer.close()
+        state = await self.control.require()
+        version = state.version
+        state.topic(topic).reverse_pending = False
+        await self.control.save(state, expected_version=version)
+        return copied
+
+    async def _reverse_partition(
+        self,
+        topic: str,
+        p: int,
+        since: datetime,
+        writer: FencedWriter,
+        progress: Progress | None,
+    ) -> int:
+        after: Offset | None = None  # the last target offset already copied back
+        async for record in scan(self.source, topic, p, start=since):
+            if record.headers.get(H_COPY) == b"rollback":
+                after = _offset(record.headers[H_COPY_OF].decode())
+        start: Offset | datetime = since if after is None else after
+        inclusive = after is None
+        copied = 0
+        while True:
+            batch = await self.target.read(topic, p, start, inclusive=inclusive, limit=1000)
+            todo = [r for r in batch if H_GEN not in r.headers and H_COPY not in r.headers]
+            if todo:
+                await writer.write(topic, [_copy(r, "rollback") for r in todo], timeout=60.0)
+                copied += len(todo)
+            if progress is not None and batch:
+                progress(len(batch))
+            if len(batch) < 1000:
+                return copied
+            start, inclusive = batch[-1].offset, False
+
     async def drain(self, topic: str) -> int:
         """Move what waits in the journal of ``topic`` to the secondary now (for when no
         producer runs to do it). Returns how many events moved."""
@@ -383,9 +515,26 @@ class Migration:
         if mig.stage == "dual-source-primary":
             if not mig.backfill_done:
                 raise ConfigurationError(f"{topic}: backfill first; the journal waits for it")
-            return await replay_journal(self.name, topic, self.source, self.target, timeout=0.5)
+            return await replay_journal(
+                self.name,
+                topic,
+                self.source,
+                self.target,
+                timeout=0.5,
+                writer=self.target_writer,
+                copy_timeout=COPY_TIMEOUT,
+            )
         if mig.stage == "dual-target-primary":
-            return await replay_journal(self.name, topic, self.target, self.source, timeout=0.5)
+            self._require_no_reverse_backfill(topic, mig)
+            return await replay_journal(
+                self.name,
+                topic,
+                self.target,
+                self.source,
+                timeout=0.5,
+                writer=self.source_writer,
+                copy_timeout=COPY_TIMEOUT,
+            )
         return 0
 
     # verify ------------------------------------------------------------------------------
@@ -443,6 +592,18 @@ class Migration:
             raise ConfigurationError(
                 f"{topic} is {mig.stage}: groups move while both sides receive every event "
                 "(dual-source-primary or dual-target-primary)"
+            )
+        # A group moves to a side while that side is the primary: every event it finished on
+        # the old side (the secondary) is then already on the new one, so translation sees it
+        # and nothing is handled twice (copies still on their way would be missed).
+        primary = "target" if mig.stage == "dual-target-primary" else "source"
+        if to != primary and state.groups.get(group, GroupMigration(topic=topic)).status != to:
+            stage = "dual-target-primary" if to == "target" else "dual-source-primary"
+            raise ConfigurationError(
+                f"{topic} is {mig.stage}: group {group} moves to the {to} in {stage}, while "
+                f"the {to} is the primary ("
+                + ("advance first" if to == "target" else "roll the topic back first")
+                + ")"
             )
         if to == "target":
             await self._require_empty_journal(topic, self.source)

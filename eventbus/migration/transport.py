@@ -24,6 +24,16 @@ It follows the stage of each topic from the control record while running:
 Events written by a producer in a dual stage carry ``eb-mig-gen``; copies carry ``eb-copy``
 (``dual`` or ``backfill``) and ``eb-copy-of`` (the primary offset). Backfill copies only source
 records without ``eb-mig-gen``, which is how it joins the dual-written tail without overlap.
+
+A copy the client gave up on must not land later, after its replacement from the journal (a
+duplicate, and out of order). So direct copies go to a Kafka secondary through a client of
+their own whose records expire after ``secondary_timeout`` (librdkafka ``message.timeout.ms``):
+when a copy write fails, nothing of it is still queued. A copy that timed out is journaled
+marked "maybe copied" with a time after which the secondary is checked for it (``CHECK_DELAY``
+later, for a request that was already on the wire). The journal replayer writes to a Kafka
+secondary in transactions, fenced per journal partition (``_fenced``): a failed batch leaves
+nothing behind that could land later, and no gap; the replayer keeps it and tries it again
+before anything newer, after a check of what the secondary holds.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -47,11 +58,17 @@ from eventbus.errors import (
     ConnectionFailedError,
     EventBusError,
     GroupNotFoundError,
-    OperationTimeoutError,
     TopicExistsError,
     TopicNotFoundError,
 )
-from eventbus.migration.control import ControlStore, Heartbeat, MigrationState, TopicMigration
+from eventbus.migration._fenced import FencedWriter, open_fenced_writer, transactional_id
+from eventbus.migration.control import (
+    ControlStore,
+    Heartbeat,
+    MigrationState,
+    TopicMigration,
+    now_ms,
+)
 from eventbus.observability import instruments
 from eventbus.topics import TopicSpec
 from eventbus.transport import (
@@ -69,7 +86,7 @@ from eventbus.transport import (
     offset_key,
 )
 
-__all__ = ["MigrationTransport", "journal_topic", "replayer_group"]
+__all__ = ["MigrationTransport", "copy_writer", "journal_topic", "replayer_group"]
 
 log = logging.getLogger("eventbus.migration")
 
@@ -77,6 +94,32 @@ H_GEN = "eb-mig-gen"
 H_COPY = "eb-copy"
 H_COPY_OF = "eb-copy-of"
 H_MAYBE = "eb-maybe-copied"
+
+
+REPLAYER_SESSION = 120.0
+"""Seconds a journal replayer may retry a failed batch in place before it leaves the group
+(and how long a crashed replayer's partitions wait for a new owner)."""
+
+CHECK_DELAY = 2.0
+"""Seconds after a copy write failed before the secondary is checked for what it may have
+written anyway: a request already on the wire when the client gave up can still be appended.
+(Records still queued in the client expire with the write, see ``copy_writer``.)"""
+
+
+def copy_writer(url: str, transport: Transport, timeout: float) -> Transport:
+    """What writes copies to the side at ``url``: on Kafka a client of its own whose records
+    expire after ``timeout`` s (``message.timeout.ms``), so a copy write that failed leaves
+    nothing queued that could land after its replacement; elsewhere ``transport`` itself
+    (memory writes are synchronous; a Redis command that timed out is not sent again)."""
+    if split(url).scheme.lower() not in ("kafka", "redpanda"):
+        return transport
+    expire_ms = str(max(1000, int(timeout * 1000)))
+    return open_transport(url, {"config": {"message.timeout.ms": expire_ms}})
+
+
+def _check_after(delay: float = CHECK_DELAY) -> bytes:
+    """The ``H_MAYBE`` value: when (epoch ms) the secondary may be checked for the copy."""
+    return str(now_ms() + int(delay * 1000)).encode()
 
 
 def journal_topic(name: str, topic: str) -> str:
@@ -118,10 +161,15 @@ class MigrationTransport:
         target_url: str = "",
         poll_interval: float = 1.0,
         secondary_timeout: float = 5.0,
+        source_writer: Transport | None = None,
+        target_writer: Transport | None = None,
     ) -> None:
         self.name = name
         self.source = source
         self.target = target
+        self.source_writer = source_writer or source
+        """Writes copies to the source (see ``copy_writer``)."""
+        self.target_writer = target_writer or target
         self.source_url = redact(source_url)
         self.target_url = redact(target_url)
         self.poll_interval = poll_interval
@@ -171,19 +219,37 @@ class MigrationTransport:
     def create(
         cls, name: str, source_url: str, target_url: str, **settings: Any
     ) -> MigrationTransport:
+        source, target = open_transport(source_url), open_transport(target_url)
+        timeout = float(settings.get("secondary_timeout", 5.0))
         return cls(
             name,
-            open_transport(source_url),
-            open_transport(target_url),
+            source,
+            target,
             source_url=source_url,
             target_url=target_url,
+            source_writer=copy_writer(source_url, source, timeout),
+            target_writer=copy_writer(target_url, target, timeout),
             **settings,
         )
+
+    def _own_writers(self) -> list[Transport]:
+        """The copy writers that are clients of their own (to connect and close)."""
+        return [
+            w
+            for w, side in ((self.source_writer, self.source), (self.target_writer, self.target))
+            if w is not side
+        ]
+
+    def writer_for(self, side: Transport) -> Transport:
+        """What writes copies to ``side`` (the source or the target)."""
+        return self.source_writer if side is self.source else self.target_writer
 
     # lifecycle -----------------------------------------------------------------------------
     async def connect(self) -> None:
         await self.source.connect()
         await self.target.connect()
+        for writer in self._own_writers():
+            await writer.connect()
         await self.refresh()
         self._tasks.append(asyncio.create_task(self._poll_loop()))
 
@@ -199,6 +265,8 @@ class MigrationTransport:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, EventBusError):
                 await task
+        for writer in self._own_writers():
+            await writer.close()
         await self.source.close()
         await self.target.close()
 
@@ -300,25 +368,35 @@ class MigrationTransport:
             for r, pos in zip(marked, positions, strict=True)
         ]
         # Until the backfill has copied the history, copies wait in the journal, so the target
-        # receives history first and the dual-written tail after it, in source order.
-        history_pending = source_primary and not mig.backfill_done
+        # receives history first and the dual-written tail after it, in source order. The same
+        # after a rollback from target-only, until the backfill has copied that era back.
+        history_pending = (source_primary and not mig.backfill_done) or (
+            not source_primary and mig.reverse_pending
+        )
         if not history_pending and topic in self._journaling:
             await self._try_leave_journal(topic, primary)
         if history_pending or topic in self._journaling:
             await self._journal(primary, topic, copies)
             return positions
         try:
-            await secondary.publish(topic, copies, timeout=self.secondary_timeout)
-        except (ConnectionFailedError, OperationTimeoutError) as exc:
+            # bounded as a whole: a client that first has to look the topic up (its metadata
+            # forgotten while the secondary is down) must not hold the publish longer
+            await asyncio.wait_for(
+                self.writer_for(secondary).publish(topic, copies, timeout=self.secondary_timeout),
+                self.secondary_timeout,
+            )
+        except (ConnectionFailedError, TimeoutError) as exc:
             log.warning(
                 "migration %s: secondary write to %s failed (%s); journaling %d events",
                 self.name,
                 topic,
-                exc,
+                str(exc) or f"no answer within {self.secondary_timeout} s",
                 len(copies),
             )
-            # the write may have landed anyway (a timeout): the replayer checks before copying
-            maybe = [dataclasses.replace(c, headers={**c.headers, H_MAYBE: b"1"}) for c in copies]
+            # the write may have landed anyway (a timeout): the replayer checks before copying,
+            # once a request still on the wire can no longer land
+            after = _check_after()
+            maybe = [dataclasses.replace(c, headers={**c.headers, H_MAYBE: after}) for c in copies]
             await self._journal(primary, topic, maybe)
         return positions
 
@@ -353,7 +431,8 @@ class MigrationTransport:
         if mig.stage == "dual-source-primary":
             # until the backfill has copied the history, the tail waits its turn
             return (self.source, self.target) if mig.backfill_done else None
-        return (self.target, self.source)
+        # after a rollback from target-only: until that era is copied back to the source
+        return None if mig.reverse_pending else (self.target, self.source)
 
     async def _replayer(self, topic: str) -> None:
         """Replays one topic's journal with one long-lived group member, so ownership of
@@ -370,12 +449,23 @@ class MigrationTransport:
                         await asyncio.wait_for(self.changed().wait(), self.poll_interval * 5)
                     continue
                 if replayer is None:
-                    replayer = JournalReplayer(self.name, topic, *sides, member=self.member)
+                    replayer = JournalReplayer(
+                        self.name,
+                        topic,
+                        *sides,
+                        member=self.member,
+                        writer=self.writer_for(sides[1]),
+                        copy_timeout=self.secondary_timeout,
+                    )
                 try:
                     moved = await replayer.step(0.5)
                     self._replay_healthy[topic] = True
                 except EventBusError as exc:  # the secondary is still down: try again later
                     log.warning("migration %s: journal replay of %s: %s", self.name, topic, exc)
+                    self._replay_healthy[topic] = False
+                    moved = 0
+                except Exception:  # never let the replayer die silently: say why, go on
+                    log.exception("migration %s: journal replay of %s failed", self.name, topic)
                     self._replay_healthy[topic] = False
                     moved = 0
                 if not moved:
@@ -551,17 +641,51 @@ async def journal_backlog(name: str, topic: str, primary: Transport) -> int:
 
 
 class JournalReplayer:
-    """One member of the replayer group: moves journaled copies to the secondary in order."""
+    """One member of the replayer group: moves journaled copies to the secondary in order.
+
+    Copies go out through ``writer`` (see :func:`copy_writer`; default the secondary itself),
+    reads that check the secondary through ``secondary``. On a Kafka secondary each journal
+    partition's copies are written in transactions under one transactional id per partition
+    (see ``_fenced``): whoever replays a partition first fences its previous replayer, so
+    nothing a failed or stalled replayer had on its way can land later, and a batch lands
+    whole or not at all (no gaps to fill out of order). A batch whose copy fails is kept and
+    tried again before anything newer is fetched, after a check of what the secondary holds.
+    (Handing it back to the group instead let newer entries of its partitions overtake it.)"""
 
     def __init__(
-        self, name: str, topic: str, primary: Transport, secondary: Transport, *, member: str
+        self,
+        name: str,
+        topic: str,
+        primary: Transport,
+        secondary: Transport,
+        *,
+        member: str,
+        writer: Transport | None = None,
+        copy_timeout: float = 5.0,
     ) -> None:
         self.name = name
         self.topic = topic
         self.primary = primary
         self.secondary = secondary
+        self.writer = writer or secondary
         self.member = member
+        self.copy_timeout = copy_timeout
         self._consumer: TransportConsumer | None = None
+        self._writers: dict[int, FencedWriter] = {}
+        self._held: list[Record] | None = None
+        """A fetched batch whose copy failed: tried again before anything else."""
+        self._held_since = 0.0
+
+    def _hold(self) -> float:
+        """Session and visibility timeout of a replayer: a member retries a failed batch in
+        place (without fetching, so without heartbeats) through an outage of the secondary
+        up to most of this long; a crashed member's partitions wait this long for a new
+        owner."""
+        return max(REPLAYER_SESSION, 4 * (self.copy_timeout + 2.0) + CHECK_DELAY + 10.0)
+
+    def _options(self) -> ConsumerOptions:
+        hold = self._hold()
+        return ConsumerOptions(visibility_timeout=hold, session_timeout=hold)
 
     async def step(self, timeout: float) -> int:
         """Move one batch; returns how many events moved (0 when the journal is empty)."""
@@ -571,43 +695,128 @@ class JournalReplayer:
                     [journal_topic(self.name, self.topic)],
                     replayer_group(self.name),
                     f"replayer-{self.member}",
-                    # a stuck or dead replayer's copies come back to another one soon
-                    ConsumerOptions(visibility_timeout=5.0, session_timeout=5.0),
+                    self._options(),
                 )
             except TopicNotFoundError:
                 return 0
-        batch = await self._consumer.fetch(500, timeout)
-        if not batch:
-            return 0
-        todo = batch
-        if any(r.attempt > 1 or H_MAYBE in r.headers for r in batch):
-            todo = await _not_yet_copied(self.secondary, self.topic, batch)
-        if todo:
-            copies = [
-                Outgoing(
-                    value=r.value,
-                    key=r.key,
-                    headers={k: v for k, v in r.headers.items() if k != H_MAYBE},
-                    timestamp_ms=r.timestamp_ms,
-                    partition=r.partition,
-                )
-                for r in todo
-            ]
-            await self.secondary.publish(self.topic, copies, timeout=30.0)
-        await self._consumer.ack(batch)
+        retry = self._held is not None
+        if self._held is not None:
+            if time.monotonic() - self._held_since > 0.8 * self._hold():
+                # our session is about to lapse: leave, and the group hands the batch on
+                self._held = None
+                await self.close()
+                return 0
+            batch = self._held
+        else:
+            batch = await self._consumer.fetch(500, timeout)
+            if not batch:
+                return 0
+            self._held_since = time.monotonic()
+        try:
+            parts: dict[int, list[Record]] = {}
+            for record in sorted(batch, key=lambda r: offset_key(r.offset)):
+                parts.setdefault(record.partition, []).append(record)
+            for partition, records in sorted(parts.items()):
+                await self._copy(partition, records, retry=retry)
+            await self._consumer.ack(batch)
+        except BaseException:
+            # keep the batch and try it again, before anything newer (handing it back to
+            # the group could let newer entries of its partitions overtake it)
+            self._held = batch
+            raise
+        self._held = None
         return len(batch)
 
+    async def _writer_for(self, partition: int) -> FencedWriter:
+        writer = self._writers.get(partition)
+        if writer is None:
+            tid = transactional_id("replay", self.name, self.topic, partition)
+            writer = await open_fenced_writer(
+                self.writer, tid, topic=self.topic, timeout=self.copy_timeout + 5.0
+            )
+            self._writers[partition] = writer
+        return writer
+
+    async def _copy(self, partition: int, records: list[Record], *, retry: bool) -> None:
+        """Copy one journal partition's records (they all go to the same partition).
+        ``retry``: an earlier attempt of this batch failed here."""
+        writer = await self._writer_for(partition)  # fences this partition's earlier replayer
+        todo = records
+        unsure = [r for r in records if retry or r.attempt > 1 or H_MAYBE in r.headers]
+        if unsure:
+            # an earlier attempt may have written some: once what it had on the wire has
+            # landed or never will, copy only what the secondary lacks
+            now = now_ms()
+            due = max(_maybe_due(r, now, writer.fenced, retry) for r in unsure)
+            if due > now:
+                await asyncio.sleep((due - now) / 1000)  # the bound for a write on the wire
+            todo = await _not_yet_copied(self.secondary, self.topic, records)
+        if not todo:
+            return
+        copies = [
+            Outgoing(
+                value=r.value,
+                key=r.key,
+                headers={k: v for k, v in r.headers.items() if k != H_MAYBE},
+                timestamp_ms=r.timestamp_ms,
+                partition=r.partition,
+            )
+            for r in todo
+        ]
+        try:
+            await writer.write(self.topic, copies, timeout=self.copy_timeout + 1.0)
+        except BaseException:
+            # a fresh writer fences this one (and aborts what it left open) before the retry
+            self._writers.pop(partition, None)
+            with contextlib.suppress(EventBusError):
+                await writer.close()
+            raise
+
     async def close(self) -> None:
+        self._held = None
+        writers, self._writers = list(self._writers.values()), {}
+        for writer in writers:
+            with contextlib.suppress(EventBusError):
+                await writer.close()
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             await consumer.close()
 
 
+def _maybe_due(record: Record, now: int, fenced: bool, retry: bool = False) -> int:
+    """When (epoch ms) the secondary may be checked for ``record``'s copy: the time in its
+    ``H_MAYBE`` header (a direct copy that timed out); for a redelivery, now if the writer is
+    fenced (nothing of the failed attempt can land any more), else ``CHECK_DELAY`` from now
+    (its attempt gave the batch back only after its write had failed or expired; only a
+    request on the wire may remain)."""
+    value = record.headers.get(H_MAYBE)
+    if value is not None and value.isdigit():
+        return int(value)
+    if (retry or record.attempt > 1) and not fenced:
+        return now + int(CHECK_DELAY * 1000)
+    return now
+
+
 async def replay_journal(
-    name: str, topic: str, primary: Transport, secondary: Transport, *, timeout: float = 2.0
+    name: str,
+    topic: str,
+    primary: Transport,
+    secondary: Transport,
+    *,
+    timeout: float = 2.0,
+    writer: Transport | None = None,
+    copy_timeout: float = 5.0,
 ) -> int:
     """Drain the journal of ``topic`` to the secondary now; returns how many events moved."""
-    replayer = JournalReplayer(name, topic, primary, secondary, member=f"drain-{os.getpid()}")
+    replayer = JournalReplayer(
+        name,
+        topic,
+        primary,
+        secondary,
+        member=f"drain-{os.getpid()}",
+        writer=writer,
+        copy_timeout=copy_timeout,
+    )
     moved = 0
     try:
         while n := await replayer.step(timeout):

@@ -69,6 +69,26 @@ class Held:
                     f"{dst[first : first + 2]}"
                 )
 
+    def assert_same_events(self) -> None:
+        """Each partition holds the same events on both sides, each once, with the same keys
+        and payloads, and each key's events in the same order. (Concurrent producers can
+        interleave different keys differently on the two sides, so the partitions' orders
+        may differ across keys.)"""
+        for name, side in (("source", self.source), ("target", self.target)):
+            dupes = self.duplicates(side)
+            assert not dupes, f"{dupes} duplicate events on the {name}"
+        for p in sorted(self.source):
+            src, dst = self.source[p], self.target.get(p, [])
+            only_src = {e[0] for e in src} - {e[0] for e in dst}
+            only_dst = {e[0] for e in dst} - {e[0] for e in src}
+            assert not only_src, f"partition {p}: {len(only_src)} events missing on the target"
+            assert not only_dst, f"partition {p}: {len(only_dst)} events only on the target"
+            assert set(src) == set(dst), f"partition {p}: keys or payloads differ"
+            for key in {e[1] for e in src}:
+                a = [e[0] for e in src if e[1] == key]
+                b = [e[0] for e in dst if e[1] == key]
+                assert a == b, f"partition {p}: key {key} is in a different order on the target"
+
 
 def held(name: str, source_url: str, target_url: str, topic: str, partitions: int) -> Held:
     """Read both sides of ``topic`` in migration ``name``."""

@@ -52,7 +52,8 @@ class Tally:
     published: list[str] = field(default_factory=list)
     handled: list[Handled] = field(default_factory=list)
     publish_errors: list[str] = field(default_factory=list)
-    workers: int = 2
+    slowest: float = 0.0
+    """The longest a publish call took (seconds)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -231,6 +232,7 @@ def producing(url: str, topic: str, tally: Tally, count: int = 3) -> Iterator[No
             seq = 0
             while not stop.is_set():
                 ev = eventbus.Event(data={"seq": seq}, key=f"p{n}-k{seq % 4}")
+                began = time.monotonic()
                 try:
                     bus.publish(topic, ev)
                 except eventbus.errors.EventBusError as exc:
@@ -239,6 +241,7 @@ def producing(url: str, topic: str, tally: Tally, count: int = 3) -> Iterator[No
                     continue
                 with tally.lock:
                     tally.published.append(ev.id)
+                    tally.slowest = max(tally.slowest, time.monotonic() - began)
                 seq += 1
                 time.sleep(0.005)  # allowed: a producer's pace, not a wait for a condition
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -33,10 +34,10 @@ from tests.migration.procs import Children, cli
 pytestmark = [pytest.mark.redis, pytest.mark.kafka]
 
 SEED = 7_301
-EVENTS = 40_000
+EVENTS = 60_000
 PARTITIONS = 3
 KILLS = 5
-MAX_KILLS = 12
+MAX_KILLS = 10
 
 
 def _prepare(redis_url: str, kafka_url: str, topic: str) -> str:
@@ -138,14 +139,44 @@ class KafkaOffsets:
         return total
 
 
+def _kill_mid_batch(
+    kids: Children, run: str, proc: subprocess.Popen[bytes], offsets: KafkaOffsets, goal: int
+) -> bool:
+    """Once Kafka shows ``goal`` offsets used, SIGKILL the backfill inside an open batch if
+    possible; True if it died with its batch open (written, not committed).
+
+    Seeing a batch open is not enough: its commit may already be on the wire. So the process
+    is frozen (SIGSTOP: none of its threads sends anything more) and watched: a commit on the
+    wire closes the batch within moments (then it is let go and the next batch is tried),
+    while a batch still open after a second is one it will never commit. Then SIGKILL. If no
+    such batch shows within 3000 more offsets, it is killed wherever it is."""
+    deadline = time.monotonic() + 60
+    while True:
+        used, open_batch = offsets.probe()
+        if used >= goal and open_batch:
+            kids.signal(run, signal.SIGSTOP)
+            closes = time.monotonic() + 1.0
+            while offsets.probe()[1] and time.monotonic() < closes:
+                time.sleep(0.005)  # allowed: polling interval of a condition wait
+            if offsets.probe()[1]:  # frozen with its batch open: it never commits it
+                kids.kill(run, signal.SIGKILL)
+                return True
+            kids.signal(run, signal.SIGCONT)  # it was committing: try the next batch
+        elif used >= goal + 3000:
+            kids.kill(run, signal.SIGKILL)
+            return False
+        assert proc.poll() is None, f"{run} ended before its kill:\n{kids.log(run)}"
+        assert time.monotonic() < deadline, f"{run} made no progress"
+        time.sleep(0.001)  # allowed: polling interval of a condition wait
+
+
 @pytest.mark.timeout(180)
 def test_backfill_killed_at_random_points_and_resumed(
     redis_url: str, kafka_url: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path
 ) -> None:
-    """Each kill waits for a random amount of progress (seeded), then for a moment when a
-    batch's transaction is open on Kafka, and SIGKILLs the backfill there (the worst moment:
-    copies written, not committed); if none shows within 2000 more offsets it kills anyway.
-    At least KILLS kills, and more (up to MAX_KILLS) until one left its batch open."""
+    """Each kill waits for a random amount of progress (seeded), then kills the backfill
+    inside an open batch (the worst moment: copies written, not committed), see
+    :func:`_kill_mid_batch`."""
     rng = random.Random(SEED)
     name = _prepare(redis_url, kafka_url, topic_name)
     argv = _backfill_argv(name, redis_url, kafka_url, topic_name)
@@ -153,22 +184,12 @@ def test_backfill_killed_at_random_points_and_resumed(
     offsets = KafkaOffsets(kafka_bootstrap, topic_name)
     try:
         with Children(tmp_path) as kids:
-            # at least KILLS kills, and go on (up to MAX_KILLS) until one landed mid-batch
+            # KILLS kills, and more (up to MAX_KILLS) until one left its batch open
             while kills < KILLS or (mid_batch == 0 and kills < MAX_KILLS):
                 run = f"backfill-{kills}"
                 goal = offsets.probe()[0] + rng.randint(100, 1500)
                 proc = kids.start(run, argv)
-                deadline = time.monotonic() + 60
-                while True:
-                    used, open_batch = offsets.probe()
-                    if used >= goal and (open_batch or used >= goal + 2000):
-                        break  # in an open batch, or none showed for 2000 more offsets
-                    assert proc.poll() is None, f"{run} ended before its kill:\n{kids.log(run)}"
-                    assert time.monotonic() < deadline, f"{run} made no progress"
-                    time.sleep(0.001)  # allowed: polling interval of a condition wait
-                kids.signal(run, signal.SIGKILL)
-                mid_batch += offsets.probe()[1]  # still open after the kill: died in the batch
-                kids.kill(run)
+                mid_batch += _kill_mid_batch(kids, run, proc, offsets, goal)
                 kills += 1
             kids.start("backfill-final", argv)
             code = kids.wait("backfill-final", 120)
@@ -178,6 +199,7 @@ def test_backfill_killed_at_random_points_and_resumed(
         offsets.close()
     _check(name, redis_url, kafka_url, topic_name)
     assert mid_batch >= 1, f"none of {kills} kills landed inside an open transaction"
+    assert aborted > 0, "no copies of a killed batch were left behind to abort"
     print(
         f"\nbackfill: {kills} SIGKILLs, {mid_batch} inside an open transaction; {aborted} "
         "copies of killed batches aborted (invisible to committed reads); 0 duplicates"

@@ -1,33 +1,35 @@
-"""Where the backfill writes its copies: a fenced, transactional producer on Kafka.
+"""Writers that cannot leave a copy behind to land later: fenced, transactional on Kafka.
 
-The hazard. The backfill resumes after the last copy it finds on the target. A backfill that was
-killed, or that stalls (a paused VM, a long GC pause, a partitioned host) and is presumed dead,
-can still have copies on their way to the broker: they land after the next run's resume scan
-has read the target, and that run copies the same events again. A stalled run that wakes up
-goes on copying its whole remaining range.
+The hazard. The backfill resumes after the last copy it finds on the target; the journal
+replayer copies again what a failed attempt may not have written. A writer that died, stalled
+(a paused VM, a long GC pause, a partitioned host) or gave up on a write can still have copies
+on their way to the broker: they land after the next attempt has looked at the target, and
+the same events are copied twice. A stalled backfill that wakes up goes on copying its whole
+remaining range. And a multi-record write that fails half-way can leave a gap (some records
+written, an earlier one not), so copying the missing ones afterwards breaks their order.
 
-The fence, on Kafka. Every backfill of one (migration, topic) uses the same
-``transactional.id`` (:func:`transactional_id`) and writes each batch (at most one page of one
-partition) in one transaction:
+The fence, on Kafka. Every writer of one job uses the same ``transactional.id``
+(:func:`transactional_id`: per migration and topic for the backfill, per migration, topic and
+partition for the journal replay) and writes each batch in one transaction:
 
-- :meth:`KafkaBackfillWriter.open` calls ``init_transactions`` before the resume scan. The
-  broker bumps the producer epoch of that id, aborts the transaction an earlier run left open
-  (what it had written of its unfinished batch), and from then on rejects every write and
-  commit of the earlier run (it stops with :class:`BackfillFencedError`).
-- The resume scan reads the target ``read_committed`` (librdkafka's default isolation level,
-  which eventbus keeps; a URL that sets ``isolation_level=read_uncommitted`` is refused), so
-  it sees whole committed batches, and nothing of an aborted one ever becomes visible: not to
-  the scan, not to ``verify``, not to consumers.
+- :func:`open_fenced_writer` calls ``init_transactions`` before anything is read. The broker
+  bumps the producer epoch of that id, aborts the transaction an earlier writer left open, and
+  from then on rejects every write and commit of the earlier writer (it stops with
+  :class:`FencedError`).
+- A batch is committed whole or not at all: no gaps, and nothing of a failed batch becomes
+  visible later.
+- The target is read ``read_committed`` (librdkafka's default isolation level, which eventbus
+  keeps; a URL that sets ``isolation_level=read_uncommitted`` is refused), so a scan sees whole
+  committed batches only: not the scan, not ``verify``, not consumers ever see an aborted copy.
 
-So each event is on the target exactly once whatever the timing of a kill. Costs: one commit
-per batch of up to 1000 copies; an abandoned open transaction holds ``read_committed`` readers
-of its partition back until the next backfill fences it or the broker aborts it after
-``transaction.timeout.ms`` (60 s); the principal needs WRITE (and DESCRIBE) on the
-transactional id when ACLs are on.
+Costs: one commit per batch; an abandoned open transaction holds ``read_committed`` readers of
+its partitions back until the next writer fences it or the broker aborts it after
+``transaction.timeout.ms`` (60 s); the principal needs WRITE (and DESCRIBE) on transactional
+ids starting with ``eventbus-`` when ACLs are on.
 
-Other targets (memory, Redis) get :class:`PublishWriter`: their writes are single commands that
-either landed or not before the writing process died (memory: in-process, Redis: one pipeline
-that Redis executes as soon as it is read), so there is nothing in flight to fence.
+Other sides (memory, Redis) get :class:`PublishWriter`: their writes are single commands that
+either landed or not before the writer gave up (memory: in-process; Redis: one command that
+Redis executes as soon as it reads it, never sent again), so there is nothing left to fence.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import functools
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,11 +51,11 @@ if TYPE_CHECKING:
     from eventbus.adapters.kafka._settings import KafkaSettings
 
 __all__ = [
-    "BackfillFencedError",
-    "BackfillWriter",
-    "KafkaBackfillWriter",
+    "FencedError",
+    "FencedWriter",
     "PublishWriter",
-    "open_backfill_writer",
+    "TransactionalWriter",
+    "open_fenced_writer",
     "transactional_id",
 ]
 
@@ -60,13 +63,16 @@ TRANSACTION_TIMEOUT_MS = 60_000
 """How long the broker keeps a backfill transaction open before it aborts it by itself."""
 
 
-class BackfillFencedError(EventBusError):
-    """Another backfill of the same topic started: this one was fenced and stopped. Nothing of
-    its unfinished batch is visible on the target; let the other run finish (or run the
-    backfill again)."""
+class FencedError(EventBusError):
+    """Another writer of the same job started (another backfill of the topic, or another
+    replayer of the journal partition): this one was fenced and stopped. Nothing of its
+    unfinished batch is visible on the target."""
 
 
-class BackfillWriter(Protocol):
+class FencedWriter(Protocol):
+    fenced: bool
+    """True when earlier writers are fenced and batches are atomic (Kafka)."""
+
     async def write(
         self, topic: str, records: Sequence[Outgoing], *, timeout: float
     ) -> list[Position]:
@@ -76,16 +82,24 @@ class BackfillWriter(Protocol):
     async def close(self) -> None: ...
 
 
-def transactional_id(migration: str, topic: str) -> str:
-    """The ``transactional.id`` every backfill of ``topic`` in ``migration`` uses."""
-    return f"eventbus-backfill.{migration}.{topic}"
+def transactional_id(purpose: str, migration: str, topic: str, partition: int | None = None) -> str:
+    """The ``transactional.id`` of one job: ``backfill`` (per migration and topic),
+    ``rollback`` (the reverse backfill after a rollback from target-only), ``replay`` (the
+    journal replay, per partition)."""
+    tail = "" if partition is None else f".{partition}"
+    return f"eventbus-{purpose}.{migration}.{topic}{tail}"
 
 
-async def open_backfill_writer(
-    target: Transport, migration: str, topic: str, *, timeout: float = 60.0
-) -> BackfillWriter:
-    """The writer for a backfill of ``topic`` into ``target``. On Kafka it fences every
-    earlier backfill of the topic before it returns (call it before the resume scan)."""
+async def open_fenced_writer(
+    target: Transport,
+    tid: str,
+    *,
+    topic: str,
+    timeout: float = 60.0,
+) -> FencedWriter:
+    """A writer into ``target`` for the job ``tid`` (see :func:`transactional_id`). On Kafka it
+    fences every earlier writer of the job before it returns: open it before reading what is
+    already there."""
     settings = _kafka_settings(target)
     if settings is None:
         return PublishWriter(target)
@@ -96,8 +110,8 @@ async def open_backfill_writer(
             "read committed records only: remove that option from the target URL"
         )
     spec = (await target.describe_topic(topic)).spec
-    writer = KafkaBackfillWriter(
-        settings, transactional_id(migration, topic), batch_bytes=spec.max_event_bytes
+    writer = TransactionalWriter(
+        settings, tid, batch_bytes=spec.max_event_bytes, abort_timeout=min(30.0, timeout)
     )
     try:
         await writer.open(timeout)
@@ -105,6 +119,18 @@ async def open_backfill_writer(
         await writer.close()
         raise
     return writer
+
+
+def _kafka_context(exc: BaseException) -> Any:
+    """The KafkaException behind ``exc`` (its cause or context), else None."""
+    from confluent_kafka import KafkaException
+
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, KafkaException):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _kafka_settings(target: Transport) -> KafkaSettings | None:
@@ -120,6 +146,8 @@ def _kafka_settings(target: Transport) -> KafkaSettings | None:
 class PublishWriter:
     """Plain publishes to the target (no transactions needed, see the module docstring)."""
 
+    fenced = False
+
     def __init__(self, target: Transport) -> None:
         self.target = target
 
@@ -132,10 +160,19 @@ class PublishWriter:
         return None
 
 
-class KafkaBackfillWriter:
+class TransactionalWriter:
     """A transactional librdkafka producer: one transaction per :meth:`write`."""
 
-    def __init__(self, settings: KafkaSettings, transactional_id: str, *, batch_bytes: int) -> None:
+    fenced = True
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        transactional_id: str,
+        *,
+        batch_bytes: int,
+        abort_timeout: float = 30.0,
+    ) -> None:
         from confluent_kafka import KafkaException, Producer
 
         config: dict[str, Any] = {
@@ -152,13 +189,14 @@ class KafkaBackfillWriter:
         }
         self._where = settings.display
         self._id = transactional_id
+        self._abort_timeout = abort_timeout
         self._lock = threading.Lock()
         """Held by the thread that runs a producer call; close waits for it."""
         self._closed = False
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
-            raise self._error(exc, "create the backfill's transactional producer") from None
+            raise self._error(exc, "create a transactional producer") from None
 
     async def open(self, timeout: float) -> None:
         """Register the transactional id with the broker, fencing earlier users of it."""
@@ -191,7 +229,7 @@ class KafkaBackfillWriter:
         try:
             self._producer.init_transactions(timeout)
         except KafkaException as exc:
-            raise self._error(exc, "fence earlier backfills (init_transactions)") from None
+            raise self._error(exc, "fence earlier writers (init_transactions)") from None
 
     def _write(self, topic: str, records: list[Outgoing], timeout: float) -> list[Position]:
         from confluent_kafka import KafkaError, KafkaException
@@ -207,7 +245,7 @@ class KafkaBackfillWriter:
                 positions[index] = Position(msg.partition(), msg.offset())
 
         producer = self._producer
-        what = f"backfill to {topic!r}"
+        what = f"transactional write to {topic!r}"
         try:
             producer.begin_transaction()
             for index, record in enumerate(records):
@@ -217,17 +255,22 @@ class KafkaBackfillWriter:
                 self._abort()
                 raise OperationTimeoutError(
                     f"{what}: {left} of {len(records)} copies were not confirmed within "
-                    f"{timeout} s; the batch was aborted (run the backfill again)"
+                    f"{timeout} s; the batch was aborted"
                 )
             if failures:
                 self._abort()
                 raise self._error(KafkaException(failures[0]), what)
             self._commit(deadline)
-        except KafkaException as exc:
-            inner = exc.args[0] if exc.args else None
+        except (KafkaException, SystemError) as exc:
+            # a fatal error (fenced, say) can surface as a SystemError from inside a
+            # delivery callback; the KafkaException is its context
+            kafka_exc = exc if isinstance(exc, KafkaException) else _kafka_context(exc)
+            if kafka_exc is None:
+                raise
+            inner = kafka_exc.args[0] if kafka_exc.args else None
             if isinstance(inner, KafkaError) and inner.txn_requires_abort():
                 self._abort()
-            raise self._error(exc, what) from None
+            raise self._error(kafka_exc, what) from None
         return [p for p in positions if p is not None]
 
     def _produce(self, topic: str, record: Outgoing, on_delivery: Any, deadline: float) -> None:
@@ -247,8 +290,8 @@ class KafkaBackfillWriter:
                 if time.monotonic() > deadline:
                     self._abort()
                     raise OperationTimeoutError(
-                        f"backfill to {topic!r}: the producer queue stayed full; the batch was "
-                        "aborted (run the backfill again)"
+                        f"transactional write to {topic!r}: the producer queue stayed full; the "
+                        "batch was aborted"
                     ) from None
                 self._producer.poll(0.05)
 
@@ -272,13 +315,22 @@ class KafkaBackfillWriter:
 
         # fenced or fatal: the broker aborts it (when fencing, or after the timeout)
         with contextlib.suppress(KafkaException):
-            self._producer.abort_transaction(30.0)
+            self._producer.abort_transaction(self._abort_timeout)
 
     def _close(self) -> None:
+        from confluent_kafka import KafkaException
+
         self._closed = True
-        self._producer.purge()  # nothing should be queued: every write commits or aborts
-        self._producer.flush(0)
-        self._producer.close()
+        # nothing should be queued (every write commits or aborts); a fenced or failed
+        # producer may refuse even this: it is dropped either way
+        with contextlib.suppress(KafkaException):
+            self._producer.purge()
+            self._producer.flush(0)
+        with warnings.catch_warnings(), contextlib.suppress(KafkaException, SystemError):
+            # closing with a commit still in progress (it timed out) warns that the abort
+            # failed: expected here, the next writer of the job fences it anyway
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self._producer.close()
 
     def _error(self, exc: BaseException, what: str) -> EventBusError:
         from confluent_kafka import KafkaError
@@ -292,16 +344,18 @@ class KafkaBackfillWriter:
             KafkaError.INVALID_PRODUCER_EPOCH,
         }
         if inner is not None and inner.code() in fenced:
-            return BackfillFencedError(
-                f"{what}: another backfill of this topic started (transactional id "
-                f"{self._id!r}), so this one was fenced and stopped; nothing of its unfinished "
-                "batch is visible on the target. Let the other run finish, or run "
-                "'eventbus migrate backfill' again"
+            return FencedError(
+                f"{what}: another writer of the same job started (transactional id "
+                f"{self._id!r}: another backfill of this topic, or another replayer of this "
+                "journal partition), so this one was fenced and stopped; nothing of its "
+                "unfinished batch is visible on the target. For a backfill: let the other run "
+                "finish, or run 'eventbus migrate backfill' again"
             )
         if inner is not None and inner.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
             return ConfigurationError(
                 f"{what}: the Kafka cluster at {self._where} denied this user the transactional "
                 f"id {self._id!r}; grant WRITE and DESCRIBE on transactional ids starting with "
-                "'eventbus-backfill.' (the backfill writes each batch in a transaction)"
+                "'eventbus-' (the backfill and the journal replay write each batch in a "
+                "transaction)"
             )
         return translate(exc, what, where=self._where)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
@@ -376,3 +377,38 @@ def test_reset_to_offsets_sets_the_next_record_read(kafka_url: str) -> None:
             await c.close()
 
     run(main())
+
+
+@pytest.mark.timeout(120)
+def test_members_closing_one_after_the_other_commit_what_they_acked(kafka_url: str) -> None:
+    """The first member to leave starts a rebalance; the other acks what it held and closes,
+    and its final commit must land although the group is rebalancing (the migration's pause
+    closes group members just like this)."""
+
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=2)
+            group = unique("g")
+            await t.publish(topic, [Outgoing(b"%d" % i, b"k%d" % i) for i in range(40)], timeout=30)
+            a = await t.open_consumer([topic], group, "a", options())
+            b = await t.open_consumer([topic], group, "b", options())
+            held: list[Record] = []
+            acked: list[Record] = []
+
+            async def both_own() -> bool:
+                got = await a.fetch(50, 0.1)
+                await a.ack(got)
+                acked.extend(got)
+                held.extend(await b.fetch(50, 0.1))  # b acks only after a has left
+                info = await t.describe_group(group)
+                owning = [m for m in info.members if m.assignments]
+                return info.state == "stable" and len(owning) == 2 and bool(held)
+
+            await wait_for(both_own, 60, "both members to own a partition")
+            await a.close()
+            await b.ack(held)
+            await b.close()
+            expected = Counter(r.partition for r in acked + held)
+            assert await committed(t, group, topic) == {p: expected[p] for p in (0, 1)}
+
+    run(main(), 110)

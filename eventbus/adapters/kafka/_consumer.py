@@ -360,12 +360,32 @@ class KafkaConsumer:
     def _close_blocking(self) -> None:
         if self._consumer is None:
             return
-        try:
-            self._commit(list(self._parts), asynchronous=False, force=True)
-        except KafkaException as exc:
-            log.warning("final commit failed: %s", exc)
+        self._final_commit()
         self._in_close = True
         self._consumer.close()
+
+    def _final_commit(self) -> None:
+        """Commit the acked prefix before leaving. While the group completes a rebalance the
+        broker answers REBALANCE_IN_PROGRESS until this member has rejoined and synced, which
+        happens only while it polls: so poll briefly and send again, up to a deadline. What
+        such a poll fetches is never handed out (and never committed)."""
+        deadline = time.monotonic() + min(10.0, self._options.session_timeout)
+        while True:
+            try:
+                self._commit(list(self._parts), asynchronous=False, force=True)
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                code = err.code() if err is not None else None
+                if code not in _RETRY_ON_REVOKE or time.monotonic() > deadline:
+                    log.warning(
+                        "final commit failed (records after the last commit will be "
+                        "delivered again): %s",
+                        exc,
+                    )
+                    return
+                log.info("final commit deferred until the group settles: %s", exc)
+            self._consumer.poll(0.1)
 
     async def kill(self) -> None:
         """Stop without committing anything more. Commit jobs already queued for acks made

@@ -1,5 +1,5 @@
 """One command for every benchmark: ``python -m benchmarks.run [--quick] [--only redis|kafka]
-[--json out.json]``. See docs/performance.md for what each row measures and the targets.
+[--rows TEXT] [--json out.json]``. See docs/performance.md for what each row measures and the targets.
 
 Servers: ``EVENTBUS_BENCH_REDIS_URL`` / ``EVENTBUS_BENCH_KAFKA_URL`` if set (shared servers are
 fine: every name is unique to the run and everything created is deleted; nothing is flushed),
@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["redis", "kafka"], help="one transport's rows only")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--repeats", type=int, help="runs per side (default 3 quick, 5 full)")
+    parser.add_argument(
+        "--rows",
+        metavar="TEXT",
+        help="only rows whose case name contains TEXT (e.g. backfill, consume_ack); "
+        "skips the latency and drain measurements",
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     started = time.monotonic()
@@ -124,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         _print_facts(facts)
         try:
             plan = _plan(env, args.only)
+            if args.rows:
+                plan = [(b, size) for b, size in plan if args.rows in _case(b)]
             for builder, size in plan:
                 results.append(_measure(builder, env, size, repeats))
             for transport, url in (("redis", redis_url), ("kafka", kafka_url)):
-                if url is not None:
+                if url is not None and not args.rows:
                     print(f"-- latency and drain on {transport}", file=sys.stderr, flush=True)
                     metrics.append(latency.latency_metric(env, transport, url))
                     metrics.append(latency.drain_metric(env, transport, url))
@@ -170,8 +178,12 @@ def _plan(env: Env, only: str | None) -> list[tuple[Builder, int]]:
     return plan
 
 
+def _case(builder: Builder) -> str:
+    return f"{builder.__module__.rsplit('.', 1)[-1]}.{builder.__name__}"
+
+
 def _measure(builder: Builder, env: Env, size: int, repeats: int) -> RowResult:
-    label = f"{builder.__module__.rsplit('.', 1)[-1]}.{builder.__name__} {size} B"
+    label = f"{_case(builder)} {size} B"
     print(f"-- {label}", file=sys.stderr, flush=True)
     try:
         with builder(env, size) as row:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,7 @@ from eventbus.transport import (
     GroupPartition,
     Offset,
     Outgoing,
+    Position,
     Record,
     Transport,
     offset_key,
@@ -101,6 +102,142 @@ async def scan(
         if len(batch) < page:
             return
         at, inclusive = batch[-1].offset, False
+
+
+COPY_PAGE = 1000
+"""Records per read of the backfill."""
+COPY_BATCH_RECORDS = 5000
+COPY_BATCH_BYTES = 8 * 1024 * 1024
+"""A backfill batch (one transaction on Kafka) ends at whichever of these it reaches first: a
+transaction's commit costs a round trip, so batches span several reads."""
+CHECKPOINT_EVERY = 1.0
+"""Seconds between backfill checkpoints (a lower bound for the resume scan, so rarer is safe)."""
+
+Written = Callable[[Offset, Offset], Awaitable[None]]
+"""Called after each batch lands: (its last source offset, that copy's target offset)."""
+
+
+async def _pages(
+    side: Transport, topic: str, p: int, start: Offset | datetime | None, inclusive: bool
+) -> AsyncGenerator[list[Record], None]:
+    """Pages of one partition in order; the next page is read while the caller works."""
+
+    def read(at: Offset | datetime | None, incl: bool) -> asyncio.Task[list[Record]]:
+        task = asyncio.ensure_future(side.read(topic, p, at, inclusive=incl, limit=COPY_PAGE))
+        task.add_done_callback(_retrieve)  # a read left behind by an error is not reported
+        return task
+
+    task = read(start, inclusive)
+    try:
+        while True:
+            batch = await task
+            full = len(batch) >= COPY_PAGE
+            if full:
+                task = read(batch[-1].offset, False)
+            yield batch
+            if not full:
+                return
+    finally:
+        task.cancel()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _copy_partition(
+    side: Transport,
+    topic: str,
+    p: int,
+    start: Offset | datetime | None,
+    *,
+    inclusive: bool,
+    keep: Callable[[Record], bool],
+    kind: str,
+    writer: FencedWriter,
+    progress: Progress | None,
+    written: Written | None = None,
+) -> int:
+    """Copy the records of one partition that ``keep`` selects, in order, through ``writer``.
+
+    Batches are written one at a time, in order (the next starts only after the previous
+    landed), while the next batch is read and built. Returns how many records were copied."""
+    copier = _Copier(topic, kind, writer, progress, written)
+    try:
+        async with contextlib.aclosing(_pages(side, topic, p, start, inclusive)) as pages:
+            async for page in pages:
+                copier.add(page, keep)
+                if copier.full():
+                    await copier.flush()
+        await copier.flush()
+        await copier.land()
+    finally:
+        copier.abandon()
+    return copier.copied
+
+
+class _Copier:
+    """The batch being built and the one being written (at most one at a time)."""
+
+    def __init__(
+        self,
+        topic: str,
+        kind: str,
+        writer: FencedWriter,
+        progress: Progress | None,
+        written: Written | None,
+    ) -> None:
+        self.topic, self.kind, self.writer = topic, kind, writer
+        self.progress, self.written = progress, written
+        self.copied = 0
+        self.batch: list[Outgoing] = []
+        self.size = self.seen = 0
+        self.last: Offset | None = None
+        self.write: asyncio.Task[list[Position]] | None = None
+        self.writing: tuple[int, int, Offset | None] = (0, 0, None)
+        """(copies, records read, last source offset) of the batch being written."""
+
+    def add(self, page: list[Record], keep: Callable[[Record], bool]) -> None:
+        self.seen += len(page)
+        for record in page:
+            if keep(record):
+                self.batch.append(_copy(record, self.kind))
+                self.size += len(record.value)
+                self.last = record.offset
+
+    def full(self) -> bool:
+        return len(self.batch) >= COPY_BATCH_RECORDS or self.size >= COPY_BATCH_BYTES
+
+    async def flush(self) -> None:
+        """Wait for the batch being written, then start writing the one built."""
+        await self.land()
+        if self.batch:
+            self.write = asyncio.ensure_future(
+                self.writer.write(self.topic, self.batch, timeout=60.0)
+            )
+            self.write.add_done_callback(_retrieve)
+            self.writing = (len(self.batch), self.seen, self.last)
+        elif self.progress is not None and self.seen:
+            self.progress(self.seen)
+        self.batch, self.size, self.seen = [], 0, 0
+
+    async def land(self) -> None:
+        """Wait for the batch being written (raises what its write raised)."""
+        if self.write is None:
+            return
+        task, self.write = self.write, None
+        positions = await task
+        count, seen, source = self.writing
+        self.copied += count
+        if self.progress is not None:
+            self.progress(seen)
+        if self.written is not None and source is not None and positions:
+            await self.written(source, positions[-1].offset)
+
+    def abandon(self) -> None:
+        if self.write is not None:
+            self.write.cancel()  # its thread still ends the transaction; a resumed run sees how
 
 
 def _finished(part: GroupPartition | None) -> Callable[[Offset], bool]:
@@ -426,22 +563,26 @@ class Migration:
         progress: Progress | None,
     ) -> int:
         after = await self._resume_point(topic, p, mig)
-        copied = 0
-        start: Offset | None = after
-        inclusive = after is None
-        while True:
-            batch = await self.source.read(topic, p, start, inclusive=inclusive, limit=1000)
-            todo = [r for r in batch if H_GEN not in r.headers]
-            if todo:
-                copies = [_copy(r, "backfill") for r in todo]
-                positions = await writer.write(topic, copies, timeout=60.0)
-                copied += len(todo)
-                await self._checkpoint(topic, p, todo[-1].offset, positions[-1].offset)
-            if progress is not None and batch:
-                progress(len(batch))
-            if len(batch) < 1000:
-                return copied
-            start, inclusive = batch[-1].offset, False
+        last_saved = time.monotonic()
+
+        async def written(source: Offset, target: Offset) -> None:
+            nonlocal last_saved
+            if time.monotonic() - last_saved >= CHECKPOINT_EVERY:
+                await self._checkpoint(topic, p, source, target)
+                last_saved = time.monotonic()
+
+        return await _copy_partition(
+            self.source,
+            topic,
+            p,
+            after,
+            inclusive=after is None,
+            keep=lambda r: H_GEN not in r.headers,
+            kind="backfill",
+            writer=writer,
+            progress=progress,
+            written=written,
+        )
 
     async def _checkpoint(self, topic: str, p: int, source: Offset, target: Offset) -> None:
         """Record a lower bound for the resume scan. A fenced earlier run may still save one
@@ -493,20 +634,17 @@ class Migration:
         async for record in scan(self.source, topic, p, start=since):
             if record.headers.get(H_COPY) == b"rollback":
                 after = _offset(record.headers[H_COPY_OF].decode())
-        start: Offset | datetime = since if after is None else after
-        inclusive = after is None
-        copied = 0
-        while True:
-            batch = await self.target.read(topic, p, start, inclusive=inclusive, limit=1000)
-            todo = [r for r in batch if H_GEN not in r.headers and H_COPY not in r.headers]
-            if todo:
-                await writer.write(topic, [_copy(r, "rollback") for r in todo], timeout=60.0)
-                copied += len(todo)
-            if progress is not None and batch:
-                progress(len(batch))
-            if len(batch) < 1000:
-                return copied
-            start, inclusive = batch[-1].offset, False
+        return await _copy_partition(
+            self.target,
+            topic,
+            p,
+            since if after is None else after,
+            inclusive=after is None,
+            keep=lambda r: H_GEN not in r.headers and H_COPY not in r.headers,
+            kind="rollback",
+            writer=writer,
+            progress=progress,
+        )
 
     async def drain(self, topic: str) -> int:
         """Move what waits in the journal of ``topic`` to the secondary now (for when no
@@ -704,7 +842,8 @@ def _offset(text: str) -> Offset:
 
 def _copy(record: Record, kind: str) -> Outgoing:
     headers = dict(record.headers)
-    headers.setdefault(H_ID, event_id(record).encode())
+    if H_ID not in headers:
+        headers[H_ID] = event_id(record).encode()
     headers[H_COPY] = kind.encode()
     headers[H_COPY_OF] = str(record.offset).encode()
     return Outgoing(

@@ -8,11 +8,12 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
+from unittest import mock
 
 import eventbus
 from eventbus.adapters.memory import MemoryTransport
 from eventbus.errors import ConnectionFailedError
-from eventbus.migration import Migration, MigrationTransport
+from eventbus.migration import Migration, MigrationTransport, ops
 from eventbus.migration.ops import event_id, scan
 from eventbus.transport import Outgoing, Position
 
@@ -42,12 +43,17 @@ class CrashAfterWrite(MemoryTransport):
 
 
 async def _crashing_backfill(trials: int) -> tuple[int, Counter[str]]:
+    with mock.patch.object(ops, "COPY_BATCH_RECORDS", 500):
+        return await _crashing_backfill_batches(trials)
+
+
+async def _crashing_backfill_batches(trials: int) -> tuple[int, Counter[str]]:
     src, dst = f"bs-{uuid.uuid4().hex[:6]}", f"bt-{uuid.uuid4().hex[:6]}"
     topic, name = f"bf-{uuid.uuid4().hex[:6]}", f"m{uuid.uuid4().hex[:6]}"
     async with eventbus.connect_async(f"memory://{src}") as bus:
         await bus.create_topic(topic, partitions=3)
         await bus.publish_many(topic, [eventbus.Event(data=i, key=f"k{i}") for i in range(4500)])
-    # 3 partitions of ~1500 events: 6 pages of writes, more than the kills
+    # 3 partitions of ~1500 events in batches of 500: 9 writes, more than the kills
     target = CrashAfterWrite(dst)
     m = Migration(name, MemoryTransport(src), target)
     await m.init([topic])

@@ -445,7 +445,11 @@ class RedisTransport:
     ) -> list[Record]:
         """XRANGE one partition from the beginning, an id (``(id`` when exclusive) or the
         first id at or after a time."""
-        meta = await self.meta(topic, fresh=True)
+        # cached metadata (a page costs one round trip, not two); a partition beyond the cached
+        # count may have been added since, so that case asks again
+        meta = await self.meta(topic)
+        if not 0 <= partition < meta.partitions:
+            meta = await self.meta(topic, fresh=True)
         self.check_partition(meta, partition)
         if start is None:
             low = "-"

@@ -1,5 +1,6 @@
 """One command for every benchmark: ``python -m benchmarks.run [--quick] [--only redis|kafka]
-[--rows TEXT] [--json out.json]``. See docs/performance.md for what each row measures and the targets.
+[--rows TEXT] [--json out.json]``. See docs/performance.md for what each row measures and the
+targets.
 
 Servers: ``EVENTBUS_BENCH_REDIS_URL`` / ``EVENTBUS_BENCH_KAFKA_URL`` if set (shared servers are
 fine: every name is unique to the run and everything created is deleted; nothing is flushed),

@@ -102,7 +102,7 @@ url_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs
 @FAST
 @given(
     scheme=st.sampled_from(["redis", "rediss", "kafka", "redpanda", "memory", "migrate", "x"]),
-    # "," in the netloc: see the xfail test below; "/" in the user info is covered by
+    # "," in the netloc is a host list (its own tests); "/" in the user info is covered by
     # test_password_in_malformed_url_is_not_echoed (the Redis settings echo a bad path)
     user=url_text.filter(lambda u: not set(u) & set(",/")),
     host=url_text.filter(lambda u: not set(u) & set("#,")),

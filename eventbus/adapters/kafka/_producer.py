@@ -1,7 +1,8 @@
 """The producer side: librdkafka's Producer, a poll thread, and delivery reports as futures.
 
-``produce()`` only queues; librdkafka delivers reports inside ``poll()``. One daemon thread per
-producer polls, so reports arrive while the event loop keeps producing. A publish call owns one
+``produce()`` only queues; librdkafka delivers reports inside ``poll()`` and ``flush()``. One
+daemon thread per producer flushes while records are pending (so they go out without waiting
+for ``linger.ms``) and serves the reports while the event loop goes on. A publish call owns one
 :class:`_Batch`: each record's report fills its slot (the report carries no headers, so all we
 need is the slot index, bound in the callback), and the last report resolves one asyncio future
 with ``loop.call_soon_threadsafe``. There is no flush per record: many records go out in few
@@ -125,26 +126,26 @@ class PolledProducer:
         """Publish calls now in their produce loop; they poll inline meanwhile (two threads
         taking turns on the GIL for every report would halve the throughput)."""
         self._stop = threading.Event()
-        self._flush_wanted = False
         self._wake = threading.Event()
-        """Set when the last inline publish ends, so the thread resumes polling at once."""
+        """Set when a publish has produced its records, so the thread sends them at once."""
         self._thread = threading.Thread(
             target=self._poll_forever, name="eventbus-kafka-producer-poll", daemon=True
         )
         self._thread.start()
 
     def _poll_forever(self) -> None:
+        producer = self._producer
         while not self._stop.is_set():
+            self._wake.clear()  # before looking at the state, so a later set() is never lost
             if self._inline:  # a publish is producing and serving reports itself
                 self._wake.wait(0.05)
-                self._wake.clear()
-            elif self._flush_wanted:
-                # a publish waits for its reports: flush() sends queued records at once
-                # (librdkafka ignores linger.ms while flushing) and serves the reports
-                self._flush_wanted = False
-                self._producer.flush(1.0)
+            elif len(producer):  # records queued, in flight or with reports not yet served
+                # flush() sends at once (librdkafka ignores linger.ms while flushing) and
+                # serves the reports; a plain poll() would wait out the linger first
+                producer.flush(0.01)
             else:
-                self._producer.poll(0.05)
+                producer.poll(0)  # error_cb: refused logins
+                self._wake.wait(0.05)
 
     async def publish(
         self, topic: str, records: Sequence[Outgoing], deadline: float
@@ -163,9 +164,7 @@ class PolledProducer:
             await self._produce_all(topic, records, batch, deadline)
         finally:
             self._inline -= 1
-            self._flush_wanted = True
-            if not self._inline:
-                self._wake.set()  # the rest of the reports: the thread serves them from now
+            self._wake.set()  # the rest of the reports: the thread sends and serves them now
         await self._wait(batch, topic, len(records), deadline, mark)
         if batch.error is not None:
             raise translate(batch.error, f"publish to {topic!r}", where=self._where)

@@ -121,6 +121,8 @@ class PolledProducer:
         self._watch = watch
         """Refused logins reported through ``error_cb`` (which this thread's polls serve)."""
         self._completions = _Completions()
+        self._waiting: dict[asyncio.AbstractEventLoop, dict[_Batch, tuple[str, float, int]]] = {}
+        """Per event loop, the publishes waiting for reports: (topic, deadline, watch mark)."""
         self._closed = False
         self._inline = 0
         """Publish calls now in their produce loop; they poll inline meanwhile (two threads
@@ -165,30 +167,40 @@ class PolledProducer:
         finally:
             self._inline -= 1
             self._wake.set()  # the rest of the reports: the thread sends and serves them now
-        await self._wait(batch, topic, len(records), deadline, mark)
+        waiting = self._waiting.get(loop)
+        if waiting is None:
+            waiting = self._waiting[loop] = {}
+            loop.call_later(_CHECK_EVERY, self._check, loop)
+        waiting[batch] = (topic, deadline, mark)
+        try:
+            await batch.future
+        finally:
+            del waiting[batch]
         if batch.error is not None:
             raise translate(batch.error, f"publish to {topic!r}", where=self._where)
         return [p for p in batch.positions if p is not None]
 
-    async def _wait(
-        self, batch: _Batch, topic: str, total: int, deadline: float, mark: int
-    ) -> None:
-        """Wait for the batch's reports until ``deadline``; a refused login seen meanwhile
-        raises AuthenticationError at once (librdkafka would retry until the timeout)."""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self._timeout(topic, total - batch.remaining, total)
-            try:
-                async with asyncio.timeout(min(left, _CHECK_EVERY)):
-                    await asyncio.shield(batch.future)  # shield: the next round waits again
-                return
-            except TimeoutError:
-                failure = None
-                if self._watch is not None:
-                    failure = self._watch.failure(mark, f"publish to {topic!r}")
-                if failure is not None:
-                    raise failure from None
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every ``_CHECK_EVERY`` s while publishes on ``loop`` wait for reports: fail those
+        past their deadline, and all of them at once on a refused login (librdkafka would
+        retry until the timeout). One timer per loop, not a timeout per publish."""
+        waiting = self._waiting.get(loop)
+        if not waiting:
+            self._waiting.pop(loop, None)
+            return
+        now = time.monotonic()
+        for batch, (topic, deadline, mark) in list(waiting.items()):
+            if batch.future.done():
+                continue
+            failure: Exception | None = None
+            if self._watch is not None:
+                failure = self._watch.failure(mark, f"publish to {topic!r}")
+            if failure is None and now >= deadline:
+                total = len(batch.positions)
+                failure = self._timeout(topic, total - batch.remaining, total)
+            if failure is not None:
+                batch.future.set_exception(failure)
+        loop.call_later(_CHECK_EVERY, self._check, loop)
 
     async def _produce_all(
         self, topic: str, records: Sequence[Outgoing], batch: _Batch, deadline: float

@@ -354,16 +354,20 @@ class MigrationTransport:
         primary, secondary = (
             (self.source, self.target) if source_primary else (self.target, self.source)
         )
+        # Outgoing(...) directly: dataclasses.replace costs ~0.9 us a record, twice per event
+        gen = str(mig.generation).encode()
         marked = [
-            dataclasses.replace(r, headers={**r.headers, H_GEN: str(mig.generation).encode()})
+            Outgoing(r.value, r.key, {**r.headers, H_GEN: gen}, r.timestamp_ms, r.partition)
             for r in records
         ]
         positions = await primary.publish(topic, marked, timeout=timeout)
         copies = [
-            dataclasses.replace(
-                r,
-                partition=pos.partition,
-                headers={**r.headers, H_COPY: b"dual", H_COPY_OF: str(pos.offset).encode()},
+            Outgoing(
+                r.value,
+                r.key,
+                {**r.headers, H_COPY: b"dual", H_COPY_OF: str(pos.offset).encode()},
+                r.timestamp_ms,
+                pos.partition,
             )
             for r, pos in zip(marked, positions, strict=True)
         ]

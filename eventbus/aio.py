@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from eventbus._coalesce import Coalescer
 from eventbus._registry import open_transport
 from eventbus.errors import (
     ClosedError,
@@ -351,6 +352,7 @@ class AsyncEventBus:
         self._subscriptions: set[AsyncSubscription] = set()
         self._known_topics: set[str] = set()
         self._system = transport.capabilities.transport
+        self._coalescer = Coalescer(transport)
 
     @property
     def capabilities(self) -> Any:
@@ -384,6 +386,7 @@ class AsyncEventBus:
         self._closed = True
         for sub in list(self._subscriptions):
             await sub.close()
+        await self._coalescer.drain()
         await self.transport.close()
 
     def _check(self) -> None:
@@ -437,14 +440,16 @@ class AsyncEventBus:
         ``data`` is a pydantic model, a JSON value, or a ready :class:`Event` (then ``key``,
         ``headers`` and ``type`` are taken from it). ``type`` defaults to the model's class
         name. Raises TopicNotFoundError, EventTooLargeError, OperationTimeoutError,
-        ConnectionFailedError, SerializationError."""
+        ConnectionFailedError, SerializationError.
+
+        Publishes made by several tasks in the same loop turn go to the server in one call;
+        each returns its own position, an oversize event fails only its own publish, and any
+        other failure of that call is raised by each of them."""
         self._check()
         record = self.encode(data, key=key, headers=headers, type=type)
         with instruments().publish_span(self._system, topic, (record,)):
-            positions = await self.transport.publish(
-                topic, [record], timeout=timeout or self.publish_timeout
-            )
-        return positions[0]
+            # concurrent publishes of one loop turn share one transport call (see _coalesce)
+            return await self._coalescer.publish(topic, record, timeout or self.publish_timeout)
 
     async def publish_many(
         self, topic: str, events: Iterable[Event | Any], *, timeout: float | None = None

@@ -503,6 +503,51 @@ class ConformanceSuite:
             bus.describe_group(unique("nobody"))
 
     # the async API ------------------------------------------------------------------------
+    def test_concurrent_single_publishes_each_get_their_own_position(
+        self, url: str, make_topic: Callable[..., str]
+    ) -> None:
+        """Publishes of one loop turn share a transport call; each still returns the position
+        of its own event."""
+        topic = make_topic(partitions=3)
+
+        async def collect() -> tuple[list[Any], dict[str, Any]]:
+            async with eventbus.connect_async(url) as bus:
+                results = await asyncio.gather(
+                    *(bus.publish(topic, {"seq": i}, key=f"k{i % 7}") for i in range(60)),
+                    return_exceptions=True,
+                )
+                found: dict[str, Any] = {}
+                async for item in bus.replay(topic):
+                    found[str(item.position)] = item.event.data
+                return results, found
+
+        results, found = asyncio.run(asyncio.wait_for(collect(), self.deadline))
+        assert not [r for r in results if isinstance(r, BaseException)]
+        assert len(set(results)) == 60
+        for i, pos in enumerate(results):
+            assert pos.partition == eventbus.partition_for_key(f"k{i % 7}", 3)
+            assert found[str(pos)] == {"seq": i}
+
+    def test_oversize_event_among_concurrent_publishes_fails_alone(
+        self, url: str, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+
+        async def main() -> list[Any]:
+            async with eventbus.connect_async(url) as bus:
+                too_big = "x" * (bus.capabilities.max_event_bytes + 10)
+                payloads: list[Any] = [{"seq": i} for i in range(20)]
+                payloads[7] = too_big
+                return await asyncio.gather(
+                    *(bus.publish(topic, p) for p in payloads), return_exceptions=True
+                )
+
+        results = asyncio.run(asyncio.wait_for(main(), self.deadline))
+        assert isinstance(results[7], EventTooLargeError)
+        assert not [r for i, r in enumerate(results) if i != 7 and isinstance(r, BaseException)]
+        with eventbus.connect(url) as bus:
+            assert bus.describe_topic(topic).count == 19
+
     def test_async_api_round_trip(self, url: str, make_topic: Callable[..., str]) -> None:
         topic = make_topic(partitions=1)
 

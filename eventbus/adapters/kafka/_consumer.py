@@ -93,6 +93,13 @@ _RETRY_ON_REVOKE = {
     KafkaError._TIMED_OUT,
 }
 """Commit errors that may clear up within a revoke callback (the group is syncing)."""
+_RETRY_ON_CLOSE = _RETRY_ON_REVOKE | {
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+}
+"""Commit errors the final commit waits out: the group moved to a new generation (another
+member left) and this member rejoins while it polls; partitions it no longer owns after that
+are dropped by the rebalance callbacks those polls serve, so the retry commits only its own."""
 
 
 def encode_metadata(high: int, counts: Mapping[int, int]) -> str:
@@ -366,8 +373,9 @@ class KafkaConsumer:
 
     def _final_commit(self) -> None:
         """Commit the acked prefix before leaving. While the group completes a rebalance the
-        broker answers REBALANCE_IN_PROGRESS until this member has rejoined and synced, which
-        happens only while it polls: so poll briefly and send again, up to a deadline. What
+        broker answers REBALANCE_IN_PROGRESS (or ILLEGAL_GENERATION once the new generation
+        formed) until this member has rejoined and synced, which happens only while it polls:
+        so poll briefly and send again, up to a deadline. What
         such a poll fetches is never handed out (and never committed)."""
         deadline = time.monotonic() + min(10.0, self._options.session_timeout)
         while True:
@@ -377,7 +385,7 @@ class KafkaConsumer:
             except KafkaException as exc:
                 err = kafka_error(exc)
                 code = err.code() if err is not None else None
-                if code not in _RETRY_ON_REVOKE or time.monotonic() > deadline:
+                if code not in _RETRY_ON_CLOSE or time.monotonic() > deadline:
                     log.warning(
                         "final commit failed (records after the last commit will be "
                         "delivered again): %s",

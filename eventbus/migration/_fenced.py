@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import sys
 import threading
 import time
@@ -75,8 +74,9 @@ class FencedWriter(Protocol):
 
     async def write(
         self, topic: str, records: Sequence[Outgoing], *, timeout: float
-    ) -> list[Position]:
-        """Write ``records`` atomically where the target allows; their positions, in order."""
+    ) -> Position | None:
+        """Write ``records`` atomically where the target allows; the position of the last
+        one (None for no records)."""
         ...
 
     async def close(self) -> None: ...
@@ -153,8 +153,11 @@ class PublishWriter:
 
     async def write(
         self, topic: str, records: Sequence[Outgoing], *, timeout: float
-    ) -> list[Position]:
-        return await self.target.publish(topic, records, timeout=timeout)
+    ) -> Position | None:
+        if not records:
+            return None
+        positions = await self.target.publish(topic, records, timeout=timeout)
+        return positions[-1]
 
     async def close(self) -> None:
         return None
@@ -204,11 +207,11 @@ class TransactionalWriter:
 
     async def write(
         self, topic: str, records: Sequence[Outgoing], *, timeout: float
-    ) -> list[Position]:
-        """Write ``records`` in one transaction; committed when this returns, aborted (and
-        invisible to committed reads) when it raises."""
+    ) -> Position | None:
+        """Write ``records`` in one transaction; committed when this returns (with the last
+        record's position), aborted (and invisible to committed reads) when it raises."""
         if not records:
-            return []
+            return None
         return await asyncio.to_thread(self._run, self._write, topic, list(records), timeout)
 
     async def close(self) -> None:
@@ -231,27 +234,33 @@ class TransactionalWriter:
         except KafkaException as exc:
             raise self._error(exc, "fence earlier writers (init_transactions)") from None
 
-    def _write(self, topic: str, records: list[Outgoing], timeout: float) -> list[Position]:
+    def _write(self, topic: str, records: list[Outgoing], timeout: float) -> Position | None:
         from confluent_kafka import KafkaError, KafkaException
 
         deadline = time.monotonic() + timeout
-        positions: list[Position | None] = [None] * len(records)
+        last: list[Position] = []
         failures: list[KafkaError] = []
 
-        def report(index: int, err: KafkaError | None, msg: Any) -> None:
+        def report(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                failures.append(err)
+
+        def report_last(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
                 failures.append(err)
             else:
-                positions[index] = Position(msg.partition(), msg.offset())
+                last.append(Position(msg.partition(), msg.offset()))
 
         producer = self._producer
         what = f"transactional write to {topic!r}"
+        final = len(records) - 1
         try:
             producer.begin_transaction()
+            # one shared callback (no closure per record); the last record's has its position
             for index, record in enumerate(records):
-                self._produce(topic, record, functools.partial(report, index), deadline)
-            left = producer.flush(max(0.0, deadline - time.monotonic()))
-            if left:
+                self._produce(topic, record, report_last if index == final else report, deadline)
+            left = self._flush_until_failure(len(records), failures, deadline)
+            if left and not failures:
                 self._abort()
                 raise OperationTimeoutError(
                     f"{what}: {left} of {len(records)} copies were not confirmed within "
@@ -271,7 +280,17 @@ class TransactionalWriter:
             if isinstance(inner, KafkaError) and inner.txn_requires_abort():
                 self._abort()
             raise self._error(kafka_exc, what) from None
-        return [p for p in positions if p is not None]
+        return last[0] if last else None
+
+    def _flush_until_failure(self, left: int, failures: list[Any], deadline: float) -> int:
+        """Flush in slices; returns how many records are still unconfirmed. Stops at the first
+        failure: the transaction then holds the rest back until the deadline."""
+        while left and not failures:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            left = self._producer.flush(min(0.1, remaining))
+        return left
 
     def _produce(self, topic: str, record: Outgoing, on_delivery: Any, deadline: float) -> None:
         while True:

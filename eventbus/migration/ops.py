@@ -194,7 +194,7 @@ class _Copier:
         self.batch: list[Outgoing] = []
         self.size = self.seen = 0
         self.last: Offset | None = None
-        self.write: asyncio.Task[list[Position]] | None = None
+        self.write: asyncio.Task[Position | None] | None = None
         self.writing: tuple[int, int, Offset | None] = (0, 0, None)
         """(copies, records read, last source offset) of the batch being written."""
 
@@ -227,13 +227,13 @@ class _Copier:
         if self.write is None:
             return
         task, self.write = self.write, None
-        positions = await task
+        last = await task
         count, seen, source = self.writing
         self.copied += count
         if self.progress is not None:
             self.progress(seen)
-        if self.written is not None and source is not None and positions:
-            await self.written(source, positions[-1].offset)
+        if self.written is not None and source is not None and last is not None:
+            await self.written(source, last.offset)
 
     def abandon(self) -> None:
         if self.write is not None:

@@ -9,7 +9,8 @@ For each URL (either may be ``-`` to skip it), with 100-byte keyed events in cal
 
 each in microseconds per event (median of the runs). On Kafka it also times raw confluent-kafka
 ``produce`` loops that add, one at a time, what eventbus sends with every record (envelope
-headers, a delivery callback, a timestamp), which shows the floor of the produce call itself.
+headers, a delivery callback, a timestamp), which shows the floor of the produce call itself;
+with both URLs, a raw Redis -> Kafka copy with and without what a backfill copy carries.
 Not a test; numbers move 20-30% between runs on a shared machine.
 """
 
@@ -119,6 +120,92 @@ def _kafka_floor(url: str) -> dict[str, float]:
     return out
 
 
+async def _drop(url: str, topic: str) -> None:
+    async with eventbus.connect_async(url) as bus:
+        await bus.delete_topic(topic)
+
+
+async def _fill(url: str, topic: str, count: int) -> None:
+    async with eventbus.connect_async(url) as bus:
+        await bus.create_topic(topic, partitions=1)
+        data, ks = payload(100), keys()
+        for lo in range(0, count, 1000):
+            await bus.publish_many(
+                topic,
+                [eventbus.Event(data=data, key=ks[i % len(ks)]) for i in range(lo, lo + 1000)],
+            )
+
+
+def _copy_floor(redis_url: str, kafka_url: str) -> dict[str, float]:
+    """A raw Redis -> Kafka copy (redis-py XRANGE pages of 1000, confluent produce loop, one
+    flush) of an eventbus stream: the benchmark's reference (key and value only), and the same
+    loop carrying what a copy must carry (the entry's envelope headers plus ``eb-copy`` and
+    ``eb-copy-of``, its timestamp, a delivery callback)."""
+    import redis
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    source = f"bench-copy-{uuid.uuid4().hex[:8]}"
+    asyncio.run(_fill(redis_url, source, EVENTS))
+    client = redis.Redis.from_url(redis_url)
+    boot = kafka_url.split("://", 1)[1].split("?", 1)[0]
+    admin = AdminClient({"bootstrap.servers": boot})
+
+    def report(err: Any, msg: Any) -> None:
+        pass
+
+    def copy(target: str, producer: Any, carry: bool) -> None:
+        low: bytes | str = "-"
+        while True:
+            page = client.xrange(source, low, "+", count=1000)
+            if not page:
+                break
+            for entry_id, fields in page:
+                if carry:
+                    headers = {k[2:].decode(): v for k, v in fields.items() if k[:2] == b"h:"}
+                    headers["eb-copy"] = b"backfill"
+                    headers["eb-copy-of"] = entry_id
+                    stamp = int(entry_id.split(b"-", 1)[0])
+                    producer.produce(
+                        target,
+                        fields[b"_v"],
+                        fields.get(b"_k"),
+                        headers=headers,
+                        on_delivery=report,
+                        timestamp=stamp,
+                    )
+                else:
+                    producer.produce(target, fields[b"_v"], fields.get(b"_k"))
+                producer.poll(0)
+            low = b"(" + page[-1][0]
+        producer.flush(60)
+
+    out: dict[str, float] = {}
+    try:
+        for name, carry in (("key and value", False), ("+ headers, timestamp, callback", True)):
+            times = []
+            for _ in range(RUNS):
+                target = f"bench-copy-{uuid.uuid4().hex[:8]}"
+                admin.create_topics([NewTopic(target, 1, 1)])[target].result(30)
+                producer = Producer(
+                    {
+                        "bootstrap.servers": boot,
+                        "enable.idempotence": True,
+                        "acks": "all",
+                        "linger.ms": 5,
+                    }
+                )
+                t0 = time.perf_counter()
+                copy(target, producer, carry)
+                times.append(time.perf_counter() - t0)
+                admin.delete_topics([target])
+            out[name] = statistics.median(times) / EVENTS * 1e6
+    finally:
+        client.close()
+        asyncio.run(_drop(redis_url, source))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
@@ -135,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         if label == "kafka":
             for name, us in _kafka_floor(url).items():
                 print(f"kafka floor: {name}: {us:.2f} us/event ({1e6 / us:,.0f} events/s)")
+    if redis_url != "-" and kafka_url != "-":
+        for name, us in _copy_floor(redis_url, kafka_url).items():
+            print(f"raw copy floor: {name}: {us:.2f} us/event ({1e6 / us:,.0f} events/s)")
     return 0
 
 

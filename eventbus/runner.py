@@ -156,7 +156,10 @@ class AsyncRunner:
         tasks: set[asyncio.Task[None]] = set()
         acks: list[Record] = []
         room = asyncio.Event()
-        limit = max(self.batch_size, self.concurrency * 2)
+        # up to two batches held: the next batch is fetched while this one is handled (with
+        # one, every handled event made room for a fetch of one: a round trip per event)
+        limit = max(2 * self.batch_size, self.concurrency * 2)
+        refill = max(1, min(self.batch_size, limit // 2))
         ack_ready = self._ack_ready = asyncio.Event()
         self._flusher_done = False
         self.started.set()
@@ -170,14 +173,15 @@ class AsyncRunner:
                     await self._process(sub, queue[0], acks)
                     queue.popleft()
                     self.stats.in_flight -= 1
-                    room.set()
+                    if self.stats.in_flight <= limit - refill:
+                        room.set()
             finally:
                 del lanes[lane]
 
         while not self._stop_flag.is_set():
             if flusher.done():  # an ack failed: surface the transport's error
                 flusher.result()
-            if self.stats.in_flight >= limit:
+            if self.stats.in_flight > limit - refill:  # fetch when a useful batch fits
                 room.clear()
                 await _wait_any(room, self._wake, 0.5)
                 continue

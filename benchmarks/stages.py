@@ -63,15 +63,11 @@ async def _stages(url: str, partitions: int) -> dict[str, float]:
     return {name: statistics.median(v) / EVENTS * 1e6 for name, v in spent.items()}
 
 
-def _kafka_floor(url: str) -> dict[str, float]:
+def _producer(boot: str) -> Any:
+    """The raw references' producer settings (the same as eventbus's)."""
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
 
-    boot = url.split("://", 1)[1].split("?", 1)[0]
-    admin = AdminClient({"bootstrap.servers": boot})
-    topic = f"bench-floor-{uuid.uuid4().hex[:8]}"
-    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
-    producer = Producer(
+    return Producer(
         {
             "bootstrap.servers": boot,
             "enable.idempotence": True,
@@ -80,6 +76,16 @@ def _kafka_floor(url: str) -> dict[str, float]:
             "partitioner": "murmur2_random",
         }
     )
+
+
+def _kafka_floor(url: str) -> dict[str, float]:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    boot = url.split("://", 1)[1].split("?", 1)[0]
+    admin = AdminClient({"bootstrap.servers": boot})
+    topic = f"bench-floor-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    producer = _producer(boot)
     body = b'{"body":"' + b"x" * 89 + b'"}'
     headers = {
         "eb-id": str(uuid.uuid4()).encode(),
@@ -142,7 +148,6 @@ def _copy_floor(redis_url: str, kafka_url: str) -> dict[str, float]:
     loop carrying what a copy must carry (the entry's envelope headers plus ``eb-copy`` and
     ``eb-copy-of``, its timestamp, a delivery callback)."""
     import redis
-    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
     source = f"bench-copy-{uuid.uuid4().hex[:8]}"
@@ -187,14 +192,7 @@ def _copy_floor(redis_url: str, kafka_url: str) -> dict[str, float]:
             for _ in range(RUNS):
                 target = f"bench-copy-{uuid.uuid4().hex[:8]}"
                 admin.create_topics([NewTopic(target, 1, 1)])[target].result(30)
-                producer = Producer(
-                    {
-                        "bootstrap.servers": boot,
-                        "enable.idempotence": True,
-                        "acks": "all",
-                        "linger.ms": 5,
-                    }
-                )
+                producer = _producer(boot)
                 t0 = time.perf_counter()
                 copy(target, producer, carry)
                 times.append(time.perf_counter() - t0)

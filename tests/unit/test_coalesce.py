@@ -50,7 +50,23 @@ async def _bus() -> tuple[eventbus.AsyncEventBus, Counting]:
 
 
 def _run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+    return asyncio.run(asyncio.wait_for(coro, 30))  # the deadline of every wait below
+
+
+async def _held_at_transport(
+    bus: eventbus.AsyncEventBus, counting: Counting, count: int
+) -> list[asyncio.Future[Position]]:
+    """``count`` concurrent publishes whose batch the transport holds until the gate opens."""
+    counting.gate = asyncio.Event()
+    tasks = [asyncio.ensure_future(bus.publish("t", i)) for i in range(count)]
+    while not counting.calls:
+        await _turn()
+    return tasks
+
+
+async def _turn() -> None:
+    """Let the event loop run the tasks that are ready (no time passes)."""
+    await asyncio.sleep(0)  # allowed: one event-loop turn, not a wait for time
 
 
 def test_one_loop_turn_of_publishes_is_one_transport_call() -> None:
@@ -110,11 +126,9 @@ def test_a_failure_reaches_every_publish_of_the_batch() -> None:
 def test_cancelled_leader_does_not_stop_the_others() -> None:
     async def main() -> None:
         bus, counting = await _bus()
-        counting.gate = asyncio.Event()
-        tasks = [asyncio.ensure_future(bus.publish("t", i)) for i in range(5)]
-        while not counting.calls:  # the batch is with the transport
-            await asyncio.sleep(0)
+        tasks = await _held_at_transport(bus, counting, 5)
         tasks[0].cancel()  # the leader
+        assert counting.gate is not None
         counting.gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(results[0], asyncio.CancelledError)
@@ -128,7 +142,7 @@ def test_publish_cancelled_before_its_batch_is_sent_is_not_written() -> None:
     async def main() -> None:
         bus, _ = await _bus()
         tasks = [asyncio.ensure_future(bus.publish("t", i)) for i in range(4)]
-        await asyncio.sleep(0)  # every task has joined; the leader sends next turn
+        await _turn()  # every task has joined; the leader sends next turn
         tasks[0].cancel()  # the leader, before it sends
         tasks[2].cancel()  # a follower, before the send
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -144,14 +158,12 @@ def test_publish_cancelled_before_its_batch_is_sent_is_not_written() -> None:
 def test_close_waits_for_a_batch_being_sent() -> None:
     async def main() -> None:
         bus, counting = await _bus()
-        counting.gate = asyncio.Event()
-        tasks = [asyncio.ensure_future(bus.publish("t", i)) for i in range(3)]
-        while not counting.calls:
-            await asyncio.sleep(0)
+        tasks = await _held_at_transport(bus, counting, 3)
         tasks[0].cancel()
         closing = asyncio.ensure_future(bus.close())
-        await asyncio.sleep(0)
+        await _turn()
         assert not closing.done()
+        assert counting.gate is not None
         counting.gate.set()
         await closing
         results = await asyncio.gather(*tasks, return_exceptions=True)

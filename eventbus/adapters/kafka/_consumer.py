@@ -375,8 +375,8 @@ class KafkaConsumer:
         """Commit the acked prefix before leaving. While the group completes a rebalance the
         broker answers REBALANCE_IN_PROGRESS (or ILLEGAL_GENERATION once the new generation
         formed) until this member has rejoined and synced, which happens only while it polls:
-        so poll briefly and send again, up to a deadline. What
-        such a poll fetches is never handed out (and never committed)."""
+        so poll briefly and send again, up to a deadline. What such a poll fetches is never
+        handed out (and never committed)."""
         deadline = time.monotonic() + min(10.0, self._options.session_timeout)
         while True:
             try:

@@ -485,12 +485,19 @@ class AsyncEventBus:
         session_timeout: float = 10.0,
         batch_size: int = 100,
         options: Mapping[str, str] | None = None,
+        max_lease: float = 3600.0,
     ) -> AsyncSubscription:
         """Join ``group`` and return its subscription (an async iterator of deliveries).
 
         A new group starts at ``start`` (default: the earliest retained event, so a consumer
         deployed after its producer loses nothing). ``dead_letter`` is the topic for events
-        that cannot be decoded (True: ``<topic>.dlq``; False: they are nacked instead)."""
+        that cannot be decoded (True: ``<topic>.dlq``; False: they are nacked instead).
+
+        Every delivery is leased to this member until it is acked or nacked: the member
+        renews the lease in the background, so holding a delivery for minutes (a slow
+        handler) does not get it redelivered. ``visibility_timeout`` is how long the group
+        waits for a member that died or hangs; ``max_lease`` the longest a delivery is kept
+        (then it is redelivered, and a warning logged). See docs/semantics.md, "Leases"."""
         self._check()
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if not names:
@@ -505,6 +512,7 @@ class AsyncEventBus:
             start=parsed,
             visibility_timeout=visibility_timeout,
             session_timeout=session_timeout,
+            max_lease=max_lease,
             options=dict(options or {}),
         )
         member = await self.transport.open_consumer(

@@ -305,8 +305,8 @@ class AsyncBatchSubscription:
                 self._held.insert(at, item)
 
     async def _release_stale(self) -> None:
-        """Give back held items older than the hold limit, with the later held items of their
-        partitions, so that they are not handed out after their visibility timeout."""
+        """Give back held items older than the hold limit (half of ``max_lease``), with the
+        later held items of their partitions, so that none is handed out near its lease's end."""
         if self._hold_limit is None or not self._held:
             return
         cutoff = time.monotonic() - self._hold_limit
@@ -499,6 +499,7 @@ async def subscribe_batches(
     lookahead: int | None = None,
     fast_path: bool | None = None,
     options: Mapping[str, str] | None = None,
+    max_lease: float = 3600.0,
 ) -> AsyncBatchSubscription:
     """Join ``group`` and return an async iterator of :class:`Batch` es (see the module doc).
 
@@ -522,6 +523,7 @@ async def subscribe_batches(
         visibility_timeout=visibility_timeout,
         session_timeout=session_timeout,
         options=options,
+        max_lease=max_lease,
     )
     try:
         fetcher = _fetcher(sub, weight, fast_path)
@@ -530,7 +532,6 @@ async def subscribe_batches(
         raise
     if lookahead is None:
         lookahead = max(64, 2 * (max_items or 0))
-    redelivers = bool(getattr(bus.capabilities, "redelivery_on_timeout", True))
     return AsyncBatchSubscription(
         sub,
         budget=float(budget),
@@ -538,7 +539,8 @@ async def subscribe_batches(
         max_items=max_items,
         max_wait=max_wait,
         lookahead=lookahead,
-        hold_limit=visibility_timeout / 2 if redelivers else None,
+        # held items stay leased to this member; do not hand one out close to its max_lease
+        hold_limit=max_lease / 2,
         fetcher=fetcher,
     )
 

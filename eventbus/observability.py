@@ -18,7 +18,8 @@ check. With it, eventbus uses the globally configured tracer and meter providers
 - Counters (unit ``{event}``): ``eventbus.published``, ``eventbus.consumed``,
   ``eventbus.acked``, ``eventbus.nacked``, ``eventbus.redelivered``,
   ``eventbus.dead_lettered``; histogram ``eventbus.handler.duration`` (s); gauges
-  ``eventbus.consumer.lag`` (per group and partition, updated by ``describe_group``) and
+  ``eventbus.consumer.lag`` and ``eventbus.consumer.backlog`` (per group and partition, as of
+  the last ``describe_group``: call it periodically to keep them fresh) and
   ``eventbus.migration.journal.backlog``. Labels: ``messaging.system`` (the transport),
   ``messaging.destination.name`` (topic) and ``messaging.consumer.group.name`` where known.
 """
@@ -112,9 +113,16 @@ class Instruments:
             "eventbus.handler.duration", "s", "time a handler took"
         )
         self._lag: dict[tuple[str, str, str, int], int] = {}
+        self._group_backlog: dict[tuple[str, str, str, int], int] = {}
         self._backlog: dict[str, int] = {}
         meter.create_observable_gauge(
             "eventbus.consumer.lag", [self._observe_lag], unit, "events not yet consumed"
+        )
+        meter.create_observable_gauge(
+            "eventbus.consumer.backlog",
+            [self._observe_group_backlog],
+            unit,
+            "events the group has not finished (not delivered, or delivered and not acked)",
         )
         meter.create_observable_gauge(
             "eventbus.migration.journal.backlog",
@@ -223,27 +231,38 @@ class Instruments:
         getattr(self, name).add(amount, labels)
 
     def observe_group(self, system: str, info: GroupInfo) -> None:
-        """Remember per-partition lag for the lag gauge."""
+        """Remember per-partition lag and backlog for their gauges (reported at the next
+        collection; a partition keeps its last known value until described again)."""
         if not self.enabled:
             return
         for part in info.partitions:
+            key = (system, info.group, part.topic, part.partition)
             if part.lag is not None:
-                self._lag[(system, info.group, part.topic, part.partition)] = part.lag
+                self._lag[key] = part.lag
+            if part.backlog is not None:
+                self._group_backlog[key] = part.backlog
 
     def observe_backlog(self, topic: str, backlog: int) -> None:
         if self.enabled:
             self._backlog[topic] = backlog
 
     def _observe_lag(self, options: Any) -> list[Any]:
-        return [
-            otel_metrics.Observation(
-                lag, {SYSTEM: s, GROUP: g, DESTINATION: t, "messaging.destination.partition.id": p}
-            )
-            for (s, g, t, p), lag in self._lag.items()
-        ]
+        return _partition_observations(self._lag)
+
+    def _observe_group_backlog(self, options: Any) -> list[Any]:
+        return _partition_observations(self._group_backlog)
 
     def _observe_backlog(self, options: Any) -> list[Any]:
         return [otel_metrics.Observation(n, {DESTINATION: t}) for t, n in self._backlog.items()]
+
+
+def _partition_observations(values: Mapping[tuple[str, str, str, int], int]) -> list[Any]:
+    return [
+        otel_metrics.Observation(
+            n, {SYSTEM: s, GROUP: g, DESTINATION: t, "messaging.destination.partition.id": p}
+        )
+        for (s, g, t, p), n in list(values.items())  # copy: describe_group may run meanwhile
+    ]
 
 
 _INSTRUMENTS: Instruments | None = None

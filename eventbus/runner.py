@@ -10,6 +10,14 @@ Guarantees:
   reason and the attempt count in headers, and consumption goes on. With no dead-letter topic
   the event is nacked instead (it comes back later), never dropped.
 - An event that cannot be decoded (or does not validate as ``model``) is dead-lettered at once.
+  A dead-letter write that fails is logged and retried with backoff (the event stays un-acked
+  meanwhile); the runner goes on with other events.
+- Leases: every event the runner holds (queued locally or in a handler) stays leased to this
+  member while it lives (the transport renews the leases in the background), so a slow handler
+  or a deep local queue never causes a redelivery. Before an event that waited is started, the
+  runner checks the member still holds it; events whose partition moved to another member
+  while they waited are released to it unstarted. What the runner holds is bounded by
+  ``max_outstanding`` events and ``max_outstanding_bytes``.
 - ``stop()`` (thread-safe) stops fetching, lets in-flight handlers finish (up to
   ``shutdown_timeout``), commits acks and leaves the group.
 """
@@ -33,7 +41,7 @@ from eventbus.aio import AsyncDelivery, AsyncEventBus, AsyncSubscription, call_h
 from eventbus.errors import SerializationError
 from eventbus.event import decode_record
 from eventbus.observability import instruments
-from eventbus.transport import Record
+from eventbus.transport import LeasedConsumer, Record
 
 __all__ = ["AsyncRunner", "RunnerStats", "backoff_delay"]
 
@@ -54,6 +62,11 @@ class RunnerStats:
     dead_lettered: int = 0
     nacked: int = 0
     in_flight: int = 0
+    released: int = 0
+    """Events given back unstarted (their partition moved, or their lease ended)."""
+    dead_letter_failures: int = 0
+    """Dead-letter writes that failed (each is retried with backoff)."""
+    in_flight_bytes: int = 0
 
 
 class AsyncRunner:
@@ -78,11 +91,16 @@ class AsyncRunner:
         shutdown_timeout: float = 30.0,
         visibility_timeout: float = 30.0,
         session_timeout: float = 10.0,
+        max_lease: float = 3600.0,
         options: Mapping[str, str] | None = None,
         wrap: Callable[[AsyncDelivery], Any] | None = None,
+        max_outstanding: int | None = None,
+        max_outstanding_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
+        if (max_outstanding is not None and max_outstanding < 1) or max_outstanding_bytes < 1:
+            raise ValueError("max_outstanding and max_outstanding_bytes must be at least 1")
         self.bus = bus
         self.handler = handler
         self._handler_is_async = asyncio.iscoroutinefunction(handler)
@@ -100,9 +118,19 @@ class AsyncRunner:
         self.shutdown_timeout = shutdown_timeout
         self.visibility_timeout = visibility_timeout
         self.session_timeout = session_timeout
+        self.max_lease = max_lease
         self.options = options
         self._wrap = wrap
+        # default: two batches (the next one is fetched while this one is handled; with one,
+        # every handled event made room for a fetch of one: a round trip per event)
+        self.max_outstanding = max_outstanding or max(2 * batch_size, 2 * concurrency)
+        self.max_outstanding_bytes = max_outstanding_bytes
         self.stats = RunnerStats()
+        self._leases: LeasedConsumer | None = None
+        self._released: set[int] = set()
+        """ids of queued records given back unstarted (already uncounted from in_flight)."""
+        self._running: set[int] = set()
+        """ids of records whose handling started (not to be released)."""
         self._stop_flag = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -140,6 +168,7 @@ class AsyncRunner:
             dead_letter=self.dead_letter,
             visibility_timeout=self.visibility_timeout,
             session_timeout=self.session_timeout,
+            max_lease=self.max_lease,
             batch_size=self.batch_size,
             options=self.options,
         )
@@ -155,39 +184,50 @@ class AsyncRunner:
         lanes: dict[object, deque[Record]] = {}
         tasks: set[asyncio.Task[None]] = set()
         acks: list[Record] = []
-        room = asyncio.Event()
-        # up to two batches held: the next batch is fetched while this one is handled (with
-        # one, every handled event made room for a fetch of one: a round trip per event)
-        limit = max(2 * self.batch_size, self.concurrency * 2)
+        room = self._room = asyncio.Event()
+        limit = self.max_outstanding
         refill = max(1, min(self.batch_size, limit // 2))
+        max_bytes = self.max_outstanding_bytes
+        stats = self.stats
+        released = self._released
         ack_ready = self._ack_ready = asyncio.Event()
         self._flusher_done = False
+        consumer = sub.consumer
+        self._leases = consumer if isinstance(consumer, LeasedConsumer) else None
         self.started.set()
 
         flusher = asyncio.create_task(self._ack_flusher(sub, acks, ack_ready))
+        scanner = (
+            asyncio.create_task(self._release_moved(lanes)) if self._leases is not None else None
+        )
 
         async def lane_worker(lane: object) -> None:
             queue = lanes[lane]
             try:
                 while queue:
-                    await self._process(sub, queue[0], acks)
+                    record = queue[0]
+                    if not released or id(record) not in released:
+                        try:
+                            await self._process(sub, record, acks)
+                        except Exception as exc:  # a transport failure settling it
+                            await self._lost_in_lane(record, exc)
                     queue.popleft()
-                    self.stats.in_flight -= 1
-                    if self.stats.in_flight <= limit - refill:
-                        room.set()
+                    if released and id(record) in released:
+                        released.discard(id(record))  # uncounted when it was released
+                    else:
+                        self._uncount(record)
             finally:
                 del lanes[lane]
 
         while not self._stop_flag.is_set():
             if flusher.done():  # an ack failed: surface the transport's error
                 flusher.result()
-            if self.stats.in_flight > limit - refill:  # fetch when a useful batch fits
+            # fetch when a useful batch fits
+            if stats.in_flight > limit - refill or stats.in_flight_bytes >= max_bytes:
                 room.clear()
                 await _wait_any(room, self._wake, 0.5)
                 continue
-            records = await sub.consumer.fetch(
-                min(self.batch_size, limit - self.stats.in_flight), 0.25
-            )
+            records = await consumer.fetch(min(self.batch_size, limit - stats.in_flight), 0.25)
             sub.note_fetched(records)
             for record in records:
                 lane: object = (
@@ -195,7 +235,8 @@ class AsyncRunner:
                     if record.key is not None
                     else (record.topic, record.partition, record.offset)
                 )
-                self.stats.in_flight += 1
+                stats.in_flight += 1
+                stats.in_flight_bytes += len(record.value)
                 if lane in lanes:
                     lanes[lane].append(record)
                 else:
@@ -203,7 +244,68 @@ class AsyncRunner:
                     task = asyncio.create_task(lane_worker(lane))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+        if scanner is not None:
+            scanner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scanner
         await self._finish(sub, tasks, flusher, acks)
+
+    def _uncount(self, record: Record) -> None:
+        """A held record is settled or given back: make room for the next fetch."""
+        stats = self.stats
+        stats.in_flight -= 1
+        stats.in_flight_bytes -= len(record.value)
+        limit = self.max_outstanding
+        if stats.in_flight <= limit - max(1, min(self.batch_size, limit // 2)):
+            self._room.set()
+
+    async def _release(self, records: list[Record]) -> None:
+        """Give back records not started (see LeasedConsumer.release) and uncount them."""
+        assert self._leases is not None
+        for record in records:
+            self._released.add(id(record))
+            self._uncount(record)
+        self.stats.released += len(records)
+        await self._leases.release(records)
+
+    async def _lost_in_lane(self, record: Record, exc: Exception) -> None:
+        """Settling ``record`` failed: log it and give it back, so the lane goes on and the
+        record is delivered again (un-acked; not lost)."""
+        self._running.discard(id(record))
+        log.error(
+            "settling %s/%s/%s failed; it will be delivered again: %r",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
+            extra=_fields(record, self.group, "", record.attempt),
+        )
+        if self._leases is not None:
+            with contextlib.suppress(Exception):  # it comes back after the visibility timeout
+                await self._release([record])
+
+    async def _release_moved(self, lanes: dict[object, deque[Record]]) -> None:
+        """Every second, release queued records this member no longer holds (their partition
+        moved while they waited), so the new owner need not wait for this member's queue."""
+        leases = self._leases
+        assert leases is not None
+        running, released = self._running, self._released
+        while True:
+            await asyncio.sleep(1.0)  # the scan's period, not a wait for a condition
+            lost = [
+                record
+                for queue in list(lanes.values())
+                for record in queue
+                if id(record) not in running
+                and id(record) not in released
+                and not leases.holds(record)
+            ]
+            if lost:
+                log.info("releasing %d queued events this member no longer holds", len(lost))
+                try:
+                    await self._release(lost)
+                except Exception as exc:  # they come back after the visibility timeout
+                    log.warning("releasing queued events failed: %r", exc)
 
     async def _ack_flusher(
         self, sub: AsyncSubscription, acks: list[Record], ready: asyncio.Event
@@ -249,17 +351,26 @@ class AsyncRunner:
         try:
             event = decode_record(record, self.bus.codec, self.model)
         except SerializationError as exc:
-            await sub.send_to_dead_letter(record, exc, record.attempt)
-            self.stats.dead_lettered += 1
+            await self._dead_letter(sub, record, exc, record.attempt)
             return
         delivery = AsyncDelivery(sub, record, event)
         attempt = record.attempt
         sem = self._semaphore()
         obs = instruments()
         system = self.bus.transport.capabilities.transport
+        rid = id(record)
         while True:
             try:
                 async with sem:
+                    if rid not in self._running:
+                        # waited for a slot: start it only if this member still holds it
+                        if rid in self._released:
+                            return
+                        leases = self._leases
+                        if leases is not None and not leases.holds(record):
+                            await self._release([record])
+                            return
+                        self._running.add(rid)
                     target = self._wrap(delivery) if self._wrap is not None else delivery
                     if obs.process_active():
                         with obs.process_span(system, self.group, record):
@@ -273,6 +384,7 @@ class AsyncRunner:
             except Exception as exc:  # the handler's failure, whatever it is
                 self.stats.failed_attempts += 1
                 if attempt >= self.max_attempts:
+                    self._running.discard(rid)
                     await self._give_up(sub, record, exc, attempt)
                     return
                 log.warning(
@@ -288,10 +400,12 @@ class AsyncRunner:
                 if await self._sleep_or_stop(
                     backoff_delay(attempt, self.backoff, self.max_backoff)
                 ):
+                    self._running.discard(rid)
                     return  # stopping: leave it un-acked, it comes back
                 attempt += 1
                 record.attempt = attempt
                 continue
+            self._running.discard(rid)
             if not delivery._acked:
                 delivery._acked = True
                 acks.append(record)
@@ -308,8 +422,8 @@ class AsyncRunner:
             sub.count("nacked", 1, record.topic)
             self.stats.nacked += 1
             return
-        await sub.send_to_dead_letter(record, exc, attempt)
-        self.stats.dead_lettered += 1
+        if not await self._dead_letter(sub, record, exc, attempt):
+            return
         event_id = record.headers.get("eb-id", b"").decode(errors="replace")
         log.error(
             "dead-lettered %s/%s/%s to %s after %d attempts: %r",
@@ -322,12 +436,42 @@ class AsyncRunner:
             extra=_fields(record, self.group, event_id, attempt),
         )
 
+    async def _dead_letter(
+        self, sub: AsyncSubscription, record: Record, reason: Exception, attempt: int
+    ) -> bool:
+        """Dead-letter ``record``, retrying a failed write with backoff until it works or the
+        runner stops (then it stays un-acked and comes back). True once written."""
+        failures = 0
+        while True:
+            try:
+                await sub.send_to_dead_letter(record, reason, attempt)
+            except Exception as exc:  # the transport's failure: keep the record, try again
+                failures += 1
+                self.stats.dead_letter_failures += 1
+                log.error(
+                    "dead-letter write for %s/%s/%s failed (try %d, retrying): %r",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    failures,
+                    exc,
+                    extra=_fields(record, self.group, "", attempt),
+                )
+                if await self._sleep_or_stop(
+                    backoff_delay(failures, self.backoff, self.max_backoff)
+                ):
+                    return False
+                continue
+            self.stats.dead_lettered += 1
+            return True
+
     async def _sleep_or_stop(self, seconds: float) -> bool:
         assert self._wake is not None
         await _wait_any(self._wake, self._wake, seconds)
         return self._stop_flag.is_set()
 
     _sem: asyncio.Semaphore | None = None
+    _room: asyncio.Event
     _ack_ready: asyncio.Event | None = None
     _flusher_done = False
 

@@ -241,6 +241,7 @@ class EventBus:
         session_timeout: float = 10.0,
         batch_size: int = 100,
         options: Mapping[str, str] | None = None,
+        max_lease: float = 3600.0,
     ) -> Subscription:
         """Join ``group``; see :meth:`AsyncEventBus.subscribe`."""
         inner = self._portal.call(
@@ -255,6 +256,7 @@ class EventBus:
                 session_timeout=session_timeout,
                 batch_size=batch_size,
                 options=options,
+                max_lease=max_lease,
             )
         )
         return Subscription(inner, self._portal)

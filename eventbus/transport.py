@@ -12,9 +12,14 @@ Guarantees every adapter gives (the conformance suite in :mod:`eventbus.testing`
   lands on ``partition_for_key(key, partitions)``; a record with ``partition`` set lands there;
   otherwise the adapter picks one. Records of one call to one partition keep their order.
 - A consumer in a group receives records of one partition in position order. A record handed to
-  a member is not handed to another member until it is acked (never again), nacked (again after
-  the delay), or its member dies or stays silent past the visibility timeout (again, with
-  ``attempt`` increased). Closing a consumer returns what it did not ack to the group.
+  a member is leased to it: it is not handed to another member, nor again to the same one, until
+  it is acked (never again), nacked (again after the delay), released (again at once), or the
+  lease ends. The member renews the leases of every record it holds in the background, whether
+  or not the application calls ``fetch``, so a record queued locally or inside a slow handler
+  stays with its member. A lease ends when its member dies or hangs (after the visibility
+  timeout without a renewal), loses the record's partition and releases it, or has held it
+  past ``max_lease`` (logged; redelivered with ``attempt`` increased). Closing a consumer
+  returns what it did not ack to the group.
 - Positions (``Offset``) are an ``int`` (memory, Kafka) or a Redis entry id ``"<ms>-<seq>"``;
   they only grow within a partition. Never derive counts from offset arithmetic: gaps exist.
 """
@@ -35,6 +40,7 @@ __all__ = [
     "GroupInfo",
     "GroupMember",
     "GroupPartition",
+    "LeasedConsumer",
     "Offset",
     "Outgoing",
     "PartitionInfo",
@@ -189,9 +195,16 @@ class ConsumerOptions:
     start: Literal["earliest", "latest"] | datetime = "earliest"
     """Where a group that does not exist yet starts. Existing groups keep their positions."""
     visibility_timeout: float = 30.0
-    """Seconds a delivered, un-acked record stays with its member before it may be redelivered."""
+    """Seconds a record stays leased to its member after the member's last renewal: how long
+    the group waits for a member that died or hangs before its records go to another member.
+    A live member renews its leases in the background, so a slow handler does not end one."""
     session_timeout: float = 10.0
-    """Seconds without a fetch or heartbeat after which a member counts as dead."""
+    """Seconds without a heartbeat after which a member counts as dead (adapters heartbeat in
+    the background, independent of ``fetch``)."""
+    max_lease: float = 3600.0
+    """Seconds a member keeps a record it holds at most. Past that its lease is not renewed:
+    the adapter logs it and the record is redelivered (``attempt`` + 1) even though its handler
+    may still run. A bound for handlers that hang, not a timeout for normal slow ones."""
     options: Mapping[str, str] = field(default_factory=dict)
     """Adapter-specific settings, passed through."""
 
@@ -240,8 +253,29 @@ class GroupPartition:
     """A group's state in one partition.
 
     ``committed`` is the next offset the group reads (Kafka semantics) where known; on Redis it
-    is the last delivered id. ``lag`` counts records not yet delivered to the group; ``pending``
-    counts delivered but un-acked records (0 where the transport does not track them)."""
+    is the last delivered id.
+
+    ``backlog`` is the one number that means the same on every transport: the events of this
+    partition the group has not finished, that is not yet delivered to any member plus
+    delivered but not yet acked (held, nacked, or waiting for redelivery). It is the number to
+    autoscale consumers on and to compare across transports (say, during a migration). Events
+    removed from the partition by retention, trimming or deletion before the group got to them
+    do not count. None only where the adapter cannot know it.
+
+    ``lag`` and ``pending`` keep their transport-specific meanings:
+
+    - memory, Redis: ``lag`` counts events not yet delivered, ``pending`` events delivered and
+      not acked; ``backlog == lag + pending``.
+    - Kafka: ``lag`` is the committed-offset lag (end offset - committed offset), which already
+      counts delivered but un-acked records, and ``pending`` is 0 (not tracked), so
+      ``backlog == lag`` while the committed offset is within the retained log. Where the group
+      has no committed offset yet, ``lag`` is None and ``backlog`` counts from the earliest
+      retained offset (where a group starts by default); where the committed offset fell
+      below the earliest retained one, ``backlog`` counts from the earliest retained offset.
+      Kafka's numbers are offset differences: compaction and transaction markers leave gaps,
+      so there ``backlog`` (like ``lag``) is an upper bound. The committed offset is the
+      lowest record not yet acked, so records acked after it still count until it is acked.
+    """
 
     topic: str
     partition: int
@@ -253,6 +287,9 @@ class GroupPartition:
     lowest_pending: Offset | None = None
     """The lowest delivered but un-acked offset, or None. A record is done for the group when
     its offset is at most ``delivered`` and below ``lowest_pending``."""
+    backlog: int | None = None
+    """Events the group has not finished here: not yet delivered plus delivered but un-acked
+    (see the class docstring for exceptions per transport); None if unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,11 +303,20 @@ class GroupInfo:
 
     @property
     def lag(self) -> int:
+        """Sum of the partitions' ``lag`` (unknown counts as 0); transport-specific."""
         return sum(p.lag or 0 for p in self.partitions)
 
     @property
     def pending(self) -> int:
+        """Sum of the partitions' ``pending``; transport-specific (0 on Kafka)."""
         return sum(p.pending for p in self.partitions)
+
+    @property
+    def backlog(self) -> int:
+        """Events the group has not finished, summed over its partitions: the same number on
+        every transport (see :class:`GroupPartition`), and the one to autoscale on. A
+        partition whose backlog is unknown (None) counts as 0."""
+        return sum(p.backlog or 0 for p in self.partitions)
 
 
 @runtime_checkable
@@ -305,6 +351,27 @@ class TransportConsumer(Protocol):
     async def kill(self) -> None:
         """Stop as a crashed process would: no commit, no goodbye. Held records come back to
         the group only after the session or visibility timeout. For tests and drills."""
+        ...
+
+
+@runtime_checkable
+class LeasedConsumer(Protocol):
+    """A consumer that tells which records it still holds and can give back unstarted ones.
+
+    The core checks :meth:`holds` before it starts a record that waited locally, and releases
+    what it will not start (its partition moved to another member, or the lease ended), so a
+    slow member never sits on records another member could run and never runs a record after
+    its lease ended. Every bundled adapter implements it; it is found by type."""
+
+    def holds(self, record: Record) -> bool:
+        """True while this member holds the record's lease (delivered to it, not settled,
+        partition still its own, ``max_lease`` not passed). Cheap: no server round trip."""
+        ...
+
+    async def release(self, records: Sequence[Record]) -> None:
+        """Give back records delivered to this member that it has not started: they go to
+        the partition's owner (this member or the next) without waiting for a timeout, and
+        their ``attempt`` is not increased. Records it no longer holds are ignored."""
         ...
 
 

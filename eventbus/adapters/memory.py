@@ -5,6 +5,12 @@ round-robin over live members, as Kafka's group coordinator would), pending reco
 delivery counts, redelivery after nack delay, visibility timeout or member death, replay by
 offset and time, retention by time and size, lag, atomic dead-lettering.
 
+Leases as the contract states them: each member's background task heartbeats and renews the
+pending entries it holds (their ``delivered_at``, from which the visibility timeout counts), so
+a record waiting in the application or in a slow handler is never due for redelivery while its
+member lives; renewal stops at ``max_lease``. ``release`` makes an entry due at once with its
+delivery count one lower, so the next delivery has the same ``attempt``.
+
 Connection string: ``memory://`` (the default broker of this process) or ``memory://NAME`` (a
 named one). Every connection to the same URL in one process shares one broker, so two buses
 see each other's events, as two clients of one server would. Options (query string or
@@ -17,7 +23,9 @@ event loop are woken with ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -496,6 +504,7 @@ class MemoryTransport:
                         len(pending),
                         delivered=position - 1 if position > 0 else None,
                         lowest_pending=min(pending) if pending else None,
+                        backlog=lag + len(pending),
                     )
                 )
             members = [
@@ -536,6 +545,17 @@ class MemoryTransport:
             return out
 
 
+log = logging.getLogger("eventbus.memory")
+
+
+@dataclass(slots=True)
+class _Lease:
+    since: float
+    """When the application got the record (monotonic s): ``max_lease`` counts from here."""
+    count: int
+    """The delivery it belongs to: a later delivery of the same record is another lease."""
+
+
 class MemoryConsumer:
     """A member of a group on the memory broker."""
 
@@ -554,6 +574,8 @@ class MemoryConsumer:
         self._topics = topics
         self._options = options
         self._closed = False
+        self._leases: dict[tuple[str, int, int], _Lease] = {}
+        self._keepalive: asyncio.Task[None] | None = None
 
     def _state(self) -> _Group:
         state = self._broker.groups.get(self._group)
@@ -634,6 +656,13 @@ class MemoryConsumer:
             with self._broker.lock:
                 records, next_due = self._collect(max_records, now)
             if records:
+                if self._keepalive is None:
+                    self._keepalive = asyncio.create_task(self._keep_alive())
+                leases = self._leases
+                for record in records:
+                    leases[(record.topic, record.partition, _as_int(record.offset))] = _Lease(
+                        now, record.attempt
+                    )
                 return records
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -646,12 +675,14 @@ class MemoryConsumer:
         with self._broker.lock:
             state = self._state()
             for record in records:
+                self._leases.pop((record.topic, record.partition, _as_int(record.offset)), None)
                 pending = state.pending.get((record.topic, record.partition))
                 if pending is not None:
                     pending.pop(_as_int(record.offset), None)
             self._broker.notify()
 
     async def nack(self, record: Record, delay: float = 0.0) -> None:
+        self._leases.pop((record.topic, record.partition, _as_int(record.offset)), None)
         with self._broker.lock:
             pending = self._state().pending.get((record.topic, record.partition), {})
             entry = pending.get(_as_int(record.offset))
@@ -666,6 +697,7 @@ class MemoryConsumer:
             headers={**record.headers, **headers},
             timestamp_ms=record.timestamp_ms,
         )
+        self._leases.pop((record.topic, record.partition, _as_int(record.offset)), None)
         with self._broker.lock:  # one lock: the copy and the ack happen together or not at all
             self._transport._append(topic, [copy])
             pending = self._state().pending.get((record.topic, record.partition))
@@ -673,10 +705,81 @@ class MemoryConsumer:
                 pending.pop(_as_int(record.offset), None)
             self._broker.notify()
 
+    # leases ----------------------------------------------------------------------------------
+    def _entry(self, key: tuple[str, int, int], lease: _Lease) -> _Pending | None:
+        """The broker's pending entry for a lease, if this member still holds that delivery."""
+        state = self._broker.groups.get(self._group)
+        pending = state.pending.get(key[:2]) if state is not None else None
+        entry = pending.get(key[2]) if pending is not None else None
+        if entry is None or entry.member != self._name or entry.count != lease.count:
+            return None
+        return entry if entry.not_before is None else None
+
+    def holds(self, record: Record) -> bool:
+        """True while this member holds the record's lease and owns its partition."""
+        key = (record.topic, record.partition, _as_int(record.offset))
+        lease = self._leases.get(key)
+        if lease is None or time.monotonic() - lease.since >= self._options.max_lease:
+            return False
+        state = self._broker.groups.get(self._group)
+        return (
+            state is not None
+            and key[:2] in state.assignment.get(self._name, ())
+            and self._entry(key, lease) is not None
+        )
+
+    async def release(self, records: Sequence[Record]) -> None:
+        """Make held records due at once, for whoever owns their partition, same attempt."""
+        with self._broker.lock:
+            for record in records:
+                key = (record.topic, record.partition, _as_int(record.offset))
+                lease = self._leases.pop(key, None)
+                entry = self._entry(key, lease) if lease is not None else None
+                if entry is not None:
+                    entry.not_before = time.monotonic()
+                    entry.count -= 1
+            self._broker.notify()
+
+    async def _keep_alive(self) -> None:
+        """Heartbeat and renew held entries whether or not the application fetches."""
+        opts = self._options
+        tick = max(0.02, min(opts.session_timeout / 3, opts.visibility_timeout / 3, 1.0))
+        while not self._closed:
+            await asyncio.sleep(tick)  # the keepalive's period, not a wait for a condition
+            now = time.monotonic()
+            with self._broker.lock:
+                member = self._state().members.get(self._name)
+                if member is not None and member.alive:
+                    member.last_seen = now
+                for key, lease in list(self._leases.items()):
+                    entry = self._entry(key, lease)
+                    if entry is None:
+                        del self._leases[key]  # settled elsewhere or redelivered: not ours
+                    elif now - lease.since >= opts.max_lease:
+                        del self._leases[key]
+                        log.warning(
+                            "%s/%s/%s held by %r for more than max_lease (%.0f s): no longer "
+                            "renewed, it will be delivered again",
+                            *key,
+                            self._name,
+                            opts.max_lease,
+                        )
+                    else:
+                        entry.delivered_at = now
+
+    async def _stop_keepalive(self) -> None:
+        task, self._keepalive = self._keepalive, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        await self._stop_keepalive()
+        self._leases.clear()
         with self._broker.lock:
             state = self._state()
             state.members.pop(self._name, None)
@@ -685,3 +788,5 @@ class MemoryConsumer:
 
     async def kill(self) -> None:
         self._closed = True
+        await self._stop_keepalive()
+        self._leases.clear()

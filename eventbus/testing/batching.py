@@ -328,15 +328,28 @@ class BatchingSuite:
             doomed.join()
         ledger.check(items)
 
-    def test_unacked_batch_comes_back_after_visibility_timeout_in_key_order(
+    def test_slow_batch_is_not_redelivered_while_its_member_lives(
         self, bus: EventBus, make_topic: Callable[..., str]
     ) -> None:
-        if not bus.capabilities.redelivery_on_timeout:
-            pytest.skip("capability redelivery_on_timeout is false")
+        topic = make_topic(partitions=1)
+        bus.publish_many(topic, [weighted(i, f"k{i % 2}", 10.0) for i in range(4)])
+        with self.subscribe(bus, topic, unique("g"), 100.0, visibility_timeout=1.0) as sub:
+            first = sub.fetch()
+            assert first is not None and len(first) == 4
+            # the batch is worked on for three visibility timeouts: nothing comes back
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                assert sub.fetch(max_wait=0.2) is None, "a held item was delivered again"
+            first.ack()
+            assert sub.fetch(max_wait=0.5) is None
+
+    def test_unacked_batch_comes_back_after_max_lease_in_key_order(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
         topic = make_topic(partitions=1)
         items = [weighted(i // 2, f"k{i % 2}", 10.0) for i in range(6)]  # k0#0 k1#0 k0#1 ...
         bus.publish_many(topic, items)
-        with self.subscribe(bus, topic, unique("g"), 100.0, visibility_timeout=1.0) as sub:
+        with self.subscribe(bus, topic, unique("g"), 100.0, max_lease=1.0) as sub:
             first = sub.fetch()
             assert first is not None and len(first) == 6
             again: list[Any] = []

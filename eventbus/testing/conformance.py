@@ -279,20 +279,176 @@ class ConformanceSuite:
         assert second.event.id == first.event.id
         assert second.attempt == 2
 
-    def test_stuck_member_loses_record_after_visibility_timeout(
+    def test_stuck_member_loses_record_after_max_lease(
         self, bus: EventBus, url: str, make_topic: Callable[..., str]
     ) -> None:
-        if not bus.capabilities.redelivery_on_timeout:
-            pytest.skip("capability redelivery_on_timeout is false")
         topic = make_topic(partitions=1)
         group = unique("g")
         bus.publish(topic, "slow")
-        stuck = self.subscribe(bus, topic, group, consumer="stuck")
+        stuck = self.subscribe(bus, topic, group, consumer="stuck", max_lease=1.0)
         drain(stuck, 1, self.deadline, ack=False)
-        # the stuck member keeps heartbeating (fetching) but never acks; it gets it back
+        # the member lives but never settles the record: past max_lease it comes back
         (again,) = drain(stuck, 1, self.deadline)
         assert again.attempt == 2
         stuck.close()
+
+    # leases: records held by a live member (queued or in a slow handler) stay with it --------
+    def test_held_records_stay_with_a_live_member_past_the_visibility_timeout(
+        self, bus: EventBus, url: str, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        bus.publish_many(topic, list(range(5)))
+        with eventbus.connect(url) as other_bus:
+            holder = self.subscribe(bus, topic, group, consumer="m-1")
+            held = drain(holder, 5, self.deadline, ack=False)
+            other = self.subscribe(other_bus, topic, group, consumer="m-2")
+            # neither the holder nor another member gets them again while the holder lives
+            end = time.monotonic() + 3 * self.visibility_timeout
+            again = []
+            while time.monotonic() < end:
+                for sub in (holder, other):
+                    again += sub.fetch(10, timeout=0.2)
+            assert again == [], "a record held by a live member was delivered again"
+            # the holder dies without a word: the other member gets every one of them
+            holder.kill()
+            back = drain(other, 5, self.deadline + self.session_timeout)
+            other.close()
+        assert sorted(d.event.data for d in back) == [d.event.data for d in held]
+
+    def _handled_once(
+        self,
+        bus: EventBus,
+        topics: str | tuple[str, ...],
+        total: int,
+        seconds: float,
+        members: int = 1,
+        **settings: Any,
+    ) -> dict[tuple[str, str | None], list[int]]:
+        """Run ``members`` runners whose handler takes ``seconds`` until ``total`` events were
+        handled; assert none was handled twice; return the order seen per (topic, key)."""
+        lock = threading.Lock()
+        seen: list[tuple[str, str | None, int]] = []
+        active: set[tuple[str, str | None]] = set()
+        overlaps: list[tuple[str, str | None]] = []
+
+        def handler(d: Delivery) -> None:
+            lane = (d.topic, d.event.key if d.event.key is not None else str(d.position))
+            with lock:
+                if d.event.key is not None and lane in active:
+                    overlaps.append(lane)
+                active.add(lane)
+            time.sleep(seconds)  # simulated slow work (an LLM call), not a wait
+            with lock:
+                active.discard(lane)
+                seen.append((d.topic, d.event.key, d.event.data))
+
+        settings.setdefault("visibility_timeout", self.visibility_timeout)
+        settings.setdefault("session_timeout", self.session_timeout)
+        group = unique("g")
+        runners = [bus.runner(handler, topics, group=group, **settings) for _ in range(members)]
+        threads = [threading.Thread(target=r.run) for r in runners]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: len(seen) >= total, self.deadline * 2, "every event handled")
+            # a duplicate would show up within another visibility timeout
+            settle = time.monotonic() + 2 * self.visibility_timeout
+            wait_until(lambda: time.monotonic() > settle or len(seen) > total, 60, "settling")
+        finally:
+            for r in runners:
+                r.stop()
+            for thread in threads:
+                thread.join(self.deadline)
+        assert not any(t.is_alive() for t in threads)
+        counts: dict[tuple[str, int], int] = {}
+        for topic, _, value in seen:
+            counts[(topic, value)] = counts.get((topic, value), 0) + 1
+        twice = {k: n for k, n in counts.items() if n > 1}
+        assert twice == {}, f"handled more than once: {twice}"
+        assert len(seen) == total
+        assert overlaps == []
+        order: dict[tuple[str, str | None], list[int]] = {}
+        for topic, key, value in seen:
+            order.setdefault((topic, key), []).append(value)
+        return order
+
+    def test_slow_handlers_with_a_deep_local_queue_handle_each_event_once(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        # handlers slower than the visibility timeout divided by the queue depth: every event
+        # waits locally longer than the visibility timeout before it starts
+        topic = make_topic(partitions=1)
+        bus.publish_many(topic, list(range(24)))
+        self._handled_once(
+            bus, topic, 24, 0.25, concurrency=2, batch_size=12, visibility_timeout=1.0
+        )
+
+    def test_handler_longer_than_the_visibility_timeout_runs_once_in_the_group(
+        self, bus: EventBus, url: str, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=2)
+        bus.publish_many(topic, [eventbus.Event(data=i, key=f"k{i}") for i in range(6)])
+        self._handled_once(bus, topic, 6, 2.5, members=2, concurrency=2, visibility_timeout=1.0)
+
+    def test_slow_handlers_over_several_topics_keep_key_order_without_duplicates(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topics = (make_topic(partitions=2), make_topic(partitions=1))
+        for topic in topics:
+            bus.publish_many(topic, [eventbus.Event(data=i, key=f"k{i % 3}") for i in range(12)])
+        order = self._handled_once(
+            bus, topics, 24, 0.15, concurrency=3, batch_size=8, visibility_timeout=1.0
+        )
+        for lane, values in order.items():
+            assert values == sorted(values), f"{lane} handled out of order: {values}"
+
+    def test_failing_dead_letter_write_is_retried_and_the_runner_goes_on(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        dlq = f"{topic}.dlq"
+        # a dead-letter topic that refuses the copy (too large) until the operator fixes it
+        bus.create_topic(dlq, partitions=1, max_event_bytes=64)
+        bus.publish_many(
+            topic,
+            [
+                eventbus.Event(data="poison", key="a"),
+                eventbus.Event(data="after-poison", key="a"),
+                eventbus.Event(data="other", key="b"),
+            ],
+        )
+        handled: list[str] = []
+
+        def handler(d: Delivery) -> None:
+            if d.event.data == "poison":
+                raise ValueError("cannot handle poison")
+            handled.append(d.event.data)
+
+        runner = bus.runner(
+            handler, topic, group=unique("g"), max_attempts=1, backoff=0.05, max_backoff=0.2
+        )
+        thread = threading.Thread(target=runner.run)
+        thread.start()
+        try:
+            wait_until(
+                lambda: runner.stats.dead_letter_failures >= 2 and "other" in handled,
+                self.deadline,
+                "failed dead-letter writes while other keys go on",
+            )
+            assert "after-poison" not in handled, "key order: it waits behind the poison"
+            bus.alter_topic(TopicSpec(name=dlq, partitions=1))
+            wait_until(
+                lambda: runner.stats.dead_lettered == 1 and "after-poison" in handled,
+                self.deadline,
+                "the dead-letter write to work and the key to go on",
+            )
+        finally:
+            runner.stop()
+            thread.join(self.deadline)
+        assert not thread.is_alive()
+        assert [r.event.data for r in bus.replay(dlq)] == ["poison"]
+        assert sorted(handled) == ["after-poison", "other"]
 
     def test_lag_and_pending_are_exact(self, bus: EventBus, make_topic: Callable[..., str]) -> None:
         topic = make_topic(partitions=1)
@@ -310,6 +466,39 @@ class ConformanceSuite:
         assert info.lag + info.pending == 6
         assert info.pending in (0, 3)
         sub.close()
+
+    def test_backlog_is_the_same_number_everywhere(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        """backlog = not yet delivered + delivered and not acked, on every transport."""
+        topic = make_topic(partitions=2)
+        group = unique("g")
+        bus.publish_many(topic, [eventbus.Event(data=i, key=f"k{i}") for i in range(10)])
+        bus.reset_group(group, topic, "earliest")  # the group exists, nothing delivered
+
+        def check(expected: int) -> bool:
+            info = bus.describe_group(group)
+            parts = [p for p in info.partitions if p.topic == topic]
+            assert all(p.backlog is not None for p in parts), parts
+            # how lag and pending relate to it (pending is 0 where not tracked: Kafka)
+            assert all(p.backlog == (p.lag or 0) + p.pending for p in parts), parts
+            return info.backlog == expected and sum(p.backlog or 0 for p in parts) == expected
+
+        assert check(10)
+        with self.subscribe(bus, topic, group) as sub:
+            assert check(10)  # joined, nothing handed out
+            got = drain(sub, 6, self.deadline, ack=False)
+            assert check(10)  # delivered, not acked: not finished
+            # ack each partition's delivered records but its last: a prefix in position
+            # order, so a transport that commits only the acked prefix (Kafka) counts them too
+            last: dict[int, Delivery] = {d.position.partition: d for d in got}
+            acked = [d for d in got if d is not last[d.position.partition]]
+            for d in acked:
+                d.ack()
+            # Kafka's committed offset moves once the adapter's commit lands
+            wait_until(lambda: check(10 - len(acked)), self.deadline, "backlog after acks")
+            assert check(10 - len(acked))
+        assert check(10 - len(acked))  # closing returned the un-acked ones to the group
 
     def test_reset_group_to_earliest_latest_and_position(
         self, bus: EventBus, make_topic: Callable[..., str]

@@ -412,3 +412,41 @@ def test_members_closing_one_after_the_other_commit_what_they_acked(kafka_url: s
             assert await committed(t, group, topic) == {p: expected[p] for p in (0, 1)}
 
     run(main(), 110)
+
+
+def test_backlog_counts_from_the_earliest_retained_offset(
+    kafka_url: str, kafka_bootstrap: str
+) -> None:
+    """backlog = end - committed, but never counts records retention already deleted;
+    ``lag`` keeps Kafka's committed-offset meaning."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=1)
+            group = unique("g")
+            await t.publish(topic, [Outgoing(b"%d" % i) for i in range(10)], timeout=30)
+            await t.reset_group(group, topic, "earliest")
+            (part,) = (await t.describe_group(group)).partitions
+            assert (part.committed, part.lag, part.pending, part.backlog) == (0, 10, 0, 10)
+            admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+            futures = admin.delete_records([TopicPartition(topic, 0, 4)], request_timeout=30)
+            for future in futures.values():
+                await asyncio.wrap_future(future)
+            info = await t.describe_group(group)
+            (part,) = info.partitions
+            assert (part.committed, part.lag, part.backlog, info.backlog) == (0, 10, 6, 6)
+
+    run(main())
+
+
+def test_backlog_without_a_commit_counts_from_the_earliest_retained_offset() -> None:
+    from eventbus.adapters.kafka._admin import _group_partition
+
+    fresh = _group_partition("t", 0, None, None, (2, 10))
+    assert (fresh.lag, fresh.backlog) == (None, 8)
+    assert _group_partition("t", 0, 5, None, (2, 10)).backlog == 5
+    assert _group_partition("t", 0, 12, None, (2, 10)).backlog == 0
+    gone = _group_partition("t", 0, 3, None, None)  # the topic was deleted
+    assert (gone.lag, gone.backlog) == (None, 0)

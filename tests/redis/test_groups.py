@@ -283,18 +283,20 @@ def test_nack_delay_does_not_hold_back_later_entries(redis_url: str, topic: str)
     run(redis_url, body)
 
 
-def test_visibility_timeout_redelivers_with_the_server_count(redis_url: str, topic: str) -> None:
+def test_max_lease_redelivers_with_the_server_count(redis_url: str, topic: str) -> None:
     group = f"g-{topic}"
-    options = ConsumerOptions(session_timeout=5.0, visibility_timeout=0.5)
+    options = ConsumerOptions(session_timeout=5.0, visibility_timeout=0.5, max_lease=0.3)
 
     async def body(t: RedisTransport) -> None:
         await t.create_topic(TopicSpec(name=topic))
         await t.publish(topic, keyed(2), timeout=5)
         c = await t.open_consumer([topic], group, "c", options)
         held = await collect(c, 2, ack=False)
+        assert [c.holds(r) for r in held] == [True, True]
         start = time.monotonic()
         again = await collect(c, 2, timeout=5, ack=False)
-        assert time.monotonic() - start >= 0.3
+        # renewals stop at max_lease; the own sweep claims them after the visibility timeout
+        assert time.monotonic() - start >= 0.5
         assert [r.offset for r in again] == [r.offset for r in held]
         assert [r.attempt for r in again] == [2, 2]
         raw = Redis.from_url(t.settings.url.replace("***", ""))
@@ -303,6 +305,26 @@ def test_visibility_timeout_redelivers_with_the_server_count(redis_url: str, top
         finally:
             await raw.aclose()
         assert [r["times_delivered"] for r in rows] == [2, 2]
+        await c.close()
+
+    run(redis_url, body)
+
+
+def test_release_hands_records_back_with_the_same_attempt(redis_url: str, topic: str) -> None:
+    group = f"g-{topic}"
+    options = ConsumerOptions(session_timeout=5.0, visibility_timeout=1.0)
+
+    async def body(t: RedisTransport) -> None:
+        await t.create_topic(TopicSpec(name=topic))
+        await t.publish(topic, keyed(3), timeout=5)
+        c = await t.open_consumer([topic], group, "c", options)
+        held = await collect(c, 3, ack=False)
+        await c.release(held[1:])
+        assert [c.holds(r) for r in held] == [True, False, False]
+        again = await collect(c, 2, timeout=5, ack=False)
+        assert [r.offset for r in again] == [r.offset for r in held[1:]]
+        assert [r.attempt for r in again] == [1, 1]
+        await c.ack([held[0], *again])
         await c.close()
 
     run(redis_url, body)
@@ -428,6 +450,41 @@ def test_describe_and_reset_group(redis_url: str, topic: str) -> None:
             await raw.aclose()
         assert (await t.describe_group(group)).lag == 5
         await c.close()
+
+    run(redis_url, body)
+
+
+def test_backlog_is_exact_after_trims_and_deletions(redis_url: str, topic: str) -> None:
+    """backlog = undelivered entries still in the stream + the group's PEL. Redis's own lag
+    counts entries trimmed before the group read them, and is nil after deletions ahead."""
+    group = f"g-{topic}"
+
+    async def body(t: RedisTransport) -> None:
+        await t.create_topic(TopicSpec(name=topic))
+        await t.publish(topic, [Outgoing(b"%d" % i) for i in range(10)], timeout=5)
+        await t.reset_group(group, topic, "earliest")
+        raw = Redis.from_url(redis_url)
+        try:
+            info = await t.describe_group(group)
+            assert (info.lag, info.pending, info.backlog) == (10, 0, 10)
+            # plain XREADGROUP / XACK: exactly 4 delivered, 2 of them acked
+            ((_, read),) = await raw.xreadgroup(group, "x", {topic: ">"}, count=4)
+            await raw.xack(topic, group, read[0][0], read[1][0])
+            (part,) = (await t.describe_group(group)).partitions
+            assert (part.lag, part.pending, part.backlog) == (6, 2, 8)
+
+            await raw.xtrim(topic, maxlen=3, approximate=False)  # 3 unread entries left
+            assert (await raw.xinfo_groups(topic))[0]["lag"] == 6  # Redis still says 6
+            (part,) = (await t.describe_group(group)).partitions
+            assert (part.lag, part.pending, part.backlog) == (3, 2, 5)
+
+            left = [entry_id for entry_id, _ in await raw.xrange(topic)]
+            await raw.xdel(topic, left[1])
+            assert (await raw.xinfo_groups(topic))[0]["lag"] is None
+            info = await t.describe_group(group)
+            assert (info.lag, info.pending, info.backlog) == (2, 2, 4)
+        finally:
+            await raw.aclose()
 
     run(redis_url, body)
 

@@ -118,3 +118,23 @@ def test_metrics_count_exactly() -> None:
     # 4 good calls + 1 flaky failure + 2 poison attempts
     assert _counter("eventbus.handler.duration", topic) == 7
     assert _counter("eventbus.consumer.lag", topic) == 0
+
+
+def test_backlog_gauge_follows_describe_group() -> None:
+    url = f"memory://otel-b-{uuid.uuid4().hex[:6]}"
+    topic = f"b-{uuid.uuid4().hex[:6]}"
+    with eventbus.connect(url) as bus:
+        bus.create_topic(topic, partitions=2)
+        bus.publish_many(topic, [eventbus.Event(data=i, key=f"k{i}") for i in range(5)])
+        bus.reset_group("gb", topic, "earliest")
+        bus.describe_group("gb")
+        assert _counter("eventbus.consumer.backlog", topic) == 5
+        with bus.subscribe(topic, group="gb") as sub:
+            got = sub.fetch(2, timeout=5)
+            assert got
+            bus.describe_group("gb")
+            assert _counter("eventbus.consumer.backlog", topic) == 5  # delivered, not acked
+            for delivery in got:
+                delivery.ack()
+            bus.describe_group("gb")
+            assert _counter("eventbus.consumer.backlog", topic) == 5 - len(got)

@@ -148,23 +148,51 @@ def _committed(offset: int) -> int | None:
     return offset if offset >= 0 else None
 
 
+def _backlog(committed: int | None, marks: tuple[int, int] | None) -> int:
+    """Records from where the group goes on to the end offset: from its committed offset (the
+    lowest record it has not acked), from the earliest retained offset where it has no commit
+    (a new group's default start) or where retention deleted records past its commit. 0 when
+    the partition is gone (no watermarks): nothing there is left to do. An upper bound where
+    compaction or transaction markers left offset gaps."""
+    if marks is None:
+        return 0
+    low, high = marks
+    start = low if committed is None else max(committed, low)
+    return max(0, high - start)
+
+
 def _group_partition(
-    topic: str, partition: int, committed: int | None, metadata: str | None, lag: int | None
+    topic: str,
+    partition: int,
+    committed: int | None,
+    metadata: str | None,
+    marks: tuple[int, int] | None,
 ) -> GroupPartition:
-    """A GroupPartition; ``delivered`` / ``lowest_pending`` come from eventbus commit metadata
-    (``eb1 <high> ...``: offsets below ``high`` were delivered; ``committed`` is the lowest not
-    done). Conservative: acked records above the lowest un-acked one do not count as done."""
+    """A GroupPartition from the committed offset and the partition's ``(low, high)``
+    watermarks (None when unknown). ``lag`` = high - committed (None without a commit),
+    ``backlog`` see :func:`_backlog`; ``delivered`` / ``lowest_pending`` come from eventbus
+    commit metadata (``eb1 <high> ...``: offsets below ``high`` were delivered; ``committed``
+    is the lowest not done). Conservative: acked records above the lowest un-acked one do not
+    count as done."""
+    lag = None if committed is None or marks is None else max(0, marks[1] - committed)
+    backlog = _backlog(committed, marks)
     if committed is None:
-        return GroupPartition(topic, partition, None, lag)
+        return GroupPartition(topic, partition, None, lag, backlog=backlog)
     from eventbus.adapters.kafka._consumer import decode_metadata
 
     high, _ = decode_metadata(metadata)
     if high > committed:
         return GroupPartition(
-            topic, partition, committed, lag, delivered=high - 1, lowest_pending=committed
+            topic,
+            partition,
+            committed,
+            lag,
+            delivered=high - 1,
+            lowest_pending=committed,
+            backlog=backlog,
         )
     delivered = committed - 1 if committed > 0 else None
-    return GroupPartition(topic, partition, committed, lag, delivered=delivered)
+    return GroupPartition(topic, partition, committed, lag, delivered=delivered, backlog=backlog)
 
 
 class KafkaAdmin:
@@ -461,13 +489,12 @@ class KafkaAdmin:
         out: list[GroupPartition] = []
         for topic, parts in sorted(by_topic.items()):
             try:
-                high = await self.list_offsets(topic, parts, K.OffsetSpec.latest())
+                marks = await self.watermarks(topic, parts)
             except TopicNotFoundError:
-                high = {}
+                marks = {}
             for p in sorted(parts):
                 committed, metadata = wanted[(topic, p)]
-                lag = None if committed is None or p not in high else max(0, high[p] - committed)
-                out.append(_group_partition(topic, p, committed, metadata, lag))
+                out.append(_group_partition(topic, p, committed, metadata, marks.get(p)))
         return out
 
     async def reset_group(

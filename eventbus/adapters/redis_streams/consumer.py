@@ -22,11 +22,29 @@ per-key order. Here each partition stream has one owner at a time:
 - nack(record, delay) keeps the entry in this member's PEL and notes a local due time; when
   due (and the partition is still ours) it is claimed again by id with XCLAIM RETRYCOUNT =
   attempt + 1. Later entries keep flowing meanwhile. Visibility sweeps skip nacked ids.
+
+Leases (the contract's "a record handed to a member is leased to it"):
+
+- Every entry ``fetch`` returns is held until acked, nacked, dead-lettered or released. A
+  background task heartbeats (so membership does not depend on the application calling
+  ``fetch``) and renews held entries: the LEASE script XCLAIMs each to this member with JUSTID
+  (idle time reset, delivery count unchanged) if it is still pending here. An entry claimed by
+  another member meanwhile is never taken back; it is dropped from the held set (``holds`` turns
+  false, so the core does not start it).
+- This member's own sweeps skip held entries, so prefetched entries waiting locally are never
+  delivered a second time. Another member claims them only once renewals stop (the member died
+  or hangs) and the visibility timeout passes, or the member released them.
+- ``release`` sets a held entry's idle time past the visibility timeout (and its delivery count
+  one lower), so the partition's owner claims it on its next sweep with the same ``attempt``.
+- An entry held past ``max_lease`` is no longer renewed (logged): it is delivered again after
+  the visibility timeout, to this member or the partition's new owner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +60,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisConsumer"]
 
+log = logging.getLogger("eventbus.redis")
+
 HOLD_RECHECK = 0.05
 """Seconds between checks of a partition held back by another member's pending entries."""
 HOLD_SCAN = 1000
@@ -50,6 +70,14 @@ HOLD_SCAN = 1000
 TP = tuple[str, int]
 Entry = tuple[str, int, str]
 """(topic, partition, entry id)"""
+
+
+@dataclass(slots=True)
+class _Lease:
+    since: float
+    """When the application got the record (monotonic s): ``max_lease`` counts from here."""
+    renewed: float
+    """When the server last saw this member's claim on it (delivery or renewal)."""
 
 
 @dataclass
@@ -95,6 +123,11 @@ class RedisConsumer:
         self._sweep_interval = max(
             0.05, min(options.visibility_timeout / 4, options.session_timeout / 4, 1.0)
         )
+        self._leases: dict[Entry, _Lease] = {}
+        """Entries handed to the application and not settled: renewed in the background."""
+        self._beat_at = 0.0
+        self._renew_every = max(0.05, min(options.visibility_timeout / 3, 10.0))
+        self._keepalive: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -110,10 +143,12 @@ class RedisConsumer:
             await ensure_group(transport, await transport.meta(topic, fresh=True), group, options)
         consumer = cls(transport, topics, group, name, options)
         await consumer._heartbeat()
+        consumer._keepalive = asyncio.create_task(consumer._keep_alive())
         return consumer
 
     # membership ------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
+        self._beat_at = time.monotonic()
         replies = await asyncio.gather(*(self._beat(topic) for topic in self._topics))
         for topic, (mine, live) in zip(self._topics, replies, strict=True):
             self._live[topic] = live
@@ -153,7 +188,7 @@ class RedisConsumer:
                 if not out:
                     out = await self._read_new(max_records, self._block_for(deadline))
                 if out or time.monotonic() >= deadline:
-                    return out
+                    return self._hold(out)
         return []
 
     async def fetch_budget(
@@ -168,9 +203,10 @@ class RedisConsumer:
         ``weight_header`` values fits ``budget`` (atomically on the server). Returns the
         records and whether an entry was left because it did not fit. See
         :mod:`eventbus.adapters.redis_streams.batching`."""
-        return await batching.fetch_budget(
+        records, left = await batching.fetch_budget(
             self, budget, weight_header, max_items, timeout, allow_oversize
         )
+        return self._hold(records), left
 
     def _block_for(self, deadline: float) -> float:
         now = time.monotonic()
@@ -241,7 +277,9 @@ class RedisConsumer:
                 key, group, "-", "+", budget, idle=self._vis_ms
             )
             late_ids = {i: c for i, c in _rows(late).items() if i not in now_ids}
-        skip = {e[2] for e in self._nacked if e[:2] == (owned.topic, owned.partition)}
+        tp = (owned.topic, owned.partition)
+        skip = {e[2] for e in self._nacked if e[:2] == tp}
+        skip.update(e[2] for e in self._leases if e[:2] == tp)
         out = await self._claim(owned, now_ids, 0, skip, budget)
         out += await self._claim(owned, late_ids, self._vis_ms, skip, budget - len(out))
         return sorted(out, key=lambda r: layout.offset_order(r.offset))
@@ -376,12 +414,109 @@ class RedisConsumer:
         seen = {p: i for (t, p), i in self._seen.items() if t == topic}
         await ensure_group(self._t, meta, self._group, self._options, seen)
 
+    # leases ----------------------------------------------------------------------------------
+    def _hold(self, records: list[Record]) -> list[Record]:
+        now = time.monotonic()
+        leases = self._leases
+        for record in records:
+            # ids read here are complete "<ms>-<seq>" strings
+            leases[(record.topic, record.partition, str(record.offset))] = _Lease(now, now)
+        return records
+
+    def holds(self, record: Record) -> bool:
+        """True while this member holds the record's lease and owns its partition."""
+        lease = self._leases.get((record.topic, record.partition, str(record.offset)))
+        return (
+            lease is not None
+            and (record.topic, record.partition) in self._owned
+            and time.monotonic() - lease.since < self._options.max_lease
+        )
+
+    async def release(self, records: Sequence[Record]) -> None:
+        """Give back held records not started: the partition's owner claims them at its next
+        sweep, with the same ``attempt``. Records not held here are ignored."""
+        by_key: dict[str, list[str]] = {}
+        for record in records:
+            entry = (record.topic, record.partition, str(record.offset))
+            if self._leases.pop(entry, None) is not None:
+                key = layout.stream_key(record.topic, record.partition)
+                by_key.setdefault(key, []).extend((entry[2], str(record.attempt)))
+        idle = str(self._vis_ms * 2 + 1000)
+        await self._lease_calls(
+            {k: ["release", idle, *ids] for k, ids in by_key.items()}, "release records"
+        )
+
+    async def _keep_alive(self) -> None:
+        """Heartbeat and renew held entries whether or not the application fetches."""
+        beat_every = max(0.05, min(self._options.session_timeout / 3, 1.0))
+        tick = min(beat_every, self._renew_every)
+        while not self._closed:
+            await asyncio.sleep(tick)  # the keepalive's period, not a wait for a condition
+            try:
+                if time.monotonic() - self._beat_at >= beat_every:
+                    await self._heartbeat()
+                await self._renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next tick tries again; fetch reports hard errors
+                log.warning("lease keepalive of %r failed (retrying): %r", self._name, exc)
+
+    async def _renew(self) -> None:
+        now = time.monotonic()
+        due: dict[str, list[str]] = {}
+        where: dict[str, tuple[str, int]] = {}
+        for entry, lease in list(self._leases.items()):
+            if now - lease.renewed < self._renew_every:
+                continue
+            if now - lease.since >= self._options.max_lease:
+                del self._leases[entry]
+                log.warning(
+                    "%s/%s/%s held by %r for more than max_lease (%.0f s): no longer renewed, "
+                    "it will be delivered again",
+                    *entry,
+                    self._name,
+                    self._options.max_lease,
+                )
+                continue
+            key = layout.stream_key(entry[0], entry[1])
+            due.setdefault(key, []).append(entry[2])
+            where[key] = entry[:2]
+            lease.renewed = now
+        lost = await self._lease_calls({k: ["renew", *ids] for k, ids in due.items()}, "renew")
+        for key, ids in lost.items():
+            for entry_id in ids:
+                self._leases.pop((*where[key], entry_id), None)
+
+    async def _lease_calls(
+        self, args_by_key: Mapping[str, list[str]], action: str
+    ) -> dict[str, list[str]]:
+        """Run the LEASE script once per stream; returns the ids no longer this member's."""
+        if not args_by_key:
+            return {}
+        script = self._t.script("LEASE")
+        keys = list(args_by_key)
+        with self._t.edge(f"{action} in group {self._group!r}"):
+            replies = await asyncio.gather(
+                *(
+                    script(keys=[k], args=[self._group, self._name, *args_by_key[k]])
+                    for k in keys
+                )
+            )
+        return {k: [layout.text(i) for i in r] for k, r in zip(keys, replies, strict=True) if r}
+
+    async def _stop_keepalive(self) -> None:
+        task, self._keepalive = self._keepalive, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     # settle ----------------------------------------------------------------------------------
     async def ack(self, records: Sequence[Record]) -> None:
         """XACK, one call per partition in one round trip. Acking twice is harmless."""
         by_key: dict[str, list[str]] = {}
         by_part: dict[tuple[str, int], list[str]] = {}
-        nacked = self._nacked
+        nacked, leases = self._nacked, self._leases
         for record in records:
             offset = record.offset
             # ids this consumer read are complete "<ms>-<seq>" strings: validate others only
@@ -393,6 +528,7 @@ class RedisConsumer:
             ids.append(entry_id)
             if nacked:
                 nacked.pop((record.topic, record.partition, entry_id), None)
+            leases.pop((record.topic, record.partition, entry_id), None)
         if by_key:
             await self._t.pipeline(
                 lambda p: [p.xack(k, self._group, *ids) for k, ids in by_key.items()],
@@ -402,6 +538,7 @@ class RedisConsumer:
     async def nack(self, record: Record, delay: float = 0.0) -> None:
         """Redeliver no sooner than ``delay`` s (the entry stays pending here meanwhile)."""
         entry = (record.topic, record.partition, layout.id_of(record.offset, record.topic))
+        self._leases.pop(entry, None)
         self._nacked[entry] = (time.monotonic() + max(0.0, delay), record.attempt + 1)
 
     async def dead_letter(self, record: Record, topic: str, headers: Mapping[str, bytes]) -> None:
@@ -415,6 +552,7 @@ class RedisConsumer:
         source = layout.stream_key(record.topic, record.partition)
         entry_id = layout.id_of(record.offset, record.topic)
         self._nacked.pop((record.topic, record.partition, entry_id), None)
+        self._leases.pop((record.topic, record.partition, entry_id), None)
         if not t.same_slot(target, source):
             await t.publish(topic, [copy], timeout=t.settings.socket_timeout)
             await self.ack([record])
@@ -435,6 +573,8 @@ class RedisConsumer:
         if self._closed:
             return
         self._closed = True
+        await self._stop_keepalive()
+        self._leases.clear()
         async with self._lock:  # let a running fetch finish its slice first
             for topic in self._topics:
                 with self._t.edge(f"leave group {self._group!r}"):
@@ -450,6 +590,8 @@ class RedisConsumer:
     async def kill(self) -> None:
         """Stop without a goodbye: others take over after the session timeout."""
         self._closed = True
+        await self._stop_keepalive()
+        self._leases.clear()
         self._owned.clear()
 
 

@@ -3,7 +3,9 @@
 A group's position on a partition is its last-delivered id (``GroupPartition.committed``).
 Resets set it with XGROUP SETID ... ENTRIESREAD n, computing n so that Redis keeps reporting a
 correct lag; when Redis reports no lag (after a foreign SETID or deletions), describe counts
-the entries after the last-delivered id instead.
+the entries after the last-delivered id instead, and where a trim removed entries the group
+had not read yet, it reports the stream's length (see :func:`_undelivered`). ``lag`` is that
+count of undelivered entries, ``pending`` the group's PEL size, ``backlog`` their sum.
 """
 
 from __future__ import annotations
@@ -107,24 +109,59 @@ async def _topic_state(
     replies = await t.xinfo_groups(keys, f"describe group {group!r}")
     partitions: list[GroupPartition] = []
     present: list[str] = []
-    for p, (key, groups) in enumerate(zip(keys, replies, strict=True)):
-        info = _find(groups, group)
+    found = [
+        (p, key, _find(groups, group))
+        for p, (key, groups) in enumerate(zip(keys, replies, strict=True))
+    ]
+    lengths = await _lengths(t, [key for _, key, info in found if info and info.get("lag")])
+    for p, key, info in found:
         if info is None:
             continue
         present.append(key)
         committed = layout.text(info["last-delivered-id"])
-        lag = info.get("lag")
-        if lag is None:
-            lag = await count_after(t, key, "(" + committed)
+        lag = await _undelivered(t, key, committed, info.get("lag"), lengths.get(key))
         pending = int(info.get("pending", 0))
         extra: dict[str, Any] = {}
         if _HAS_DELIVERED:
             extra["delivered"] = None if committed == "0-0" else committed
             extra["lowest_pending"] = await _lowest_pending(t, key, group) if pending else None
-        partitions.append(GroupPartition(meta.name, p, committed, int(lag), pending, **extra))
+        partitions.append(
+            GroupPartition(meta.name, p, committed, lag, pending, backlog=lag + pending, **extra)
+        )
     if not partitions:
         return [], {}
     return partitions, await _members(t, meta, group, present)
+
+
+async def _lengths(t: RedisTransport, keys: list[str]) -> dict[str, int]:
+    """XLEN of each stream, in one round trip."""
+    if not keys:
+        return {}
+
+    def build(pipe: Any) -> None:
+        for key in keys:
+            pipe.xlen(key)
+
+    replies = await t.pipeline(build, "count entries")
+    return {key: int(n) for key, n in zip(keys, replies, strict=True)}
+
+
+async def _undelivered(
+    t: RedisTransport, key: str, last_delivered: str, lag: Any, length: int | None
+) -> int:
+    """Entries of the stream after the group's last-delivered id, exactly.
+
+    Redis's ``lag`` (entries added minus entries read) is nil when it cannot tell (deletions
+    after the group's position, a SETID without ENTRIESREAD): then the entries are counted.
+    When it is known it still counts entries trimmed away before the group read them. A trim
+    removes the oldest entries, so once it removed one after the last-delivered id it removed
+    everything up to that id, and every entry left is undelivered: the exact count is then
+    the stream's length, and otherwise ``lag`` itself, which is at most the length."""
+    if lag is None:
+        return await count_after(t, key, "(" + last_delivered)
+    if length is None:  # lag is 0: nothing to correct
+        return int(lag)
+    return min(int(lag), length)
 
 
 async def _lowest_pending(t: RedisTransport, key: str, group: str) -> str | None:

@@ -3,7 +3,7 @@ which is used as one script only when both topics share a slot (always, outside 
 
 from __future__ import annotations
 
-__all__ = ["CREATE_TOPIC", "DEAD_LETTER", "HEARTBEAT", "LEAVE", "NOW", "PUBLISH"]
+__all__ = ["CREATE_TOPIC", "DEAD_LETTER", "HEARTBEAT", "LEASE", "LEAVE", "NOW", "PUBLISH"]
 
 # KEYS[1] meta, KEYS[2..] partition streams to make exist. ARGV[1] mode: "create" fails when
 # the topic exists (as eventbus topic or as any key named like partition 0); "alter" requires
@@ -135,4 +135,32 @@ return id
 NOW = """
 local t = redis.call('TIME')
 return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Renew or give back leases. KEYS[1] a partition stream. ARGV[1] group, ARGV[2] this member,
+# ARGV[3] mode: "renew" resets the idle time of each id (XCLAIM to itself, JUSTID: the delivery
+# count stays); "release" sets it to ARGV[4] ms (so the partition's owner claims it at once) and
+# its delivery count to ARGV[5 + 2k] - 1 (the claim adds one back). Only ids still pending at
+# this member are touched: one claimed by another member meanwhile is never taken back.
+# Returns the ids that are no longer this member's.
+LEASE = """
+local group, me, mode = ARGV[1], ARGV[2], ARGV[3]
+local lost = {}
+local first, step = 4, 1
+if mode == 'release' then first, step = 5, 2 end
+for i = first, #ARGV, step do
+  local id = ARGV[i]
+  local row = redis.call('XPENDING', KEYS[1], group, id, id, 1)[1]
+  if row and row[2] == me then
+    if mode == 'release' then
+      redis.call('XCLAIM', KEYS[1], group, me, 0, id, 'IDLE', ARGV[4],
+        'RETRYCOUNT', math.max(0, tonumber(ARGV[i + 1]) - 1), 'JUSTID')
+    else
+      redis.call('XCLAIM', KEYS[1], group, me, 0, id, 'JUSTID')
+    end
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
 """

@@ -165,7 +165,9 @@ class Capabilities:
     native_delivery_count: bool = False
     """The server counts deliveries per record (Redis PEL); otherwise a header carries it."""
     redelivery_on_timeout: bool = True
-    """A record held by a live member past the visibility timeout goes to another member."""
+    """A record held past ``max_lease`` goes to its partition's owner (another member after a
+    move) once the visibility timeout passes; false: it comes back to the same member at once.
+    A live member never loses a record it holds before ``max_lease`` on any transport."""
     timestamp_replay: bool = True
     """Reads and resets can start at a time."""
     retention_by_time: bool = True

@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import socket
 import time
@@ -75,6 +76,7 @@ from eventbus.transport import (
     Capabilities,
     ConsumerOptions,
     GroupInfo,
+    LeasedConsumer,
     Offset,
     Outgoing,
     Position,
@@ -146,6 +148,26 @@ def _combine(a: Capabilities, b: Capabilities) -> Capabilities:
     )
 
 
+_OPTIONS = {"source", "target", "poll_interval", "secondary_timeout", "auto_create"}
+
+
+def _with(url: str, name: str, value: str) -> str:
+    """``url`` with one more query option."""
+    return f"{url}{'&' if '?' in url else '?'}{name}={value}"
+
+
+def _seconds(opts: Mapping[str, Any], name: str, default: float) -> float:
+    """A positive, finite number of seconds from the URL's options; ConfigurationError else."""
+    value = opts.get(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (0 < number < math.inf):
+        raise ConfigurationError(f"migrate:// option {name}={value!r}: give seconds > 0")
+    return number
+
+
 class MigrationTransport:
     """A transport over a source and a target that follows the migration's control record."""
 
@@ -207,12 +229,23 @@ class MigrationTransport:
                 "migrate:// needs a name, a source and a target: "
                 "migrate://NAME?source=<url-encoded URL>&target=<url-encoded URL>"
             )
+        unknown = sorted(set(opts) - _OPTIONS)
+        if unknown:
+            raise ConfigurationError(
+                f"migrate:// does not know the option(s) {', '.join(unknown)}; its options are "
+                f"{', '.join(sorted(_OPTIONS))} (a side's own options go in its URL)"
+            )
+        if "auto_create" in opts:  # a setting of both sides, as if given in each side's URL
+            flag = str(opts["auto_create"])
+            source_url, target_url = (
+                _with(u, "auto_create", flag) for u in (source_url, target_url)
+            )
         return cls.create(
             name,
             source_url,
             target_url,
-            poll_interval=float(opts.get("poll_interval", 1.0)),
-            secondary_timeout=float(opts.get("secondary_timeout", 5.0)),
+            poll_interval=_seconds(opts, "poll_interval", 1.0),
+            secondary_timeout=_seconds(opts, "secondary_timeout", 5.0),
         )
 
     @classmethod
@@ -928,6 +961,20 @@ class MigrationConsumer:
         if self.inner is not None:
             await self.inner.nack(record, delay)
         self._done([record])
+
+    def holds(self, record: Record) -> bool:
+        """True while the side being read holds the record's lease (see LeasedConsumer)."""
+        inner = self.inner
+        if inner is None or (record.topic, record.partition, record.offset) not in self.outstanding:
+            return False
+        return not isinstance(inner, LeasedConsumer) or inner.holds(record)
+
+    async def release(self, records: Sequence[Record]) -> None:
+        """Give back unstarted records to the side they came from."""
+        mine = [r for r in records if (r.topic, r.partition, r.offset) in self.outstanding]
+        if isinstance(self.inner, LeasedConsumer) and mine:
+            await self.inner.release(mine)
+            self._done(mine)
 
     async def dead_letter(self, record: Record, topic: str, headers: Mapping[str, bytes]) -> None:
         if self.inner is not None:

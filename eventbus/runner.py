@@ -363,12 +363,7 @@ class AsyncRunner:
             try:
                 async with sem:
                     if rid not in self._running:
-                        # waited for a slot: start it only if this member still holds it
-                        if rid in self._released:
-                            return
-                        leases = self._leases
-                        if leases is not None and not leases.holds(record):
-                            await self._release([record])
+                        if not await self._may_start(record):
                             return
                         self._running.add(rid)
                     target = self._wrap(delivery) if self._wrap is not None else delivery
@@ -413,6 +408,18 @@ class AsyncRunner:
                     self._ack_ready.set()
             self.stats.handled += 1
             return
+
+    async def _may_start(self, record: Record) -> bool:
+        """After waiting for a slot: start ``record`` only if this member still holds it and
+        the runner is not stopping; otherwise it goes back to the group unstarted."""
+        if id(record) in self._released:
+            return False
+        leases = self._leases
+        if self._stop_flag.is_set() or (leases is not None and not leases.holds(record)):
+            if leases is not None:
+                await self._release([record])
+            return False
+        return True
 
     async def _give_up(
         self, sub: AsyncSubscription, record: Record, exc: Exception, attempt: int

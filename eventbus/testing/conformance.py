@@ -403,6 +403,40 @@ class ConformanceSuite:
         for lane, values in order.items():
             assert values == sorted(values), f"{lane} handled out of order: {values}"
 
+    def test_stopping_a_slow_runner_hands_back_its_queue_unstarted(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        bus.publish_many(topic, list(range(8)))
+        lock = threading.Lock()
+        seen: list[tuple[str, int]] = []
+
+        def slow(name: str) -> Callable[[Delivery], None]:
+            def handler(d: Delivery) -> None:
+                with lock:
+                    seen.append((name, d.event.data))
+                time.sleep(0.5)  # simulated slow work, not a wait
+
+            return handler
+
+        first = bus.runner(slow("first"), topic, group=group, concurrency=2)
+        thread = threading.Thread(target=first.run)
+        thread.start()
+        try:
+            wait_until(lambda: len(seen) >= 1, self.deadline, "the first handler to start")
+            first.stop()
+            thread.join(self.deadline)
+            assert not thread.is_alive()
+            started_by_first = len(seen)
+            assert started_by_first < 8, "a stopping runner started its whole queue"
+            second = bus.runner(slow("second"), topic, group=group, concurrency=4)
+            self._run_until(second, lambda: len(seen) >= 8)
+        finally:
+            first.stop()
+        values = sorted(v for _, v in seen)
+        assert values == list(range(8)), f"handled more or less than once: {seen}"
+
     def test_failing_dead_letter_write_is_retried_and_the_runner_goes_on(
         self, bus: EventBus, make_topic: Callable[..., str]
     ) -> None:

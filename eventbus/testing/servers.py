@@ -58,11 +58,15 @@ __all__ = [
     "dev_down",
     "dev_status",
     "dev_up",
+    "dev_urls",
     "ensure_kafka_jars",
     "free_port",
     "kafka_answers",
+    "kafka_jars_present",
     "kafka_libs_dir",
+    "missing_tools",
     "pid_alive",
+    "provision",
     "redis_answers",
     "redis_server_version",
     "start_kafka",
@@ -137,6 +141,53 @@ def state_dir() -> Path:
     """Folder for ``eventbus dev`` state (``$EVENTBUS_STATE_DIR`` or ``<cache>/dev``)."""
     env = os.environ.get("EVENTBUS_STATE_DIR")
     return Path(env).expanduser() if env else cache_dir() / "dev"
+
+
+def missing_tools() -> dict[str, str]:
+    """The programs the tests and ``eventbus dev up`` need that are not on PATH, each with the
+    Debian package that brings it."""
+    return {t: p for t, p in _DEBIAN_PACKAGES.items() if shutil.which(t) is None}
+
+
+def provision(*, log: Callable[[str], None] = print) -> list[str]:
+    """Install what the local servers need and is missing: Debian's packages for the programs
+    of :func:`missing_tools` (through apt-get, as root or with sudo), then Kafka's jars from
+    Maven Central. Idempotent; returns what it did (empty when nothing was missing).
+
+    Raises :class:`ServerError` when something is missing and cannot be installed here (not
+    Debian, not root and no sudo, or apt-get failed), naming the command to run by hand."""
+    done: list[str] = []
+    missing = missing_tools()
+    if missing:
+        packages = sorted(set(missing.values()))
+        by_hand = f"apt-get install {' '.join(packages)}"
+        apt = shutil.which("apt-get")
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"] if shutil.which("sudo") else None
+        if apt is None or sudo is None:
+            raise ServerError(
+                f"missing {', '.join(sorted(missing))}; install them with: {by_hand} "
+                "(this machine has no apt-get, or this user is not root and has no sudo)"
+            )
+        log(f"installing {', '.join(packages)} with apt-get (missing: {', '.join(missing)})")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (
+            [*sudo, apt, "update", "-qq"],
+            [*sudo, apt, "install", "-y", "-qq", "--no-install-recommends", *packages],
+        ):
+            result = subprocess.run(
+                argv, env=env, capture_output=True, text=True, check=False, timeout=900
+            )
+            if result.returncode != 0:
+                raise ServerError(
+                    f"{' '.join(argv)} failed ({result.returncode}): "
+                    f"{(result.stderr or result.stdout).strip()[-800:]}; run by hand: {by_hand}"
+                )
+        done.append(f"apt-get install {' '.join(packages)}")
+    if not kafka_jars_present():
+        log(f"fetching Apache Kafka {KAFKA_VERSION} jars with Maven into {kafka_libs_dir()}")
+        ensure_kafka_jars(quiet=True)
+        done.append(f"Kafka {KAFKA_VERSION} jars")
+    return done
 
 
 def require_tool(tool: str, purpose: str) -> str:
@@ -896,6 +947,17 @@ def dev_up(kinds: Sequence[str] = DEV_KINDS, *, redis_appendonly: bool = False) 
     return DevServers(state, running, reused)
 
 
+def dev_urls() -> dict[str, str]:
+    """URLs of the servers a running ``eventbus dev up`` recorded, by kind (in ``DEV_KINDS``
+    order), counting only those whose process is alive and ours. Cheap: reads the state file
+    and ``/proc``, never probes a port, so commands can call it on every start."""
+    return {
+        kind: server.url
+        for kind, server in _load_state().items()
+        if pid_alive(server.pid, str(server.workdir))
+    }
+
+
 def dev_status() -> DevServers:
     """Recorded servers and whether each one is running and answering."""
     state = _load_state()
@@ -946,6 +1008,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help=f"download Apache Kafka {KAFKA_VERSION} jars (skipped if cached)")
+    sub.add_parser(
+        "provision",
+        help="install the missing programs (apt-get) and Kafka's jars: what the tests need",
+    )
     sub.add_parser("versions", help="print the server versions tests run against")
     sub.add_parser("check", help="start both servers once, print their URLs, stop them")
     args = parser.parse_args(argv)
@@ -953,6 +1019,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fetch":
             libs = ensure_kafka_jars(quiet=True)
             print(f"Kafka {KAFKA_VERSION} jars: {libs}")
+        elif args.command == "provision":
+            done = provision()
+            print("provisioned: " + "; ".join(done) if done else "nothing was missing")
         elif args.command == "versions":
             for key, value in _versions().items():
                 print(f"{key}: {value}")

@@ -182,7 +182,7 @@ async def _operate(
         await m.advance(topic)
         await stage("kafka is primary now; redis still receives copies")
         moved = await m.cutover("workers", topic)
-        skipped = sum(len(s) for s in moved.skip.values())
+        skipped = moved.skipped
         await stage(f"group 'workers' cut over to kafka ({skipped} handled tasks skipped)")
         await m.advance(topic)
         await stage("kafka only")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -80,7 +81,10 @@ def _state_json(state: MigrationState) -> dict[str, Any]:
             t: {"stage": m.stage, "generation": m.generation, "backfill_done": m.backfill_done}
             for t, m in state.topics.items()
         },
-        "groups": {g: {"topic": m.topic, "status": m.status} for g, m in state.groups.items()},
+        "groups": {
+            g: {"topic": m.topic, "topics": m.topics or [m.topic], "status": m.status}
+            for g, m in state.groups.items()
+        },
     }
 
 
@@ -133,10 +137,12 @@ def status(
         )
     console().print(table)
     groups = Table(title="groups")
-    for col in ("group", "topic", "on", "source lag", "target lag"):
+    for col in ("group", "topics", "on", "source lag", "target lag"):
         groups.add_column(col)
     for group, g in report["groups"].items():
-        groups.add_row(group, g["topic"], g["status"], str(g["source_lag"]), str(g["target_lag"]))
+        groups.add_row(
+            group, ", ".join(g["topics"]), g["status"], str(g["source_lag"]), str(g["target_lag"])
+        )
     console().print(groups)
 
 
@@ -147,11 +153,31 @@ def advance(
     source: FromOption,
     target: ToOption,
     wait: Annotated[float, typer.Option(help="Seconds to wait for producers.")] = 30.0,
+    abandon: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--abandon-group",
+            help="To target-only: leave this group behind on the source on purpose "
+            "(it gets nothing new). Repeatable.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Run the checks only; change nothing.")
+    ] = False,
     output: OutputOption = Output.table,
 ) -> None:
     """Move a topic to its next stage once every live producer follows the current one and
-    the next stage's checks pass (backfill done and verified; groups cut over; journal empty)."""
-    state = _run(name, source, target, lambda m: m.advance(topic, wait=wait))
+    the next stage's checks pass (backfill done and verified; every group that reads it cut
+    over, or abandoned with --abandon-group; journal empty)."""
+    state = _run(
+        name,
+        source,
+        target,
+        lambda m: m.advance(topic, wait=wait, abandon=abandon or [], dry_run=dry_run),
+    )
+    if dry_run:
+        _print_state(state, output, f"{topic}: checks passed (dry run, nothing changed)")
+        return
     _print_state(state, output, f"{topic} advanced")
 
 
@@ -164,7 +190,7 @@ def rollback(
     wait: Annotated[float, typer.Option(help="Seconds to wait for producers.")] = 30.0,
     output: OutputOption = Output.table,
 ) -> None:
-    """Move a topic back one stage (groups go back first: cutover --to source)."""
+    """Move a topic back one stage (groups go back first: cutover --to-side source)."""
     state = _run(name, source, target, lambda m: m.rollback(topic, wait=wait))
     _print_state(state, output, f"{topic} rolled back")
 
@@ -235,21 +261,57 @@ def cutover(
         bool, typer.Option(help="Require no pending events (a clean prefix) after pausing.")
     ] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for members to pause.")] = 60.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and show the move; change nothing.")
+    ] = False,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ignore-topic",
+            help="A topic the old side still has positions of but the group no longer reads "
+            "(refused if a live member reads it). Repeatable.",
+        ),
+    ] = None,
     output: OutputOption = Output.table,
 ) -> None:
-    """Move a consumer group to the other side: members pause, positions are translated
-    (never ahead of what the group finished), members resume there, skipping what they
-    already handled."""
+    """Move a consumer group to the other side, with every topic it reads, at once: members
+    pause, positions are translated per topic (never ahead of what the group finished),
+    members resume there, skipping what they already handled. Refused, naming them, while a
+    topic of the group is not ready."""
     if to not in ("target", "source"):
         fail("--to-side takes target or source")
+    began = datetime.now(UTC)
     gm = _run(
-        name, source, target, lambda m: m.cutover(group, topic, to=to, exact=exact, wait=wait)
+        name,
+        source,
+        target,
+        lambda m: m.cutover(
+            group, topic, to=to, exact=exact, wait=wait, dry_run=dry_run, ignore=ignore or []
+        ),
     )
+    unchanged = gm.switched_at is not None and gm.switched_at < began
     if output is Output.json:
-        emit_json({"group": group, **gm.model_dump(mode="json")})
-    else:
-        skipped = sum(len(s) for s in gm.skip.values())
-        console().print(
-            f"group {group} now reads {topic} from the {gm.status}; starts "
-            f"{dict(sorted(gm.start.items()))}, {skipped} already-handled events skipped"
+        emit_json(
+            {
+                "group": group,
+                "dry_run": dry_run,
+                "unchanged": unchanged,
+                **gm.model_dump(mode="json"),
+            }
         )
+    elif dry_run:
+        console().print(
+            f"group {group} would move to the {to} with topics {', '.join(gm.topics)} "
+            "(dry run, nothing changed)"
+        )
+    elif unchanged:
+        console().print(
+            f"group {group} already reads {', '.join(gm.topics)} from the {gm.status} (since "
+            f"{gm.switched_at:%Y-%m-%d %H:%M:%S} UTC); nothing to do"
+        )
+    else:
+        for t, pos in gm.positions.items():
+            console().print(
+                f"group {group} now reads {t} from the {gm.status}; starts "
+                f"{dict(sorted(pos.start.items()))}, {pos.skipped} already-handled events skipped"
+            )

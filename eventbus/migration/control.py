@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from eventbus.errors import (
     ConfigurationError,
@@ -34,8 +34,10 @@ from eventbus.transport import Outgoing, Transport
 
 __all__ = [
     "STAGES",
+    "ControlConflictError",
     "ControlStore",
     "GroupMigration",
+    "GroupTopic",
     "Heartbeat",
     "MigrationState",
     "Stage",
@@ -116,16 +118,66 @@ class TopicMigration(BaseModel):
     so copies to the source wait in the journal until ``backfill`` has copied them back."""
 
 
-class GroupMigration(BaseModel):
-    topic: str
-    status: GroupStatus = "source"
+MAX_SKIP_RANGES = 20_000
+"""Skip ranges a group may carry in the control record (all its topics together). Ranges of
+consecutive records keep the list short; beyond this, cutover refuses before changing anything
+(a group that finished records in that scattered an order: let it drain, or use --exact)."""
+
+
+class GroupTopic(BaseModel):
+    """A group's positions on one topic, as set at its last switch."""
+
     start: dict[int, str] = Field(default_factory=dict)
-    """The next offset the group reads on its current side, as set at the last switch."""
+    """The next offset the group reads on its current side, per partition."""
     boundary: dict[int, str] = Field(default_factory=dict)
     """Last offset of each partition on the new side when the group switched."""
-    skip: dict[int, list[str]] = Field(default_factory=dict)
-    """Offsets from ``start`` up to ``boundary`` (inclusive) already handled on the old side."""
+    skip: dict[int, list[tuple[str, str]]] = Field(default_factory=dict)
+    """Inclusive ranges ``(first, last)`` of consecutive records from ``start`` up to
+    ``boundary`` already handled on the old side: members ack them without handling them."""
+    skipped: int = 0
+    """How many records the ranges cover."""
+
+
+class GroupMigration(BaseModel):
+    """Where one consumer group reads, for every migrated topic it reads (a group moves with
+    all its topics at once: its members read every topic from one side)."""
+
+    topic: str
+    """The first of ``topics`` (kept for older records and one-line displays)."""
+    topics: list[str] = Field(default_factory=list)
+    status: GroupStatus = "source"
+    positions: dict[str, GroupTopic] = Field(default_factory=dict)
+    """Per topic: start, boundary and skip ranges set at the last switch."""
     switched_at: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_record(cls, data: Any) -> Any:
+        """Records written before groups had several topics: one topic, flat positions."""
+        if not isinstance(data, dict) or "positions" in data:
+            return data
+        data = dict(data)
+        topic = data.get("topic", "")
+        flat = {k: data.pop(k) for k in ("start", "boundary", "skip") if k in data}
+        skip = {p: [(o, o) for o in offsets] for p, offsets in flat.get("skip", {}).items()}
+        data.setdefault("topics", [topic] if topic else [])
+        data["positions"] = {
+            topic: {
+                "start": flat.get("start", {}),
+                "boundary": flat.get("boundary", {}),
+                "skip": skip,
+                "skipped": sum(len(r) for r in skip.values()),
+            }
+        }
+        return data
+
+    def reads(self, topic: str) -> bool:
+        return topic in self.topics or topic == self.topic
+
+    @property
+    def skipped(self) -> int:
+        """Records skipped over all topics."""
+        return sum(t.skipped for t in self.positions.values())
 
 
 class MigrationState(BaseModel):
@@ -156,6 +208,12 @@ class Heartbeat(BaseModel):
     """topic -> stage generation this member follows."""
     groups: dict[str, str] = Field(default_factory=dict)
     """group -> its status as this member sees it ("paused" once drained for a switch)."""
+    reads: dict[str, list[str]] = Field(default_factory=dict)
+    """group -> the topics this member reads in it (a cutover moves a group with all)."""
+
+
+class ControlConflictError(ConfigurationError):
+    """The control record changed between reading it and writing the next version."""
 
 
 class ControlStore:
@@ -204,7 +262,7 @@ class ControlStore:
         current = await self.load()
         have = current.version if current is not None else None
         if expected_version is not None and have != expected_version:
-            raise ConfigurationError(
+            raise ControlConflictError(
                 f"migration {self.name!r} changed while this command ran (version {have}, "
                 f"expected {expected_version}); run the command again"
             )

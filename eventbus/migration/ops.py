@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,9 +32,13 @@ from eventbus.errors import (
 from eventbus.event import H_ID
 from eventbus.migration._fenced import FencedWriter, open_fenced_writer, transactional_id
 from eventbus.migration.control import (
+    MAX_SKIP_RANGES,
     STAGES,
+    ControlConflictError,
     ControlStore,
     GroupMigration,
+    GroupStatus,
+    GroupTopic,
     MigrationState,
     PartitionDiff,
     Stage,
@@ -350,9 +354,14 @@ class Migration:
         for group, gm in state.groups.items():
             groups[group] = {
                 "topic": gm.topic,
+                "topics": gm.topics or [gm.topic],
                 "status": gm.status,
-                "source_lag": await self._lag(self.source, group, gm.topic),
-                "target_lag": await self._lag(self.target, group, gm.topic),
+                "source_lag": sum(
+                    [await self._lag(self.source, group, t) or 0 for t in gm.topics or [gm.topic]]
+                ),
+                "target_lag": sum(
+                    [await self._lag(self.target, group, t) or 0 for t in gm.topics or [gm.topic]]
+                ),
             }
         return {"name": state.name, "version": state.version, "topics": topics, "groups": groups}
 
@@ -365,17 +374,34 @@ class Migration:
         return sum(p.lag or 0 for p in info.partitions if p.topic == topic)
 
     # stages ------------------------------------------------------------------------------
-    async def advance(self, topic: str, *, wait: float = 30.0) -> MigrationState:
+    async def advance(
+        self,
+        topic: str,
+        *,
+        wait: float = 30.0,
+        abandon: Sequence[str] = (),
+        dry_run: bool = False,
+    ) -> MigrationState:
         """Move ``topic`` to its next stage, after every live producer follows the current
         one and the next stage's preconditions hold (raises ConfigurationError saying which
-        does not). Waits up to ``wait`` s for producers to catch up."""
+        does not). Waits up to ``wait`` s for producers to catch up.
+
+        To ``target-only``: refused while a group seen reading ``topic`` (on the source's
+        server, or in a live member's heartbeat) has not been cut over to the target, naming
+        each, unless it is listed in ``abandon`` (it then gets nothing new: the source
+        receives no more events of the topic). ``dry_run``: run the checks that change
+        nothing and return the state unchanged."""
         state = await self.control.require()
         mig = state.topic(topic)
         index = STAGES.index(mig.stage)
         if index == len(STAGES) - 1:
             raise ConfigurationError(f"{topic} is already {mig.stage}; nothing to advance")
-        await self._await_producers(topic, mig.generation, wait)
         nxt = STAGES[index + 1]
+        if nxt == "target-only":
+            await self._require_no_group_left(state, topic, abandon)
+        if dry_run:
+            return state
+        await self._await_producers(topic, mig.generation, wait)
         if nxt == "dual-target-primary":
             if not mig.backfill_done:
                 raise ConfigurationError(
@@ -395,7 +421,7 @@ class Migration:
 
     async def rollback(self, topic: str, *, wait: float = 30.0) -> MigrationState:
         """Move ``topic`` back one stage. Going back to ``source-only`` needs every group on
-        the source (move groups back with ``cutover --to source`` in dual-source-primary).
+        the source (move groups back with ``cutover --to-side source`` in dual-source-primary).
 
         From ``target-only`` the events written meanwhile are on the target only: the topic
         goes back to ``dual-target-primary`` with a reverse backfill pending (run
@@ -487,10 +513,50 @@ class Migration:
                 )
             await asyncio.sleep(0.2)  # poll the backlog
 
+    async def groups_reading(self, topic: str) -> dict[str, str]:
+        """Groups seen reading ``topic`` and where they were seen: on the source's server
+        (positions for the topic) or in a live member's heartbeat."""
+        seen: dict[str, str] = {}
+        for beat in (await self.control.live_members(10.0)).values():
+            for group, topics in beat.reads.items():
+                if topic in topics:
+                    seen[group] = f"live member {beat.member}"
+        for group in await self.source.list_groups():
+            if group in seen or group.startswith("__eb_migration."):
+                continue
+            try:
+                info = await self.source.describe_group(group)
+            except EventBusError:
+                continue
+            if any(p.topic == topic for p in info.partitions):
+                seen[group] = "positions on the source"
+        return seen
+
+    async def _require_no_group_left(
+        self, state: MigrationState, topic: str, abandon: Sequence[str]
+    ) -> None:
+        """Refuse target-only while a group that reads ``topic`` was not cut over."""
+        left = {
+            group: where
+            for group, where in (await self.groups_reading(topic)).items()
+            if group not in abandon
+            and not (
+                group in state.groups
+                and state.groups[group].status == "target"
+                and state.groups[group].reads(topic)
+            )
+        }
+        if left:
+            names = ", ".join(f"{g} ({w})" for g, w in sorted(left.items()))
+            raise ConfigurationError(
+                f"{topic}: groups {names} read it and were not cut over to the target; after "
+                "target-only the source gets nothing new, so they would wait forever. Run "
+                f"'eventbus migrate cutover {topic} --group G' for each, or pass "
+                "'--abandon-group G' to leave one behind on purpose"
+            )
+
     async def _require_groups_on(self, state: MigrationState, topic: str, side: str) -> None:
-        wrong = sorted(
-            g for g, gm in state.groups.items() if gm.topic == topic and gm.status != side
-        )
+        wrong = sorted(g for g, gm in state.groups.items() if gm.reads(topic) and gm.status != side)
         if wrong:
             raise ConfigurationError(
                 f"{topic}: groups {', '.join(wrong)} are not on the {side}; move them with "
@@ -707,87 +773,235 @@ class Migration:
         return report
 
     # cutover -----------------------------------------------------------------------------
+    async def group_topics(
+        self, group: str, state: MigrationState | None = None, *, side: str | None = None
+    ) -> list[str]:
+        """Every topic ``group`` is known to read: as recorded at its last switch, as its
+        live members report (heartbeats), and as the server of ``side`` (default: the side
+        the group is on) holds positions for it. Sorted; internal topics left out."""
+        state = state or await self.control.require()
+        gm = state.groups.get(group)
+        found: set[str] = set(gm.topics if gm is not None else [])
+        for beat in (await self.control.live_members(10.0)).values():
+            found.update(beat.reads.get(group, []))
+        if side is None:
+            side = "target" if gm is not None and gm.status == "target" else "source"
+        if side == "none":  # recorded and live only
+            return sorted(t for t in found if not t.startswith("__eb_migration."))
+        transport = self.target if side == "target" else self.source
+        try:
+            info = await transport.describe_group(group)
+        except EventBusError:
+            info = None
+        if info is not None:
+            found.update(p.topic for p in info.partitions)
+        return sorted(t for t in found if not t.startswith("__eb_migration."))
+
     async def cutover(
         self,
         group: str,
-        topic: str,
+        topic: str | None = None,
         *,
         to: str = "target",
         exact: bool = False,
         wait: float = 60.0,
+        dry_run: bool = False,
+        ignore: Sequence[str] = (),
     ) -> GroupMigration:
-        """Move ``group`` on ``topic`` to the ``to`` side (``target``, or ``source`` to roll
-        back): pause its members, translate its positions (never ahead of what it finished),
-        set them on the new side, record what to skip, and let members resume there.
+        """Move ``group`` to the ``to`` side (``target``, or ``source`` to roll back) with
+        every topic it reads (``topic`` and those found by :meth:`group_topics`), at once:
+        pause its members, translate its positions on each topic (never ahead of what it
+        finished), set them on the new side (every partition explicitly), record what to
+        skip, and let members resume there.
 
-        With ``exact`` the group must have no pending events after pausing (a clean prefix),
-        else ConfigurationError. Raises GroupActiveError when the new side still has members."""
+        Refuses (ConfigurationError, before anything changes) naming every topic of the group
+        that is not ready: not part of the migration, not in a dual stage, or the ``to`` side
+        not its primary. A group already on ``to`` is returned unchanged if that move covered
+        every topic it reads now; else refused. With ``exact`` the group must have no pending
+        events after pausing. Any failure after the pause puts the group back on its old side
+        (positions there were never touched). ``dry_run`` checks and returns the plan (the
+        group record as it would start) without changing anything. ``ignore``: topics the
+        old side still holds positions of but the group no longer reads (refused for a topic
+        a live member reports reading)."""
         if to not in ("target", "source"):
-            raise ConfigurationError("cutover --to takes target or source")
+            raise ConfigurationError("cutover --to-side takes target or source")
         state = await self.control.require()
-        mig = state.topic(topic)
-        if not mig.stage.startswith("dual"):
-            raise ConfigurationError(
-                f"{topic} is {mig.stage}: groups move while both sides receive every event "
-                "(dual-source-primary or dual-target-primary)"
-            )
-        # A group moves to a side while that side is the primary: every event it finished on
-        # the old side (the secondary) is then already on the new one, so translation sees it
-        # and nothing is handled twice (copies still on their way would be missed).
-        primary = "target" if mig.stage == "dual-target-primary" else "source"
-        if to != primary and state.groups.get(group, GroupMigration(topic=topic)).status != to:
-            stage = "dual-target-primary" if to == "target" else "dual-source-primary"
-            raise ConfigurationError(
-                f"{topic} is {mig.stage}: group {group} moves to the {to} in {stage}, while "
-                f"the {to} is the primary ("
-                + ("advance first" if to == "target" else "roll the topic back first")
-                + ")"
-            )
-        if to == "target":
-            await self._require_empty_journal(topic, self.source)
-        gm = state.groups.get(group) or GroupMigration(topic=topic)
-        old_side = "source" if to == "target" else "target"
-        if gm.status == to:
+        back: GroupStatus = "source" if to == "target" else "target"
+        gm = state.groups.get(group)
+        topics = await self._cutover_topics(group, state, topic, back, ignore)
+        if gm is not None and gm.status == to:
+            untranslated = [t for t in topics if not gm.reads(t)]
+            if untranslated:
+                raise ConfigurationError(
+                    f"group {group} already reads from the {to} (moved with "
+                    f"{', '.join(gm.topics)}), but it also reads {', '.join(untranslated)}, "
+                    "whose positions that move did not translate; move the group back "
+                    f"('cutover --to-side {back}') and over again to take them along"
+                )
             return gm
-        gm.topic = topic
-        gm.status = "pausing-to-target" if to == "target" else "pausing-to-source"
-        state.groups[group] = gm
-        version = state.version
-        await self.control.save(state, expected_version=version)
+        self._require_ready(state, group, topics, to)
+        plan = GroupMigration(
+            topic=topics[0],
+            topics=topics,
+            status="pausing-to-target" if to == "target" else "pausing-to-source",
+        )
+        if dry_run:
+            return plan
+        if to == "target":
+            for t in topics:
+                await self._require_empty_journal(t, self.source)
+        await self._update(lambda s: s.groups.__setitem__(group, plan))
+        try:
+            positions = await self._move_positions(group, topics, to, exact, wait)
+        except BaseException:
+            # the old side's positions are untouched: let the members resume there
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._set_group_status(group, back))
+            raise
+
+        def done(s: MigrationState) -> None:
+            g = s.groups[group]
+            g.status = "target" if to == "target" else "source"
+            g.positions = positions
+            g.switched_at = datetime.now(UTC)
+
+        try:
+            state = await self._update(done)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._set_group_status(group, back))
+            raise ConfigurationError(
+                f"group {group}: its positions are set on the {to} but the control record "
+                f"could not be saved ({exc}); it stays on the {back}. Run the cutover again"
+            ) from exc
+        return state.groups[group]
+
+    async def _cutover_topics(
+        self,
+        group: str,
+        state: MigrationState,
+        topic: str | None,
+        old_side: str,
+        ignore: Sequence[str],
+    ) -> list[str]:
+        """The topics a cutover of ``group`` moves (see :meth:`cutover`)."""
+        topics = await self.group_topics(group, state, side=old_side)
+        if ignore:
+            live = await self.group_topics(group, state, side="none")
+            still = sorted(set(ignore) & set(live))
+            if still:
+                raise ConfigurationError(
+                    f"group {group}: live members still read {', '.join(still)}; it cannot be "
+                    "ignored"
+                )
+            topics = [t for t in topics if t not in ignore]
+        if topic is not None and topic not in topics:
+            topics = sorted([*topics, topic])
+        if not topics:
+            raise ConfigurationError(
+                f"group {group} reads no migrated topic that can be seen: no live member "
+                "reports it and the old side has no positions for it; name a topic"
+            )
+        return topics
+
+    def _require_ready(self, state: MigrationState, group: str, topics: list[str], to: str) -> None:
+        """Refuse, naming each, when a topic of the group cannot move to ``to`` now."""
+        stage = "dual-target-primary" if to == "target" else "dual-source-primary"
+        problems: list[str] = []
+        for t in topics:
+            mig = state.topics.get(t)
+            if mig is None:
+                problems.append(f"{t} (not part of the migration: 'eventbus migrate init -t {t}')")
+            elif mig.stage != stage:
+                problems.append(f"{t} ({mig.stage}, needs {stage})")
+            elif mig.reverse_pending and to == "source":
+                problems.append(f"{t} (reverse backfill pending: 'eventbus migrate backfill')")
+        if problems:
+            raise ConfigurationError(
+                f"group {group} reads {', '.join(topics)} and moves with all of them at once, "
+                f"to the {to} while the {to} is the primary ({stage}); not ready: "
+                + "; ".join(problems)
+                + " (a topic it no longer reads: --ignore-topic T)"
+            )
+
+    async def _update(self, change: Callable[[MigrationState], None]) -> MigrationState:
+        """Apply ``change`` to the current state and save it; on a concurrent change, read
+        again and apply it again (for changes that do not depend on what else changed)."""
+        for attempt in range(5):
+            state = await self.control.require()
+            version = state.version
+            change(state)
+            try:
+                return await self.control.save(state, expected_version=version)
+            except ControlConflictError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _set_group_status(self, group: str, status: GroupStatus) -> None:
+        def change(s: MigrationState) -> None:
+            if group in s.groups:
+                s.groups[group].status = status
+
+        await self._update(change)
+
+    async def _move_positions(
+        self, group: str, topics: list[str], to: str, exact: bool, wait: float
+    ) -> dict[str, GroupTopic]:
+        """After the members paused: translate every topic's positions and set them on the
+        new side. Raises before setting anything when a check fails."""
         await self._await_paused(group, wait)
+        old_side = "source" if to == "target" else "target"
         old, new = (self.source, self.target) if to == "target" else (self.target, self.source)
         try:
             info = await old.describe_group(group)
         except GroupNotFoundError:
             info = None
-        parts = {p.partition: p for p in info.partitions if p.topic == topic} if info else {}
-        if exact and any(p.pending for p in parts.values()):
-            raise ConfigurationError(
-                f"group {group} still has pending events on the {old_side}; wait for its "
-                "members to ack them (or drop --exact for a conservative cutover)"
+        parts = {(p.topic, p.partition): p for p in info.partitions} if info else {}
+        if exact:
+            # pending, or (Kafka, which counts no pending) delivered past the lowest un-acked
+            pending = sorted(
+                {
+                    f"{t}/{n}"
+                    for (t, n), p in parts.items()
+                    if t in topics and (p.pending or p.lowest_pending is not None)
+                }
             )
-        starts: dict[int, Offset] = {}
-        skips: dict[int, list[str]] = {}
-        boundary: dict[int, str] = {}
-        for p in range(mig.partitions):
-            start, skip, last = await self._translate(old, new, topic, p, parts.get(p))
-            if start is not None:
-                starts[p] = start
-                skips[p] = skip
-            if last is not None:
-                boundary[p] = str(last)
-        if starts:
-            await new.reset_group(group, topic, starts)
+            if pending:
+                raise ConfigurationError(
+                    f"group {group} still has pending events on the {old_side} (partitions "
+                    f"{', '.join(pending)}); wait for its members to ack them (or drop --exact "
+                    "for a conservative cutover)"
+                )
+        positions: dict[str, GroupTopic] = {}
         state = await self.control.require()
-        version = state.version
-        gm = state.groups[group]
-        gm.status = "target" if to == "target" else "source"
-        gm.start = {p: str(o) for p, o in starts.items()}
-        gm.skip = skips
-        gm.boundary = boundary
-        gm.switched_at = datetime.now(UTC)
-        await self.control.save(state, expected_version=version)
-        return gm
+        for t in topics:
+            pos = GroupTopic()
+            for p in range(state.topic(t).partitions):
+                start, skip, skipped, last = await self._translate(
+                    old, new, t, p, parts.get((t, p))
+                )
+                if start is not None:
+                    pos.start[p] = str(start)
+                    pos.skip[p] = skip
+                    pos.skipped += skipped
+                if last is not None:
+                    pos.boundary[p] = str(last)
+            positions[t] = pos
+        ranges = sum(len(r) for pos in positions.values() for r in pos.skip.values())
+        if ranges > MAX_SKIP_RANGES:
+            raise ConfigurationError(
+                f"group {group}: the records it finished out of order on the {old_side} make "
+                f"{ranges} skip ranges (at most {MAX_SKIP_RANGES} fit the control record); let "
+                "its members drain what they hold and retry, or use --exact"
+            )
+        for t, pos in positions.items():
+            # every partition gets an explicit position (a group's own start, "latest" say,
+            # would skip what lands on a partition that is empty now), then the translated ones
+            await new.reset_group(group, t, "earliest")
+            if pos.start:
+                await new.reset_group(group, t, {p: _offset(o) for p, o in pos.start.items()})
+        return positions
 
     async def _await_paused(self, group: str, wait: float) -> None:
         deadline = time.monotonic() + wait
@@ -812,9 +1026,11 @@ class Migration:
         topic: str,
         p: int,
         part: GroupPartition | None,
-    ) -> tuple[Offset | None, list[str], Offset | None]:
-        """(start on the new side, offsets to skip there, last offset there) for one
-        partition. ``start`` is None when the new side's partition is empty."""
+    ) -> tuple[Offset | None, list[tuple[str, str]], int, Offset | None]:
+        """(start on the new side, ranges of records to skip there, how many they cover,
+        last offset there) for one partition. ``start`` is None when the new side's
+        partition is empty. A range holds consecutive records of the scan, so every offset
+        inside it is one of them (later records land after the boundary)."""
         finished = _finished(part)
         done: dict[str, bool] = {}
         async for record in scan(old, topic, p):
@@ -822,18 +1038,30 @@ class Migration:
             done[eid] = done.get(eid, False) or finished(record.offset)
         start: Offset | None = None
         last: Offset | None = None
-        skip: list[str] = []
+        ranges: list[tuple[str, str]] = []
+        run: list[str] = []  # [first, last] of the current run of finished records
+        skipped = 0
         async for record in scan(new, topic, p):
             last = record.offset
             if done.get(event_id(record), False):
                 if start is not None:
-                    skip.append(str(record.offset))
-            elif start is None:
+                    skipped += 1
+                    if run:
+                        run[1] = str(record.offset)
+                    else:
+                        run = [str(record.offset), str(record.offset)]
+                continue
+            if start is None:
                 start = record.offset
+            if run:
+                ranges.append((run[0], run[1]))
+                run = []
         if start is None and last is not None:
             start = last  # everything there is finished: start at the last one and skip it
-            skip.append(str(last))
-        return start, skip, last
+            run, skipped = [str(last), str(last)], 1
+        if run:
+            ranges.append((run[0], run[1]))
+        return start, ranges, skipped, last
 
 
 def _offset(text: str) -> Offset:

@@ -39,6 +39,7 @@ before anything newer, after a check of what the secondary holds.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import logging
@@ -337,13 +338,21 @@ class MigrationTransport:
             inflight = [g for (topic, g), n in self._inflight.items() if topic == t and n]
             topics[t] = min([generation, *inflight])
         groups: dict[str, str] = {}
+        reads: dict[str, list[str]] = {}
         for consumer in self._consumers:
             groups[consumer.group] = consumer.status()
+            reads.setdefault(consumer.group, [])
+            reads[consumer.group] = sorted({*reads[consumer.group], *consumer.topics})
         role: Literal["producer", "consumer"] = (
             "consumer" if self._consumers and not self._published else "producer"
         )
         beat = Heartbeat(
-            member=self.member, role=role, time=datetime.now(UTC), topics=topics, groups=groups
+            member=self.member,
+            role=role,
+            time=datetime.now(UTC),
+            topics=topics,
+            groups=groups,
+            reads=reads,
         )
         await self.control.heartbeat(beat)
 
@@ -902,6 +911,9 @@ class MigrationConsumer:
         self.announcing = False
         """True while the member announces itself before it joins a side (never "paused")."""
         self._closed = False
+        self._skips_for: MigrationState | None = None
+        self._skips: dict[tuple[str, int], list[tuple[tuple[int, int], tuple[int, int]]]] = {}
+        """Skip ranges by (topic, partition), sorted, for the state they were built from."""
 
     def status(self) -> str:
         """What the heartbeat says: the side being read, "joining" before the first join,
@@ -925,12 +937,24 @@ class MigrationConsumer:
             self.side = wanted
 
     def _skip(self, record: Record) -> bool:
+        """Whether the control record lists ``record`` (its topic, partition and offset) as
+        already handled on the old side."""
         state = self.transport.state
         if state is None or self.group not in state.groups:
             return False
-        mig = state.groups[self.group]
-        skip = mig.skip.get(record.partition)
-        return skip is not None and str(record.offset) in skip
+        if self._skips_for is not state:
+            self._skips_for = state
+            self._skips = {
+                (topic, p): [(offset_key(a), offset_key(b)) for a, b in ranges]
+                for topic, pos in state.groups[self.group].positions.items()
+                for p, ranges in pos.skip.items()
+            }
+        ranges = self._skips.get((record.topic, record.partition))
+        if not ranges:
+            return False
+        key = offset_key(record.offset)
+        i = bisect.bisect_right(ranges, (key, (1 << 63, 0))) - 1
+        return i >= 0 and ranges[i][0] <= key <= ranges[i][1]
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
         await self.switch_if_needed()

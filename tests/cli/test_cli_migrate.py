@@ -27,11 +27,12 @@ def _sides(request: pytest.FixtureRequest, kind: str) -> tuple[str, str]:
 def test_runbook_through_the_cli(request: pytest.FixtureRequest, kind: str) -> None:
     source, target = _sides(request, kind)
     topic, name = f"mig-{uuid.uuid4().hex[:6]}", f"m{uuid.uuid4().hex[:6]}"
+    group = f"workers-{uuid.uuid4().hex[:6]}"  # a group of its own: it moves with all it reads
     with eventbus.connect(source) as bus:
         bus.create_topic(topic, partitions=2)
         bus.publish_many(topic, [eventbus.Event(data=i, key=f"k{i}") for i in range(40)])
         handled: set[int] = set()
-        with bus.subscribe(topic, group="workers") as sub:  # the group handles 15 on the source
+        with bus.subscribe(topic, group=group) as sub:  # the group handles 15 on the source
             while len(handled) < 15:
                 batch = sub.fetch(15 - len(handled), timeout=1.0)
                 sub.ack(batch)
@@ -47,19 +48,19 @@ def test_runbook_through_the_cli(request: pytest.FixtureRequest, kind: str) -> N
     report = ok_json(["migrate", "verify", topic, *common])
     assert report["ok"] is True
     ok_json(["migrate", "advance", topic, *common])
-    moved = ok_json(["migrate", "cutover", topic, "--group", "workers", *common])
+    moved = ok_json(["migrate", "cutover", topic, "--group", group, *common])
     assert moved["status"] == "target"
     status = ok_json(["migrate", "status", *common])
     assert status["topics"][topic]["stage"] == "dual-target-primary"
-    assert status["groups"]["workers"]["status"] == "target"
+    assert status["groups"][group]["status"] == "target"
     # Kafka's lag counts offsets, and the fenced backfill's transaction leaves one commit
     # marker per partition (2 here); 40 where lag counts skipped events too
     markers = 2 if kind == "redis-kafka" else 0
-    assert status["groups"]["workers"]["target_lag"] - markers in (25, 40)
+    assert status["groups"][group]["target_lag"] - markers in (25, 40)
     ok_json(["migrate", "advance", topic, *common])
     # through migrate:// the group now reads exactly the 25 events it had not handled
     url = migrate_url(name, source, target)
-    with eventbus.connect(url) as bus, bus.subscribe(topic, group="workers") as sub:
+    with eventbus.connect(url) as bus, bus.subscribe(topic, group=group) as sub:
         got = drain(sub, 25, 60)
         assert sub.fetch(10, timeout=1.0) == []
     assert {d.event.data for d in got} == set(range(40)) - handled

@@ -159,6 +159,12 @@ class Metric:
     target: TargetResult | None = None
     note: str = ""
     error: str | None = None
+    targets: list[TargetResult] = field(default_factory=list)
+    """More targets on the same measurement (the latency rows judge p50 and p99)."""
+
+    @property
+    def all_targets(self) -> list[TargetResult]:
+        return ([self.target] if self.target is not None else []) + self.targets
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -167,6 +173,7 @@ class Metric:
             "unit": self.unit,
             "values": {k: round(v, 3) for k, v in self.values.items()},
             "target": None if self.target is None else self.target.to_json(),
+            "targets": [t.to_json() for t in self.targets],
             "note": self.note,
             "error": self.error,
         }
@@ -226,9 +233,12 @@ def _judge(target: Target, results: dict[str, SideResult]) -> TargetResult:
     )
 
 
-def judge_value(text: str, value: float, limit: float, label: str) -> TargetResult:
-    """A "below ``limit``" target on a measured value (memory)."""
-    return TargetResult(text, label, "limit", limit, value, value < limit)
+def judge_value(
+    text: str, value: float, limit: float, label: str, inclusive: bool = False
+) -> TargetResult:
+    """A "below ``limit``" (or "at most", ``inclusive``) target on a measured value."""
+    met = value <= limit if inclusive else value < limit
+    return TargetResult(text, label, "limit", limit, value, met)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +373,8 @@ def render(rows: list[RowResult], metrics: list[Metric]) -> str:
                 if m.error
                 else ", ".join(f"{k} {v:,.1f}" for k, v in m.values.items())
             )
-            out.append(f"| {m.title} | {values} | {_target_text(m.target)} |")
+            text = "; ".join(_target_text(t) for t in m.all_targets)
+            out.append(f"| {m.title} | {values} | {text} |")
     return "\n".join(out)
 
 
@@ -376,11 +387,10 @@ def render_targets(rows: list[RowResult], metrics: list[Metric]) -> str:
                 f"| {t.reference} | {_ratio_text(t)} | {_met(t.met)} |"
             )
     for m in metrics:
-        if m.target is not None:
-            t = m.target
+        for t in m.all_targets:
             lines.append(
-                f"| {t.text} | {t.eventbus} | < {t.at_least:,.0f} {m.unit} "
-                f"| {_ratio_text(t, m.unit)} | {_met(t.met)} |"
+                f"| {t.text} | {t.eventbus} | < {t.at_least:,g} "
+                f"| {_ratio_text(t, '-')} | {_met(t.met)} |"
             )
     return "\n".join(lines)
 
@@ -393,7 +403,7 @@ def _ratio_text(t: TargetResult, unit: str = "") -> str:
     if t.ratio is None:
         return "n/a"
     if unit:
-        return f"{t.ratio:,.1f} {unit}"
+        return f"{t.ratio:,.2f}"
     return f"{t.ratio:.2f}x (>= {t.at_least:g}x)"
 
 
@@ -404,4 +414,4 @@ def _met(met: bool | None) -> str:
 def _target_text(t: TargetResult | None) -> str:
     if t is None:
         return ""
-    return f"< {t.at_least:,.0f}: {_met(t.met)}"
+    return f"{t.text}: {_met(t.met)}"

@@ -25,13 +25,23 @@ PARTITIONS = 3
 
 def bootstrap(env: Env) -> str:
     assert env.kafka_url is not None
-    return env.kafka_url.removeprefix("kafka://").split("?", 1)[0]
+    return bootstrap_of(env.kafka_url)
+
+
+def bootstrap_of(url: str) -> str:
+    return url.removeprefix("kafka://").split("?", 1)[0]
 
 
 def raw_producer(env: Env) -> Any:
+    assert env.kafka_url is not None
+    return raw_producer_for(env.kafka_url)
+
+
+def raw_producer_for(url: str) -> Any:
+    """confluent-kafka with eventbus's producer settings (``_producer.producer_config``)."""
     return Producer(
         {
-            "bootstrap.servers": bootstrap(env),
+            "bootstrap.servers": bootstrap_of(url),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -280,6 +290,161 @@ def consume_ack(env: Env, size: int) -> Iterator[Row]:
                 ),
             ],
             note="timed from the first batch received to the last ack (group join excluded)",
+        )
+    finally:
+        env.run(abus.delete_topic(topic))
+        env.run(abus.close())
+
+
+SUSTAINED_FULL = 100_000
+SUSTAINED_QUICK = 30_000
+
+
+def sustained_title(env: Env, what: str) -> str:
+    """The row title names its count, and says so when quick mode moves fewer than 100,000."""
+    count = env.count(SUSTAINED_QUICK, SUSTAINED_FULL)
+    short = " (quick mode: below the 100,000 the target asks for)" if env.quick else ""
+    return f"sustained {what}, {count:,} events per run{short}"
+
+
+def produce_all(producer: Any, topic: str, data: Any, ks: list[str], n: int) -> None:
+    """A raw produce loop that also survives a full local queue (as a user's must at this
+    size): on ``BufferError`` serve reports and retry; one final flush."""
+    to_json = pydantic_core.to_json
+    for i in range(n):
+        value, key = to_json(data), ks[i % len(ks)]
+        while True:
+            try:
+                producer.produce(topic, value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.001)
+        producer.poll(0)
+    producer.flush(60)
+
+
+@contextlib.contextmanager
+def sustained_publish(env: Env, size: int) -> Iterator[Row]:
+    """publish_many in calls of 1000 (each waits for its reports) vs a raw loop + final flush,
+    over >= 100,000 events (full mode): long enough that the broker's pace shows, not only
+    what librdkafka's local queue absorbs."""
+    assert env.kafka_url is not None
+    data, ks = payload(size), keys()
+    topic, rtopic = env.name("spub"), env.name("sraw")
+    abus = eventbus.connect_async(env.kafka_url)
+    env.run(abus.connect())
+    for name in (topic, rtopic):
+        env.run(abus.create_topic(name, partitions=PARTITIONS))
+    producer = raw_producer(env)
+
+    async def eb(n: int) -> None:
+        for lo, hi in chunks(n):
+            await abus.publish_many(topic, _events(data, ks, lo, hi))
+
+    def raw(n: int) -> float:
+        with Clock() as clock:
+            produce_all(producer, rtopic, data, ks, n)
+        return clock.seconds
+
+    try:
+        yield Row(
+            key=f"kafka.sustained_publish.{size}",
+            title=sustained_title(env, "publish (1000/call)"),
+            transport="kafka",
+            payload=size,
+            count=env.count(SUSTAINED_QUICK, SUSTAINED_FULL),
+            sides=[
+                Side("eventbus async publish_many", "eventbus", timed_async(env, eb)),
+                Side("confluent produce loop + flush", "reference", raw),
+            ],
+            targets=[
+                Target(
+                    "eventbus async publish_many",
+                    "confluent produce loop + flush",
+                    0.85,
+                    "sustained publish >= 0.85x raw produce loop",
+                )
+            ],
+            note="calls of 1000, each waiting for its delivery reports; raw: one final flush",
+        )
+    finally:
+        for name in (topic, rtopic):
+            env.run(abus.delete_topic(name))
+        env.run(abus.close())
+
+
+def raw_consume_commit(env: Env, topic: str, n: int) -> float:
+    """A fresh group reads ``n`` with ``consume(1000)`` + an async commit per batch; seconds
+    from the first batch (group join excluded)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap(env),
+            "group.id": env.name("g"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    try:
+        done, start = 0, 0.0
+        while done < n:
+            msgs = consumer.consume(min(1000, n - done), 1.0)
+            if not msgs:
+                continue
+            if not start:
+                start = time.perf_counter()
+            for m in msgs:
+                if m.error() is not None:
+                    raise RuntimeError(str(m.error()))
+            consumer.commit(asynchronous=True)
+            done += len(msgs)
+        consumer.commit(asynchronous=False)
+        return time.perf_counter() - start
+    finally:
+        consumer.close()
+
+
+@contextlib.contextmanager
+def sustained_consume(env: Env, size: int) -> Iterator[Row]:
+    """The runner (consume + ack) vs raw consume + commit over >= 100,000 prefilled events."""
+    assert env.kafka_url is not None
+    count = env.count(SUSTAINED_QUICK, SUSTAINED_FULL)
+    topic = env.name("sconsume")
+    data, ks = payload(size), keys()
+    with eventbus.connect(env.kafka_url) as bus:
+        bus.create_topic(topic, partitions=PARTITIONS)
+        for lo, hi in chunks(count + 5000):
+            bus.publish_many(topic, _events(data, ks, lo, hi))
+    abus = eventbus.connect_async(env.kafka_url)
+    env.run(abus.connect())
+    try:
+        yield Row(
+            key=f"kafka.sustained_consume.{size}",
+            title=sustained_title(env, "consume + ack"),
+            transport="kafka",
+            payload=size,
+            count=count,
+            sides=[
+                Side(
+                    "eventbus runner (batch_size=1000)",
+                    "eventbus",
+                    lambda n: env.run(drain_with_runner(abus, topic, env.name("g"), n)),
+                ),
+                Side(
+                    "confluent consume(1000) + commit",
+                    "reference",
+                    lambda n: raw_consume_commit(env, topic, n),
+                ),
+            ],
+            targets=[
+                Target(
+                    "eventbus runner (batch_size=1000)",
+                    "confluent consume(1000) + commit",
+                    0.85,
+                    "sustained consume+ack >= 0.85x raw (runner)",
+                )
+            ],
+            note="fresh group per run over a prefilled topic; timed from the first batch",
         )
     finally:
         env.run(abus.delete_topic(topic))

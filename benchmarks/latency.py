@@ -16,76 +16,303 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import eventbus
 from benchmarks.harness import Env, Metric, chunks, judge_value, keys, payload
 
 
-async def _latency(url: str, topic: str, rate: int, seconds: float) -> list[float]:
+def _quantiles(samples: list[float]) -> tuple[float, float, float]:
+    """(p50, p99, max) of ``samples`` (ms)."""
+    samples = sorted(samples)
+    if not samples:
+        raise RuntimeError("no latency samples (nothing arrived after the first second)")
+
+    def q(p: float) -> float:
+        return samples[min(len(samples) - 1, int(p * len(samples)))]
+
+    return q(0.5), q(0.99), samples[-1]
+
+
+class _Sink:
+    """Collects ``now - sent`` (ms) for events after the first second; done at ``total``."""
+
+    def __init__(self, rate: int, total: int) -> None:
+        self.rate, self.total = rate, total
+        self.samples: list[float] = []
+        self.seen = 0
+        self.done = threading.Event()
+
+    def add(self, data: dict[str, Any]) -> None:
+        now = time.time()
+        self.seen += 1
+        if data["i"] >= self.rate:
+            self.samples.append((now - data["t"]) * 1000)
+        if self.seen >= self.total:
+            self.done.set()
+
+
+async def _pace_async(rate: int, total: int, publish: Callable[[int], Awaitable[Any]]) -> None:
+    """Start ``publish(i)`` at ``rate``/s as tasks (not awaited one by one)."""
+    pending: set[asyncio.Task[Any]] = set()
+    start = time.monotonic()
+    for i in range(total):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t = asyncio.ensure_future(publish(i))
+        pending.add(t)
+        t.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending)
+
+
+def _pace_sync(rate: int, total: int, send: Callable[[int], None]) -> None:
+    start = time.monotonic()
+    for i in range(total):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        send(i)
+
+
+def _message(i: int) -> dict[str, Any]:
+    return {"t": time.time(), "i": i}
+
+
+async def _eb_publish(url: str, topic: str, rate: int, total: int) -> None:
     ks = keys()
-    samples: list[float] = []
+    async with eventbus.connect_async(url) as pub:
+        await _pace_async(rate, total, lambda i: pub.publish(topic, _message(i), key=ks[i % 64]))
+
+
+def _raw_publish(transport: str, url: str, topic: str, rate: int, total: int) -> None:
+    """The raw producer: confluent ``produce`` + ``poll(0)`` per event with eventbus's producer
+    settings, one ``flush`` at the end; Redis: one XADD per event (redis-py, sync)."""
+    ks = keys()
+    if transport == "kafka":
+        from benchmarks.kafka_cases import raw_producer_for
+
+        producer = raw_producer_for(url)
+
+        def send(i: int) -> None:
+            producer.produce(topic, json.dumps(_message(i)).encode(), key=ks[i % 64])
+            producer.poll(0)
+
+        _pace_sync(rate, total, send)
+        producer.flush(30)
+        return
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        _pace_sync(
+            rate,
+            total,
+            lambda i: client.xadd(topic, {"key": ks[i % 64], "body": json.dumps(_message(i))}),
+        )
+    finally:
+        client.close()
+
+
+def _publisher_child(kind: str, transport: str, url: str, topic: str, rate: int, total: int) -> Any:
+    """``python -m benchmarks.latency publish ...`` in its own process (as services run)."""
+    args = ["publish", kind, transport, url, topic, str(rate), str(total)]
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.latency", *args], cwd=_ROOT)
+
+
+def _wait_child(child: Any) -> None:
+    if child is not None and child.wait(60) != 0:
+        raise RuntimeError(f"the publisher process exited with {child.returncode}")
+
+
+async def _eventbus_latency(
+    url: str, topic: str, rate: int, seconds: float, separate: bool, transport: str
+) -> list[float]:
+    """eventbus publisher (here or in a child process) and a runner (batch_size=100)."""
     total = int(rate * (seconds + 1))
-    async with eventbus.connect_async(url) as pub, eventbus.connect_async(url) as sub:
-        await pub.create_topic(topic, partitions=1)
+    sink = _Sink(rate, total)
+    async with eventbus.connect_async(url) as sub:
+        await sub.create_topic(topic, partitions=1)
+        child = None
         try:
-            handled = 0
-            done = asyncio.Event()
 
             async def handler(d: eventbus.AsyncDelivery) -> None:
-                nonlocal handled
-                sent = d.event.data["t"]
-                handled += 1
-                if d.event.data["i"] >= rate:  # after the first second
-                    samples.append((time.time() - sent) * 1000)
-                if handled >= total:
-                    done.set()
+                sink.add(d.event.data)
 
             runner = sub.runner(handler, topic, group="latency", start="latest", batch_size=100)
             task = asyncio.create_task(runner.run())
             while not runner.started.is_set():
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.5)  # let the member own its partitions before sending
-            pending: set[asyncio.Task[Any]] = set()
-            start = time.monotonic()
-            for i in range(total):
-                due = start + i / rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                t = asyncio.create_task(
-                    pub.publish(topic, {"t": time.time(), "i": i}, key=ks[i % len(ks)])
-                )
-                pending.add(t)
-                t.add_done_callback(pending.discard)
-            await asyncio.wait_for(done.wait(), 30)
+            if separate:
+                child = _publisher_child("eventbus", transport, url, topic, rate, total)
+            else:
+                await _eb_publish(url, topic, rate, total)
+            deadline = time.monotonic() + 30 + (seconds + 5 if separate else 0)
+            while not sink.done.is_set() and time.monotonic() < deadline and not task.done():
+                await asyncio.sleep(0.05)
             runner.stop()
             await task
+            if not sink.done.is_set():
+                raise RuntimeError(f"only {sink.seen} of {total} events arrived")
+            _wait_child(child)
         finally:
-            await pub.delete_topic(topic)
-    return samples
+            if child is not None and child.poll() is None:
+                child.kill()
+            await sub.delete_topic(topic)
+    return sink.samples
 
 
-def latency_metric(env: Env, transport: str, url: str) -> Metric:
-    seconds = 5.0 if env.quick else 20.0
-    title = f"end-to-end latency at 1,000 events/s, {transport} ({seconds:.0f} s)"
-    try:
-        samples = env.run(_latency(url, env.name("lat"), 1000, seconds))
-    except Exception as exc:  # report, do not abort the whole run
-        return Metric(f"{transport}.latency", title, {}, "ms", error=repr(exc))
-    samples.sort()
+def _raw_latency(
+    transport: str, url: str, topic: str, rate: int, seconds: float, separate: bool
+) -> list[float]:
+    """Raw producer (here or in a child process) and a raw consumer thread: Kafka ``poll`` +
+    async commit per message; Redis XREADGROUP (BLOCK, COUNT 100) + XACK per batch."""
+    total = int(rate * (seconds + 1))
+    sink = _Sink(rate, total)
+    with eventbus.connect(url) as bus:
+        bus.create_topic(topic, partitions=1)
+        try:
+            ready = threading.Event()
+            stop = threading.Event()
+            consume = _kafka_consumer if transport == "kafka" else _redis_consumer
+            thread = threading.Thread(
+                target=consume, args=(url, topic, sink, ready, stop), daemon=True
+            )
+            thread.start()
+            if not ready.wait(30):
+                raise RuntimeError("the raw consumer got no assignment within 30 s")
+            time.sleep(0.5)
+            child = None
+            try:
+                if separate:
+                    child = _publisher_child("raw", transport, url, topic, rate, total)
+                else:
+                    _raw_publish(transport, url, raw_stream(transport, topic), rate, total)
+                sink.done.wait(30 + (seconds + 5 if separate else 0))
+                _wait_child(child)
+            finally:
+                stop.set()
+                thread.join(10)
+                if child is not None and child.poll() is None:
+                    child.kill()
+            if not sink.done.is_set():
+                raise RuntimeError(f"only {sink.seen} of {total} events arrived")
+        finally:
+            bus.delete_topic(topic)
+    return sink.samples
 
-    def q(p: float) -> float:
-        return samples[min(len(samples) - 1, int(p * len(samples)))]
 
-    return Metric(
-        f"{transport}.latency",
-        title,
-        {"p50 ms": q(0.5), "p99 ms": q(0.99), "max ms": samples[-1]},
-        "ms",
-        note="publisher and runner in one process, async API, runner batch_size=100",
+def _kafka_consumer(
+    url: str, topic: str, sink: _Sink, ready: threading.Event, stop: threading.Event
+) -> None:
+    from confluent_kafka import Consumer
+
+    from benchmarks.kafka_cases import bootstrap_of
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_of(url),
+            "group.id": "latency-raw",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+        }
     )
+    consumer.subscribe([topic], on_assign=lambda c, parts: ready.set())
+    try:
+        while not stop.is_set() and not sink.done.is_set():
+            msg = consumer.poll(0.25)
+            if msg is None or msg.error() is not None:
+                continue
+            sink.add(json.loads(msg.value()))
+            consumer.commit(message=msg, asynchronous=True)
+    finally:
+        consumer.close()
+
+
+def _redis_consumer(
+    url: str, topic: str, sink: _Sink, ready: threading.Event, stop: threading.Event
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    name = raw_stream("redis", topic)
+    client.xgroup_create(name, "latency-raw", id="$", mkstream=True)
+    ready.set()
+    try:
+        while not stop.is_set() and not sink.done.is_set():
+            reply: Any = client.xreadgroup("latency-raw", "c1", {name: ">"}, count=100, block=250)
+            ids = []
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    sink.add(json.loads(fields[b"body"]))
+                    ids.append(entry_id)
+            if ids:
+                client.xack(name, "latency-raw", *ids)
+    finally:
+        client.delete(name)
+        client.close()
+
+
+def raw_stream(transport: str, topic: str) -> str:
+    """Where the raw publisher writes: the topic itself on Kafka, a stream of its own on
+    Redis (an eventbus topic's stream is not a plain XADD target)."""
+    return topic if transport == "kafka" else f"{topic}:raw-latency"
+
+
+def latency_metrics(env: Env, transport: str, url: str) -> list[Metric]:
+    """eventbus vs raw at 1,000 events/s, publisher in this process and in another one; each
+    pair runs back to back (eventbus first, then raw) so they share the machine's state."""
+    seconds = 5.0 if env.quick else 20.0
+    out = []
+    for separate in (False, True):
+        where = "publisher in another process" if separate else "one process"
+        title = f"e2e latency at 1,000 events/s, {transport}, {where} ({seconds:.0f} s)"
+        key = f"{transport}.latency.{'2proc' if separate else '1proc'}"
+        try:
+            eb = _quantiles(
+                env.run(_eventbus_latency(url, env.name("lat"), 1000, seconds, separate, transport))
+            )
+            raw_samples = _raw_latency(transport, url, env.name("rawlat"), 1000, seconds, separate)
+            raw = _quantiles(raw_samples)
+        except Exception as exc:  # report, do not abort the whole run
+            out.append(Metric(key, title, {}, "ms", error=repr(exc)[:300]))
+            continue
+        values = {
+            "eventbus p50 ms": eb[0],
+            "raw p50 ms": raw[0],
+            "p50 diff ms": eb[0] - raw[0],
+            "eventbus p99 ms": eb[1],
+            "raw p99 ms": raw[1],
+            "p99 ratio": eb[1] / raw[1],
+            "eventbus max ms": eb[2],
+            "raw max ms": raw[2],
+        }
+        if transport == "kafka":
+            targets = [
+                judge_value("Kafka e2e p50 within raw + 1 ms", values["p50 diff ms"], 1.0, where),
+                judge_value("Kafka e2e p99 <= 1.5x raw", values["p99 ratio"], 1.5, where, True),
+            ]
+        else:
+            targets = [
+                judge_value("Redis e2e p50 <= 1 ms", eb[0], 1.0, where, True),
+                judge_value("Redis e2e p99 <= 3 ms", eb[1], 3.0, where, True),
+            ]
+        note = (
+            "eventbus: async bus.publish as tasks at a steady rate, runner batch_size=100; raw: "
+            + (
+                "confluent produce + poll(0) (idempotent, acks=all, linger.ms 5), a consumer "
+                "thread: poll + async commit per message"
+                if transport == "kafka"
+                else "one redis-py XADD per event, a thread: XREADGROUP BLOCK COUNT 100 + XACK"
+            )
+        )
+        out.append(Metric(key, title, values, "ms", targets=targets, note=note))
+    return out
 
 
 def drain_metric(env: Env, transport: str, url: str) -> Metric:
@@ -107,7 +334,7 @@ def drain_metric(env: Env, transport: str, url: str) -> Metric:
                     text=True,
                     check=True,
                     timeout=1800,
-                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    cwd=_ROOT,
                 )
             finally:
                 bus.delete_topic(topic)
@@ -135,6 +362,9 @@ def drain_metric(env: Env, transport: str, url: str) -> Metric:
         target=target,
         note="child process; 100-byte events, runner batch_size=1000, no-op async handler",
     )
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _status_kb(field: str) -> int:
@@ -170,7 +400,21 @@ def main(argv: list[str] | None = None) -> int:
     drain.add_argument("url")
     drain.add_argument("topic")
     drain.add_argument("count", type=int)
+    pub = sub.add_parser("publish", help="publish at a steady rate (the latency rows' child)")
+    pub.add_argument("kind", choices=["eventbus", "raw"])
+    pub.add_argument("transport", choices=["redis", "kafka"])
+    pub.add_argument("url")
+    pub.add_argument("topic")
+    pub.add_argument("rate", type=int)
+    pub.add_argument("total", type=int)
     args = parser.parse_args(argv)
+    if args.command == "publish":
+        if args.kind == "eventbus":
+            asyncio.run(_eb_publish(args.url, args.topic, args.rate, args.total))
+        else:
+            target = raw_stream(args.transport, args.topic)
+            _raw_publish(args.transport, args.url, target, args.rate, args.total)
+        return 0
     print(json.dumps(asyncio.run(_drain(args.url, args.topic, args.count))))
     return 0
 

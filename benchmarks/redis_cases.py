@@ -312,3 +312,132 @@ async def drain_with_runner(
         waiter.cancel()
         runner.stop()
         await task
+
+
+@contextlib.contextmanager
+def sustained_publish(env: Env, size: int) -> Iterator[Row]:
+    """publish_many (async, 1000/call) vs a redis-py sync pipeline of 1000 XADD, >= 100,000
+    events per run in full mode."""
+    from benchmarks.kafka_cases import SUSTAINED_FULL, SUSTAINED_QUICK, sustained_title
+
+    assert env.redis_url is not None
+    data, ks = payload(size), keys()
+    body = data["body"]
+    raw = _raw(env)
+    topic, stream = env.name("spub"), env.name("sraw")
+    abus = eventbus.connect_async(env.redis_url)
+    env.run(abus.connect())
+    env.run(abus.create_topic(topic, partitions=1))
+
+    async def eb(n: int) -> None:
+        for lo, hi in chunks(n):
+            await abus.publish_many(topic, _events(data, ks, lo, hi))
+
+    def raw_sync(n: int) -> float:
+        with Clock() as clock:
+            for lo, hi in chunks(n):
+                pipe = raw.pipeline(transaction=False)
+                for i in range(lo, hi):
+                    pipe.xadd(stream, {"key": ks[i % len(ks)], "body": body})
+                pipe.execute()
+        return clock.seconds
+
+    def trim() -> None:
+        raw.xtrim(topic, maxlen=0)
+        raw.delete(stream)
+
+    try:
+        yield Row(
+            key=f"redis.sustained_publish.{size}",
+            title=sustained_title(env, "publish (1000/call)"),
+            transport="redis",
+            payload=size,
+            count=env.count(SUSTAINED_QUICK, SUSTAINED_FULL),
+            sides=[
+                Side("eventbus async publish_many", "eventbus", timed_async(env, eb), trim),
+                Side("redis-py sync pipeline", "reference", raw_sync, trim),
+            ],
+            targets=[
+                Target(
+                    "eventbus async publish_many",
+                    "redis-py sync pipeline",
+                    1.0,
+                    "sustained publish >= 1.0x raw sync pipeline",
+                )
+            ],
+            note="streams trimmed before every run",
+        )
+    finally:
+        trim()
+        env.run(abus.delete_topic(topic))
+        env.run(abus.close())
+        raw.close()
+
+
+@contextlib.contextmanager
+def sustained_consume(env: Env, size: int) -> Iterator[Row]:
+    """The runner vs XREADGROUP 1000 + XACK, fresh group per run over a prefilled topic."""
+    from benchmarks.kafka_cases import SUSTAINED_FULL, SUSTAINED_QUICK, sustained_title
+
+    assert env.redis_url is not None
+    count = env.count(SUSTAINED_QUICK, SUSTAINED_FULL)
+    topic = env.name("sconsume")
+    raw = _raw(env)
+    data, ks = payload(size), keys()
+    with eventbus.connect(env.redis_url) as bus:
+        bus.create_topic(topic, partitions=1)
+        for lo, hi in chunks(count + 5000):
+            bus.publish_many(topic, _events(data, ks, lo, hi))
+    abus = eventbus.connect_async(env.redis_url)
+    env.run(abus.connect())
+    groups: list[str] = []
+
+    def group() -> str:
+        groups.append(env.name("g"))
+        return groups[-1]
+
+    def raw_side(n: int) -> float:
+        g = group()
+        raw.xgroup_create(topic, g, id="0")
+        done, start = 0, 0.0
+        while done < n:
+            reply: Any = raw.xreadgroup(g, "c1", {topic: ">"}, count=min(1000, n - done))
+            if not start:
+                start = time.perf_counter()
+            ids = [entry_id for _, entries in reply for entry_id, _fields in entries]
+            raw.xack(topic, g, *ids)
+            done += len(ids)
+        return time.perf_counter() - start
+
+    try:
+        yield Row(
+            key=f"redis.sustained_consume.{size}",
+            title=sustained_title(env, "consume + ack"),
+            transport="redis",
+            payload=size,
+            count=count,
+            sides=[
+                Side(
+                    "eventbus runner (batch_size=1000)",
+                    "eventbus",
+                    lambda n: env.run(drain_with_runner(abus, topic, group(), n)),
+                ),
+                Side("redis-py XREADGROUP 1000 + XACK", "reference", raw_side),
+            ],
+            targets=[
+                Target(
+                    "eventbus runner (batch_size=1000)",
+                    "redis-py XREADGROUP 1000 + XACK",
+                    0.85,
+                    "sustained consume+ack >= 0.85x raw (runner)",
+                )
+            ],
+            note="fresh group per run; timed from the first batch",
+        )
+    finally:
+        for g in groups:
+            with contextlib.suppress(redis.ResponseError):
+                raw.xgroup_destroy(topic, g)
+        env.run(abus.delete_topic(topic))
+        env.run(abus.close())
+        raw.close()

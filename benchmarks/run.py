@@ -42,6 +42,11 @@ KAFKA_ROWS: list[Builder] = [
     peer_cases.kafka_publish,
 ]
 MIGRATION_ROWS: list[Builder] = [migration_cases.dual_write, migration_cases.backfill]
+SUSTAINED_ROWS: dict[str, list[Builder]] = {
+    "redis": [redis_cases.sustained_publish, redis_cases.sustained_consume],
+    "kafka": [kafka_cases.sustained_publish, kafka_cases.sustained_consume],
+}
+"""Next to the burst rows, 100-byte events only; the targets table reads these."""
 
 
 @contextlib.contextmanager
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             for transport, url in (("redis", redis_url), ("kafka", kafka_url)):
                 if url is not None and not args.rows:
                     print(f"-- latency and drain on {transport}", file=sys.stderr, flush=True)
-                    metrics.append(latency.latency_metric(env, transport, url))
+                    metrics.extend(latency.latency_metrics(env, transport, url))
                     metrics.append(latency.drain_metric(env, transport, url))
         finally:
             env.close()
@@ -174,6 +179,9 @@ def _plan(env: Env, only: str | None) -> list[tuple[Builder, int]]:
     if env.kafka_url is not None:
         builders += KAFKA_ROWS
     plan = [(b, size) for b in builders for size in env.payloads]
+    for transport, url in (("redis", env.redis_url), ("kafka", env.kafka_url)):
+        if url is not None:
+            plan += [(b, 100) for b in SUSTAINED_ROWS[transport]]
     if env.redis_url is not None and env.kafka_url is not None:
         plan += [(b, 100) for b in MIGRATION_ROWS]
     return plan

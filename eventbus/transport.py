@@ -378,6 +378,37 @@ class LeasedConsumer(Protocol):
 
 
 @runtime_checkable
+class ConditionalAppend(Protocol):
+    """Optional: append to a partition only if it has not changed (compare-and-set on a log).
+    The migration's control record uses it, so two operators cannot both write the next
+    version. Found by type; memory and Redis (one Lua script) implement it."""
+
+    async def append_if_last(
+        self,
+        topic: str,
+        partition: int,
+        last: Offset | None,
+        record: Outgoing,
+        *,
+        timeout: float = 10.0,
+    ) -> Position | None:
+        """Append ``record`` to ``partition`` if its last record is at ``last`` (None: the
+        partition is empty), atomically. Returns the new position, or None (nothing written)
+        when the partition's last record is another one."""
+        ...
+
+
+@runtime_checkable
+class TopicGroups(Protocol):
+    """Optional: the consumer groups holding positions on one topic, without describing
+    every group of the server. Found by type; memory and Redis implement it."""
+
+    async def topic_groups(self, topic: str) -> list[str]:
+        """Names of the groups with positions on ``topic`` (sorted)."""
+        ...
+
+
+@runtime_checkable
 class Transport(Protocol):
     """A connection to one server (or in-memory broker)."""
 

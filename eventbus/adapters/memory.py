@@ -478,6 +478,34 @@ class MemoryTransport:
         with self._broker.lock:
             return sorted(self._broker.groups)
 
+    async def topic_groups(self, topic: str) -> list[str]:
+        """Groups with positions on ``topic`` (see TopicGroups)."""
+        self._check()
+        with self._broker.lock:
+            return sorted(
+                g
+                for g, state in self._broker.groups.items()
+                if any(t == topic for t, _ in state.positions)
+            )
+
+    async def append_if_last(
+        self,
+        topic: str,
+        partition: int,
+        last: Offset | None,
+        record: Outgoing,
+        *,
+        timeout: float = 10.0,
+    ) -> Position | None:
+        """Compare-and-set append under the broker lock (see ConditionalAppend)."""
+        self._check()
+        with self._broker.lock:
+            part = self._broker.topic(topic).partitions[partition]
+            now = part.records[-1].offset if part.records else None
+            if now != last:
+                return None
+            return self._append(topic, [dataclasses.replace(record, partition=partition)])[0]
+
     async def describe_group(self, group: str) -> GroupInfo:
         self._check()
         broker = self._broker

@@ -4,8 +4,9 @@ Both live on the *source* transport (the side every service can already reach), 
 contract can serve on any transport:
 
 - ``__eb_migration.<name>`` (1 partition): each record is a full :class:`MigrationState`
-  snapshot; the last record is the current state. Writers check the version they read, so two
-  operators cannot overwrite each other's change unnoticed.
+  snapshot; the last record is the current state. Writers check the version they read and
+  write atomically with that check (:meth:`ControlStore.save`), so two operators (or a
+  backfill checkpoint and a cutover) cannot both write the next version.
 - ``__eb_migration.<name>.members`` (1 partition, 1 h retention): producers and consumers
   using ``migrate://`` publish a heartbeat every poll interval with the stage generation they
   follow and, for consumers, their group's status. ``advance`` and ``cutover`` read the recent
@@ -29,8 +30,9 @@ from eventbus.errors import (
     TopicExistsError,
     TopicNotFoundError,
 )
+from eventbus.migration._fenced import FencedError, open_fenced_writer, transactional_id
 from eventbus.topics import TopicSpec
-from eventbus.transport import Outgoing, Transport
+from eventbus.transport import ConditionalAppend, Offset, Outgoing, Transport
 
 __all__ = [
     "STAGES",
@@ -235,17 +237,21 @@ class ControlStore:
 
     async def load(self) -> MigrationState | None:
         """The current state, or None when the migration was never initialised."""
+        return (await self._load())[0]
+
+    async def _load(self) -> tuple[MigrationState | None, Offset | None]:
+        """The current state and the offset of its record (None, None: no record)."""
         try:
             info = await self.transport.describe_topic(self.topic)
         except EventBusError:
-            return None
+            return None, None
         last = info.partitions[0].last if info.partitions else None
         if last is None:
-            return None
+            return None, None
         records = await self.transport.read(self.topic, 0, last, inclusive=True, limit=1)
         if not records:
-            return None
-        return MigrationState.model_validate_json(records[-1].value)
+            return None, None
+        return MigrationState.model_validate_json(records[-1].value), records[-1].offset
 
     async def require(self) -> MigrationState:
         state = await self.load()
@@ -257,22 +263,67 @@ class ControlStore:
         return state
 
     async def save(self, state: MigrationState, *, expected_version: int | None) -> MigrationState:
-        """Write ``state`` as the next version. Raises ConfigurationError when someone else
-        changed the record since ``expected_version`` was read (read again and retry)."""
-        current = await self.load()
-        have = current.version if current is not None else None
-        if expected_version is not None and have != expected_version:
+        """Write ``state`` as the next version, atomically against other writers: raises
+        ControlConflictError when someone else changed the record since
+        ``expected_version`` was read (read again and retry); None writes unconditionally.
+
+        The check and the write are one step: on a transport with ConditionalAppend (memory,
+        Redis: a Lua script) the record is appended only if the last record is still the one
+        compared; on Kafka every writer of the migration uses one ``transactional.id``, and
+        opening it fences the writers before (a fenced writer's commit fails), so a writer
+        that compared an older record cannot commit after another one did."""
+        if isinstance(self.transport, ConditionalAppend):
+            return await self._save_cas(self.transport, state, expected_version)
+        tid = transactional_id("control", self.name, "record")
+        writer = await open_fenced_writer(self.transport, tid, topic=self.topic)
+        try:
+            current, _ = await self._load()
+            new = self._next(state, current, expected_version)
+            await writer.write(self.topic, [self._record(new)], timeout=30.0)
+        except FencedError as exc:
             raise ControlConflictError(
-                f"migration {self.name!r} changed while this command ran (version {have}, "
-                f"expected {expected_version}); run the command again"
+                f"migration {self.name!r}: another command wrote the control record at the "
+                "same time; run the command again"
+            ) from exc
+        finally:
+            await writer.close()
+        return new
+
+    async def _save_cas(
+        self, transport: ConditionalAppend, state: MigrationState, expected: int | None
+    ) -> MigrationState:
+        for _ in range(20):  # only an unconditional save (expected None) goes round again
+            current, offset = await self._load()
+            new = self._next(state, current, expected)
+            written = await transport.append_if_last(
+                self.topic, 0, offset, self._record(new), timeout=30.0
             )
-        new = state.model_copy(
+            if written is not None:
+                return new
+            if expected is not None:
+                raise self._conflict(None, expected)
+        raise self._conflict(None, expected)
+
+    def _next(
+        self, state: MigrationState, current: MigrationState | None, expected: int | None
+    ) -> MigrationState:
+        have = current.version if current is not None else None
+        if expected is not None and have != expected:
+            raise self._conflict(have, expected)
+        return state.model_copy(
             update={"version": (have or 0) + 1, "updated": datetime.now(UTC)}, deep=True
         )
-        await self.transport.publish(
-            self.topic, [Outgoing(value=new.model_dump_json().encode())], timeout=30.0
+
+    def _conflict(self, have: int | None, expected: int | None) -> ControlConflictError:
+        seen = "" if have is None else f"version {have}, "
+        return ControlConflictError(
+            f"migration {self.name!r} changed while this command ran ({seen}expected "
+            f"{expected}); run the command again"
         )
-        return new
+
+    @staticmethod
+    def _record(state: MigrationState) -> Outgoing:
+        return Outgoing(value=state.model_dump_json().encode(), partition=0)
 
     async def heartbeat(self, beat: Heartbeat) -> None:
         """Publish a heartbeat (creating the topics on first use, so members that start before

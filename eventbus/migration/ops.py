@@ -59,6 +59,7 @@ from eventbus.transport import (
     Outgoing,
     Position,
     Record,
+    TopicGroups,
     Transport,
     offset_key,
 )
@@ -521,11 +522,16 @@ class Migration:
             for group, topics in beat.reads.items():
                 if topic in topics:
                     seen[group] = f"live member {beat.member}"
-        for group in await self.source.list_groups():
+        source = self.source
+        if isinstance(source, TopicGroups):  # one look at the topic, not at every group
+            for group in await source.topic_groups(topic):
+                seen.setdefault(group, "positions on the source")
+            return seen
+        for group in await source.list_groups():
             if group in seen or group.startswith("__eb_migration."):
                 continue
             try:
-                info = await self.source.describe_group(group)
+                info = await source.describe_group(group)
             except EventBusError:
                 continue
             if any(p.topic == topic for p in info.partitions):

@@ -127,18 +127,27 @@ class ProcessWorkers:
     handled to its own file; SIGTERM stops them gracefully, and they are killed if a test
     fails before that."""
 
-    def __init__(self, url: str, topic: str, group: str, folder: Path) -> None:
-        self.url, self.topic, self.group, self.folder = url, topic, group, folder
+    def __init__(
+        self,
+        url: str,
+        topic: str | list[str],
+        group: str,
+        folder: Path,
+        names: tuple[str, ...] = ("w0", "w1"),
+    ) -> None:
+        self.url, self.group, self.folder = url, group, folder
+        self.topics = [topic] if isinstance(topic, str) else topic
         self.children = Children(folder)
-        self.names = ["w0", "w1"]
+        self.names = list(names)
 
     def _out(self, name: str) -> Path:
         return self.folder / f"{name}.out"
 
     def start(self) -> None:
         for name in self.names:
+            topics = [a for t in self.topics for a in ("--topic", t)]
             argv = [sys.executable, "-m", "tests.migration.worker_app", "--url", self.url,
-                    "--topic", self.topic, "--group", self.group, "--name", name,
+                    *topics, "--group", self.group, "--name", name,
                     "--out", str(self._out(name))]  # fmt: skip
             self.children.start(name, argv, cwd=ROOT)
         for name in self.names:
@@ -222,16 +231,19 @@ async def wait_for_empty_journal(migration: Migration, topic: str, timeout: floa
 
 
 @contextlib.contextmanager
-def producing(url: str, topic: str, tally: Tally, count: int = 3) -> Iterator[None]:
-    """``count`` producer threads publishing keyed events through ``url`` until the block
-    ends; every returned publish is recorded, every failure too."""
+def producing(
+    url: str, topic: str, tally: Tally, count: int = 3, prefix: str = ""
+) -> Iterator[None]:
+    """``count`` producer threads publishing keyed events (keys start with ``prefix``)
+    through ``url`` until the block ends; every returned publish is recorded, every failure
+    too."""
     stop = threading.Event()
 
     def produce(n: int) -> None:
         with eventbus.connect(url) as bus:
             seq = 0
             while not stop.is_set():
-                ev = eventbus.Event(data={"seq": seq}, key=f"p{n}-k{seq % 4}")
+                ev = eventbus.Event(data={"seq": seq}, key=f"{prefix}p{n}-k{seq % 4}")
                 began = time.monotonic()
                 try:
                     bus.publish(topic, ev)

@@ -1,8 +1,9 @@
 """A worker service for the migration tests: ``python -m tests.migration.worker_app ARGS``.
 
-It runs an eventbus runner over one topic in a consumer group (through ``migrate://`` in the
-tests) and appends one line per handled event to ``--out``, flushed and fsynced before the
-handler returns (so the line exists whenever the runner may ack):
+It runs an eventbus runner over one topic (or several: ``--topic`` repeated) in a consumer
+group (through ``migrate://`` in the tests) and appends one line per handled event to
+``--out``, flushed and fsynced before the handler returns (so the line exists whenever the
+runner may ack):
 
     READY <pid>                                          before the runner starts
     H <event id> <key> <seq> <pid> <monotonic ns>        handler started on this event
@@ -29,7 +30,7 @@ import eventbus
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
-    parser.add_argument("--topic", required=True)
+    parser.add_argument("--topic", required=True, action="append", help="repeatable")
     parser.add_argument("--group", required=True)
     parser.add_argument("--name", required=True, help="consumer name in the group")
     parser.add_argument("--out", required=True)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with eventbus.connect(args.url) as bus:
         runner = bus.runner(
             handler,
-            args.topic,
+            args.topic if len(args.topic) > 1 else args.topic[0],
             group=args.group,
             consumer=args.name,
             session_timeout=args.session_timeout,

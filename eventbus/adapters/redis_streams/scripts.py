@@ -164,3 +164,17 @@ for i = first, #ARGV, step do
 end
 return lost
 """
+
+# Compare-and-set append (the migration's control record).
+# KEYS[1] stream; ARGV[1] the id its last entry must have ('' for empty); ARGV[2..] fields.
+# Returns the new id, or false (nil) when the last entry is another one.
+APPEND_IF_LAST = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('EBNOSTREAM ' .. KEYS[1])
+end
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local last = ''
+if #top > 0 then last = top[1][1] end
+if last ~= ARGV[1] then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""

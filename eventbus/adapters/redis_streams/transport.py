@@ -613,6 +613,40 @@ class RedisTransport:
                 continue  # deleted meanwhile
         return sorted(names)
 
+    async def topic_groups(self, topic: str) -> list[str]:
+        """Groups on any partition stream of ``topic`` (see TopicGroups)."""
+        self._check()
+        return sorted(await self.groups_of(await self.meta(topic, fresh=True)))
+
+    async def append_if_last(
+        self,
+        topic: str,
+        partition: int,
+        last: Offset | None,
+        record: Outgoing,
+        *,
+        timeout: float = 10.0,
+    ) -> Position | None:
+        """Compare-and-set append, one Lua script (see ConditionalAppend)."""
+        self._check()
+        meta = await self.meta(topic)
+        self.check_sizes(meta, [record])
+        key = layout.stream_key(topic, partition)
+        expected = "" if last is None else layout.id_of(last, topic)
+
+        async def run() -> Any:
+            with self.edge(f"append to {topic!r}"):
+                return await self.script("APPEND_IF_LAST")(
+                    keys=[key], args=[expected, *layout.encode_fields(record)]
+                )
+
+        try:
+            reply = await self.with_timeout(run(), timeout, f"append to {topic!r}")
+        except Exception as exc:
+            self.raise_if_missing(topic, exc)
+            raise
+        return None if reply is None else Position(partition, layout.text(reply))
+
     async def describe_group(self, group: str) -> GroupInfo:
         from eventbus.adapters.redis_streams.groups import describe_group
 

@@ -105,7 +105,7 @@ def test_group_positions_from_commit_metadata(
     delivered: int | None,
     lowest_pending: int | None,
 ) -> None:
-    part = _group_partition("t", 0, committed, metadata, lag=None)
+    part = _group_partition("t", 0, committed, metadata, marks=None)
     assert (part.committed, part.delivered, part.lowest_pending) == (
         committed,
         delivered,

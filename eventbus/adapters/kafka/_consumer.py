@@ -1,49 +1,84 @@
-"""A group member over librdkafka's Consumer: one dedicated thread, acks, nacks, commits.
+"""A group member over librdkafka's Consumer: one dedicated thread, leases, acks, commits.
 
-Threading: every call into the librdkafka consumer (subscribe, poll, commit, rebalance
+Threading: every call into the librdkafka consumer (subscribe, poll, pause, commit, rebalance
 callbacks, close) happens on one thread owned by the member (:class:`_Worker`). Coroutines send
 it small jobs and await their results through ``loop.call_soon_threadsafe``; the event loop is
-never blocked. ``ack`` and ``nack`` only update in-memory state (under a lock).
+never blocked. ``ack``, ``nack``, ``release`` and ``holds`` only touch in-memory state (under a
+lock) and never wait for that thread.
+
+Keepalive: between jobs the member thread polls librdkafka whenever no poll happened for
+``min(1 s, max.poll.interval.ms / 4)``, whether or not the application calls ``fetch``. That
+serves rebalance callbacks and resets librdkafka's max.poll.interval timer, so a member whose
+handlers run for minutes stays in its group. What such a poll returns goes to the local buffer
+of records not handed out yet; once that holds ``_BUFFER_CAP`` records the member pauses its
+assigned partitions (librdkafka then returns no more messages and drops what it prefetched, to
+fetch it again from the same position on resume), and the next ``fetch`` that makes room
+resumes them. Partitions assigned while paused are paused too.
+
+Leases: a record ``fetch`` returns is leased to the application until it is acked, nacked,
+released, its partition leaves this member, or it was held for ``max_lease`` seconds. While
+the partition stays here a live member keeps every lease (``redelivery_on_timeout`` is false;
+``visibility_timeout`` is not used: the group notices a member that died or hangs after the
+session timeout or ``max.poll.interval.ms``, and its partitions move).
+:meth:`KafkaConsumer.holds` tells whether a record's lease is still on;
+:meth:`KafkaConsumer.release` gives back records the application did not start: they stay
+outstanding (nothing is committed past them) and ``fetch`` hands them out again at once
+with the same ``attempt``. A record held past ``max_lease`` is logged at WARNING and treated as
+nacked with delay 0: it is handed out again (``attempt`` + 1) while its old handler may still
+run, and the old copy's ack still counts (its nack or release is ignored).
 
 Commit strategy (at-least-once): ``enable.auto.commit=false``. Per partition the member tracks
-the offsets it handed to the application and has not acked yet (``outstanding``) and the next
-offset after the last one handed out (``high``). Records librdkafka fetched but ``fetch`` has
-not returned yet sit in a local buffer and count for nothing: they are not delivered. The
-committable position is ``min(outstanding)``, or ``high`` when nothing is outstanding: only the
-contiguous acked prefix, whatever order acks arrive in, and offset gaps (compaction,
-transaction markers) never stall it. Commits go out from the member's thread: after acks (one
-queued commit job covers every ack before it runs), at the end of every ``fetch`` that changed
-something (asynchronously, to record deliveries), synchronously on revoke and on ``close``. A
-failed commit (say, ``REBALANCE_IN_PROGRESS`` during a rebalance) is sent again with the next
-one while the partition is still ours. ``ack`` itself only records offsets (under a lock) and
-queues a commit job: it never waits for the member's thread, which may be inside a rebalance
-callback waiting for that very ack.
+the offsets it handed to the application and has not acked yet (``outstanding``: leased, waiting
+in the delay queue, or released) and the next offset after the last one handed out (``high``).
+Records librdkafka fetched but ``fetch`` has not returned yet sit in the local buffer and count
+for nothing: they are not delivered. The committable position is ``min(outstanding)``, or
+``high`` when nothing is outstanding: only the contiguous acked prefix, whatever order acks
+arrive in, and offset gaps (compaction, transaction markers) never stall it. Commits go out from
+the member's thread: after acks (one queued commit job covers every ack before it runs), at the
+end of every ``fetch`` that changed something (asynchronously, to record deliveries),
+synchronously on revoke and on ``close``. A failed commit (say, ``REBALANCE_IN_PROGRESS``
+during a rebalance) is sent again with the next one while the partition is still ours.
+
+Commit metadata, ``"eb1 <high> <offset>:<count>,... <gap>+<length>,..."`` (at most
+``_METADATA_BUDGET`` characters after the high offset): every offset in ``[committed, high)``
+was delivered at least once; the listed counts say how often where that is not once (0 for a
+record released before it ran); the last field lists the offsets in that range already done
+(acked, or nonexistent), as ranges: the first ``gap`` is the absolute start offset, each later
+one the distance from the end of the range before it. The next owner reads it back on
+assignment: a record redelivered after a crash or rebalance comes with ``attempt`` =
+deliveries so far + 1 (the last fetch before a crash may be counted once short, since its
+commit may not have reached the broker), and done offsets are skipped (never handed out), so
+a record released or nacked below acked ones does not make the next owner handle those twice.
+The done field came later: readers without it ignore it (and deliver those records again);
+metadata without it reads as "nothing known done". When the done ranges do not all fit, the
+lowest ones are kept, the rest are delivered again as before, and a warning is logged once per
+partition.
 
 Rebalances (cooperative-sticky): partitions the member keeps are untouched. For each partition
-it gives up, the revoke callback (member thread, inside ``poll``) 1. drops buffered records of
-it that were never handed out, 2. waits until every record of it that the application holds is
-acked, or its visibility timeout (counted from its delivery) has passed — so the next owner
-never reads past a record still being worked on, and per-key order holds — 3. commits the acked
-prefix synchronously (always sent, even if an asynchronous commit of the same offset may still
-be in flight; retried briefly on ``REBALANCE_IN_PROGRESS``), 4. forgets the partition: later
-acks of its records are ignored. ``fetch`` never returns a record of a partition that was
-revoked during that call. Records waiting in the nack delay queue are not waited for.
+it gives up, the revoke callback (member thread, inside a poll of ``fetch`` or of the keepalive)
+1. marks the partition as revoking (``holds`` is false for its records from then on, so the
+application releases what it has not started), 2. drops buffered records of it that were never
+handed out, 3. waits until every record of it the application holds is acked, nacked or
+released, or its ``max_lease`` has passed, at most ``min(max_lease, 0.8 * max.poll.interval)``
+(past that librdkafka would drop the member; records still held then are logged at WARNING:
+the next owner delivers them again) — so the next owner never reads past a record still being
+worked on, and per-key order holds — 4. commits the acked prefix with its metadata
+synchronously (always sent, even if an asynchronous commit of the same offset may still be in
+flight; retried briefly on ``REBALANCE_IN_PROGRESS``), 5. forgets the partition: later acks of
+its records are ignored. ``fetch`` never returns a record of a partition that was revoked
+during that call. Records waiting in the nack delay queue or released are not waited for.
 ``kill`` lets commit jobs of acks made before it run, then closes the client without
 committing anything more.
 
-Nacks and delivery counts: a nacked record stays outstanding (nothing is committed past it)
-and waits in a local delay queue; ``fetch`` hands it out again once its delay is over, with
-``attempt`` + 1, while later records of the partition keep flowing. Delivery counts survive a
-restart or rebalance in the commit's metadata string, ``"eb1 <high> <offset>:<count>,..."``:
-every offset in ``[committed, high)`` was delivered at least once, and the listed ones that many
-times. The next owner reads it back on assignment, so a record redelivered after a crash comes
-with ``attempt`` = deliveries so far + 1 (the last fetch before a crash may be counted once
-short, since its commit may not have reached the broker).
+Nacks: a nacked record stays outstanding and waits in a local delay queue; ``fetch`` hands it
+out again once its delay is over, with ``attempt`` + 1, while later records of the partition
+keep flowing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import heapq
@@ -53,7 +88,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -73,9 +108,16 @@ from eventbus.errors import (
     ConfigurationError,
     OperationTimeoutError,
 )
-from eventbus.transport import ConsumerOptions, Outgoing, Position, Record
+from eventbus.transport import ConsumerOptions, Outgoing, Position, Record, offset_key
 
-__all__ = ["KafkaConsumer", "decode_metadata", "encode_metadata", "to_record"]
+__all__ = [
+    "CommitMetadata",
+    "KafkaConsumer",
+    "decode_metadata",
+    "encode_metadata",
+    "parse_metadata",
+    "to_record",
+]
 
 log = logging.getLogger("eventbus.kafka")
 T = TypeVar("T")
@@ -83,6 +125,8 @@ PublishFn = Callable[[str, Sequence[Outgoing]], Awaitable[list[Position]]]
 
 _METADATA_BUDGET = 3500
 """Characters of commit metadata we use (Kafka's offset.metadata.max.bytes defaults to 4096)."""
+_BUFFER_CAP = 500
+"""Records fetched but not handed out above which the keepalive pauses the partitions."""
 _IGNORED = {KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET}
 _RETRY_ON_REVOKE = {
     KafkaError.REBALANCE_IN_PROGRESS,
@@ -101,24 +145,70 @@ _RETRY_ON_CLOSE = _RETRY_ON_REVOKE | {
 member left) and this member rejoins while it polls; partitions it no longer owns after that
 are dropped by the rebalance callbacks those polls serve, so the retry commits only its own."""
 
+Ranges = tuple[tuple[int, int], ...]
+"""Sorted, disjoint half-open offset ranges ``[start, end)``."""
 
-def encode_metadata(high: int, counts: Mapping[int, int]) -> str:
-    """Commit metadata recording delivery counts above the committed offset."""
-    parts: list[str] = []
-    used = 0
-    for offset in sorted(o for o, c in counts.items() if c > 1):
-        item = f"{offset}:{counts[offset]}"
-        used += len(item) + 1
-        if used > _METADATA_BUDGET:
+
+@dataclass(frozen=True, slots=True)
+class CommitMetadata:
+    """What eventbus commit metadata says about the offsets at and above the committed one."""
+
+    high: int = -1
+    """Every offset in ``[committed, high)`` was delivered at least once (-1: not ours)."""
+    counts: Mapping[int, int] = field(default_factory=dict)
+    """Deliveries so far of the offsets where that is not 1."""
+    done: Ranges = ()
+    """Offsets already done (acked or nonexistent): never hand them out again."""
+
+    def is_done(self, offset: int) -> bool:
+        i = bisect.bisect_right(self.done, offset, key=lambda r: r[0]) - 1
+        return i >= 0 and offset < self.done[i][1]
+
+
+def encode_metadata(
+    high: int, counts: Mapping[int, int], done: Iterable[tuple[int, int]] = ()
+) -> str:
+    """Commit metadata recording delivery counts and done offsets above the committed one
+    (see the module docstring); the lowest done ranges first, within the budget."""
+    return _encode(high, counts, done)[0]
+
+
+def _encode(
+    high: int, counts: Mapping[int, int], done: Iterable[tuple[int, int]]
+) -> tuple[str, bool]:
+    """``(metadata, complete)``: ``complete`` is false when some done ranges did not fit."""
+    budget = _METADATA_BUDGET
+    ranges: list[str] = []
+    previous_end = 0
+    complete = True
+    for start, end in done:  # first: a missing one means a record handled twice
+        if end <= start:
+            continue
+        item = f"{start - previous_end}+{end - start}"
+        if len(item) + 1 > budget:
+            complete = False
             break
+        budget -= len(item) + 1
+        ranges.append(item)
+        previous_end = end
+    parts: list[str] = []
+    for offset in sorted(o for o, c in counts.items() if c != 1):
+        item = f"{offset}:{counts[offset]}"
+        if len(item) + 1 > budget:
+            break
+        budget -= len(item) + 1
         parts.append(item)
-    return f"eb1 {high} {','.join(parts)}".rstrip()
+    text = f"eb1 {high} {','.join(parts)}"
+    if ranges:
+        text += " " + ",".join(ranges)
+    return text.rstrip(), complete
 
 
-def decode_metadata(text: str | None) -> tuple[int, dict[int, int]]:
-    """``(high, counts)`` from commit metadata; ``(-1, {})`` for anything not ours."""
+def parse_metadata(text: str | None) -> CommitMetadata:
+    """Commit metadata read back; empty (``high`` -1) for anything not ours. A malformed done
+    field reads as "nothing known done" (the records are delivered again, never skipped)."""
     if not text or not text.startswith("eb1 "):
-        return -1, {}
+        return CommitMetadata()
     fields = text.split(" ")
     try:
         high = int(fields[1])
@@ -127,8 +217,30 @@ def decode_metadata(text: str | None) -> tuple[int, dict[int, int]]:
             offset, _, count = item.partition(":")
             counts[int(offset)] = int(count)
     except (ValueError, IndexError):
-        return -1, {}
-    return high, counts
+        return CommitMetadata()
+    return CommitMetadata(high, counts, _parse_ranges(fields[3]) if len(fields) > 3 else ())
+
+
+def _parse_ranges(text: str) -> Ranges:
+    out: list[tuple[int, int]] = []
+    end = 0
+    try:
+        for item in text.split(",") if text else []:
+            gap, sep, length = item.partition("+")
+            start = end + int(gap)
+            if not sep or int(gap) < 0 or int(length) < 1:
+                return ()
+            end = start + int(length)
+            out.append((start, end))
+    except ValueError:
+        return ()
+    return tuple(out)
+
+
+def decode_metadata(text: str | None) -> tuple[int, dict[int, int]]:
+    """``(high, counts)`` from commit metadata; ``(-1, {})`` for anything not ours."""
+    meta = parse_metadata(text)
+    return meta.high, dict(meta.counts)
 
 
 def to_record(msg: Any, attempt: int = 1) -> Record:
@@ -150,55 +262,110 @@ def to_record(msg: Any, attempt: int = 1) -> Record:
     )
 
 
+@dataclass(eq=False, slots=True)
+class _Lease:
+    """A record the application holds: the copy handed out, its attempt, since when."""
+
+    record: Record
+    offset: int
+    attempt: int
+    since: float
+    previous: Record | None = None
+    """The copy handed out before this one (released, nacked or expired), if any."""
+
+    def matches(self, record: Record) -> bool:
+        """``record`` is the copy this lease is for: the object handed out, or a copy of it
+        with the same attempt (but never the earlier copy of a released record, which has
+        the same attempt)."""
+        return record is self.record or (
+            record.attempt == self.attempt and record is not self.previous
+        )
+
+
 @dataclass(eq=False)
 class _Partition:
     """What one member knows about one of its partitions."""
 
+    key: tuple[str, int]
     committed: int
     """The offset the group has committed (next to read), or -1."""
     high: int = -1
-    """Next offset after the last record fetched, or -1 before the first fetch."""
+    """Next offset after the last record handed out or skipped, or -1 before the first."""
     outstanding: set[int] = field(default_factory=set)
+    """Offsets handed out and not acked: leased, in the delay queue, or released."""
     counts: dict[int, int] = field(default_factory=dict)
-    """Deliveries so far of outstanding offsets."""
-    prior_high: int = -1
-    prior_counts: dict[int, int] = field(default_factory=dict)
-    """Delivery counts read back from the commit metadata at assignment."""
+    """Deliveries so far of outstanding offsets (a release takes one back)."""
+    leases: dict[int, _Lease] = field(default_factory=dict)
+    """The outstanding offsets the application holds."""
+    prior: CommitMetadata = field(default_factory=CommitMetadata)
+    """What the commit metadata said at assignment."""
     sent: tuple[int, str] | None = None
     """The last (offset, metadata) committed."""
-    delivered_at: dict[int, float] = field(default_factory=dict)
-    """When each outstanding offset was last handed out (monotonic seconds)."""
-    nacked: set[int] = field(default_factory=set)
-    """Outstanding offsets waiting in the delay queue (the application does not hold them)."""
+    overflow_logged: bool = False
 
-    def deliver(self, offset: int, now: float) -> int:
-        """Record a hand-out of ``offset`` and return its attempt number."""
+    def deliver(self, record: Record, now: float) -> Record:
+        """Hand ``record`` out (again) and lease it; returns the copy with its attempt."""
+        offset = record.offset
+        assert isinstance(offset, int)
+        previous: Record | None = None
         if offset in self.outstanding:
-            attempt = self.counts.get(offset, 1) + 1
-        else:
+            attempt = self.counts.get(offset, 0) + 1
+            previous, record = record, replace(record, attempt=attempt)
+        else:  # fresh from librdkafka: nobody else has this object
             attempt = self.first_attempt(offset)
+            record.attempt = attempt
             self.outstanding.add(offset)
             self.high = max(self.high, offset + 1)
         self.counts[offset] = attempt
-        self.delivered_at[offset] = now
-        self.nacked.discard(offset)
-        return attempt
+        self.leases[offset] = _Lease(record, offset, attempt, now, previous)
+        return record
+
+    def skip(self, offset: int) -> None:
+        """A record the previous owner recorded as done: pass it without handing it out."""
+        self.high = max(self.high, offset + 1)
+
+    def release(self, offset: int) -> None:
+        """The application gives the record back unstarted: that delivery does not count."""
+        self.leases.pop(offset, None)
+        self.counts[offset] = max(0, self.counts.get(offset, 1) - 1)
 
     def done(self, offset: int) -> None:
         self.outstanding.discard(offset)
         self.counts.pop(offset, None)
-        self.delivered_at.pop(offset, None)
-        self.nacked.discard(offset)
+        self.leases.pop(offset, None)
 
-    def held_until(self, visibility_timeout: float) -> float | None:
-        """When the last record the application holds times out, or None if it holds none."""
-        held = [self.delivered_at[o] for o in self.outstanding if o not in self.nacked]
-        return max(held) + visibility_timeout if held else None
+    def held_until(self, max_lease: float) -> float | None:
+        """When the last lease the application holds ends, or None if it holds none."""
+        if not self.leases:
+            return None
+        return max(lease.since for lease in self.leases.values()) + max_lease
 
     def first_attempt(self, offset: int) -> int:
-        if self.committed <= offset < self.prior_high:
-            return self.prior_counts.get(offset, 1) + 1
+        if self.committed <= offset < self.prior.high:
+            return self.prior.counts.get(offset, 1) + 1
         return 1
+
+    def done_ranges(self, commit: int) -> list[tuple[int, int]]:
+        """The done offsets in ``[commit, max(high, prior.high))``: in what was handed out,
+        all that is not outstanding (acked, skipped, or never existed); above it, what the
+        previous owner recorded and this member has not reached yet."""
+        out: list[tuple[int, int]] = []
+        start = commit
+        for offset in sorted(self.outstanding):
+            if offset > start:
+                out.append((start, offset))
+            start = offset + 1
+        if start < self.high:
+            out.append((start, self.high))
+        for begin, end in self.prior.done:
+            begin = max(begin, self.high, commit)
+            if begin >= end:
+                continue
+            if out and out[-1][1] == begin:
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((begin, end))
+        return out
 
     def position(self, force: bool = False) -> tuple[int, str] | None:
         """The commit to send now, or None when nothing changed (unless ``force``)."""
@@ -206,24 +373,45 @@ class _Partition:
             return None
         offset = min(self.outstanding) if self.outstanding else self.high
         # keep what the previous owner recorded for offsets we have not fetched again yet
-        counts = {o: c for o, c in self.prior_counts.items() if o >= self.high}
+        counts = {o: c for o, c in self.prior.counts.items() if o >= self.high}
         counts.update((o, c) for o, c in self.counts.items() if o >= offset)
-        commit = (offset, encode_metadata(max(self.high, self.prior_high), counts))
+        text, complete = _encode(max(self.high, self.prior.high), counts, self.done_ranges(offset))
+        if not complete and not self.overflow_logged:
+            self.overflow_logged = True
+            log.warning(
+                "%s/%d: the commit metadata cannot list every acked record above the first "
+                "un-acked one (%d characters): if this partition moves, the next owner "
+                "delivers some of them again",
+                self.key[0],
+                self.key[1],
+                _METADATA_BUDGET,
+            )
+        commit = (offset, text)
         return None if commit == self.sent and not force else commit
 
 
 class _Worker:
-    """One thread running jobs in order; results come back as asyncio futures."""
+    """One thread running jobs in order; results come back as asyncio futures.
 
-    def __init__(self, name: str) -> None:
+    ``tick`` (optional) runs on the thread before every job and whenever it idled for the
+    seconds ``tick`` last returned (None: until the next job)."""
+
+    def __init__(self, name: str, tick: Callable[[], float | None] | None = None) -> None:
         self._jobs: queue.Queue[
             tuple[Callable[[], Any], asyncio.Future[Any] | concurrent.futures.Future[Any]] | None
         ] = queue.Queue()
+        self._tick = tick
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self._run_tick())
+            except queue.Empty:
+                continue
+            if job is None:
+                return
             fn, future = job
             try:
                 result = fn()
@@ -231,6 +419,15 @@ class _Worker:
                 self._settle(future, None, exc)
             else:
                 self._settle(future, result, None)
+
+    def _run_tick(self) -> float | None:
+        if self._tick is None:
+            return None
+        try:
+            return self._tick()
+        except Exception as exc:  # the thread must go on serving jobs
+            log.warning("consumer keepalive failed (tried again in 1 s): %r", exc)
+            return 1.0
 
     @staticmethod
     def _settle(
@@ -287,11 +484,24 @@ class KafkaConsumer:
         self._lock = threading.Lock()
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._changed = threading.Condition(self._lock)
-        """Notified (with the lock held) when an ack, nack or stop may end a revoke's wait."""
+        """Notified (with the lock held) when an ack, nack, release, lease end or stop may end
+        a revoke's wait."""
         self._delayed: list[tuple[float, int, tuple[str, int], _Partition, Record]] = []
+        """Outstanding records to hand out again when due: nacked, released, lease ended."""
         self._seq = itertools.count()
         self._buffer: deque[tuple[_Partition, Record]] = deque()
         """Fetched from librdkafka, not handed out yet (not delivered: tracked nowhere)."""
+        self._revoking: set[tuple[str, int]] = set()
+        """Partitions whose revoke callback runs: ``holds`` is false for their records."""
+        interval = float(config.get("max.poll.interval.ms", 300_000)) / 1000
+        self._max_poll_interval = interval
+        self._keepalive_every = max(0.05, min(1.0, interval / 4))
+        self._last_poll = time.monotonic()
+        self._next_lease_check = 0.0
+        self._paused = False
+        """The assigned partitions are paused (member thread only): the buffer is full."""
+        self._client_open = False
+        """The librdkafka client exists and is not closed (set on the member thread)."""
         self._assigned_once = threading.Event()
         self._killed = False
         self._stopping = False
@@ -303,7 +513,9 @@ class KafkaConsumer:
         self._closed = False
         self._commit_queued = False
         self._error: BaseException | None = None
-        self._worker = _Worker(f"eventbus-kafka-consumer-{config.get('client.id', '')}")
+        self._worker = _Worker(
+            f"eventbus-kafka-consumer-{config.get('client.id', '')}", tick=self._tick
+        )
         self._consumer: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -333,6 +545,7 @@ class KafkaConsumer:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
+            self._client_open = True
         except KafkaException as exc:
             raise translate(exc, "joining the consumer group", where=self._where) from None
 
@@ -369,6 +582,7 @@ class KafkaConsumer:
             return
         self._final_commit()
         self._in_close = True
+        self._client_open = False
         self._consumer.close()
 
     def _final_commit(self) -> None:
@@ -394,6 +608,7 @@ class KafkaConsumer:
                     return
                 log.info("final commit deferred until the group settles: %s", exc)
             self._consumer.poll(0.1)
+            self._last_poll = time.monotonic()
 
     async def kill(self) -> None:
         """Stop without committing anything more. Commit jobs already queued for acks made
@@ -413,6 +628,7 @@ class KafkaConsumer:
 
     def _kill_blocking(self) -> None:
         self._killed = True
+        self._client_open = False
         if self._consumer is not None:
             self._consumer.close()
 
@@ -439,18 +655,21 @@ class KafkaConsumer:
             for tp in committed:
                 key = (tp.topic, tp.partition)
                 if tp.offset >= 0:
-                    state = _Partition(committed=tp.offset, high=tp.offset)
-                    state.prior_high, state.prior_counts = decode_metadata(tp.metadata)
+                    state = _Partition(key, committed=tp.offset, high=tp.offset)
+                    state.prior = parse_metadata(tp.metadata)
                     state.sent = (tp.offset, tp.metadata or "")
                     offset = tp.offset
                 else:
                     offset = starts[key]
-                    state = _Partition(committed=offset, high=offset)
+                    state = _Partition(key, committed=offset, high=offset)
                     state.sent = (offset, encode_metadata(offset, {}))
                     initial.append(TopicPartition(tp.topic, tp.partition, offset, state.sent[1]))
                 self._parts[key] = state
                 assign.append(TopicPartition(tp.topic, tp.partition, offset))
         consumer.incremental_assign(assign)
+        log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in assign])
+        if self._paused:  # the buffer is full: these wait for the next fetch too
+            consumer.pause(assign)
         if initial:  # the group now exists at options.start, even if we never fetch
             consumer.commit(offsets=initial, asynchronous=True)
 
@@ -481,6 +700,11 @@ class KafkaConsumer:
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        if keys:
+            log.info("revoked %s", keys)
+        with self._lock:  # from now on holds() says no: the application releases what waits
+            self._revoking.update(keys)
+        self._unpause(consumer, partitions)
         # inside close(), which committed just before (a commit now fails and can wedge the
         # close); after kill(), nothing more is committed
         if not self._killing and not self._in_close:
@@ -488,20 +712,29 @@ class KafkaConsumer:
             self._commit_on_revoke(keys)
         self._drop(keys)
 
+    def _unpause(self, consumer: Any, partitions: list[Any]) -> None:
+        """Resume partitions that leave while paused, so that none is still paused should it
+        come back (librdkafka keeps the flag on the partition)."""
+        if self._paused and partitions:
+            try:
+                consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in partitions])
+            except KafkaException as exc:
+                log.info("resuming partitions that leave failed: %s", exc)
+
     def _await_held(self, keys: list[tuple[str, int]]) -> None:
-        """Wait until the application acked every record of ``keys`` it holds, or each timed
-        out (visibility timeout from its delivery), so the next owner does not read past
-        them. Bounded below librdkafka's max.poll.interval.ms; close/kill end it at once."""
-        cap = time.monotonic() + self._max_wait()
+        """Wait until the application acked, nacked or released every record of ``keys`` it
+        holds, or each one's lease ended (``max_lease`` from its delivery), so the next owner
+        does not read past them. At most ``min(max_lease, 0.8 * max.poll.interval)`` (past that
+        librdkafka drops the member); records still held then are logged, since the next
+        owner delivers them again. close/kill end the wait at once."""
+        max_lease = self._options.max_lease
+        started = time.monotonic()
+        cap = started + self._max_wait()
         waited = False
         with self._changed:
             while not self._stopping:
                 states = [self._parts[k] for k in keys if k in self._parts]
-                ends = [
-                    e
-                    for e in (s.held_until(self._options.visibility_timeout) for s in states)
-                    if e is not None
-                ]
+                ends = [e for e in (s.held_until(max_lease) for s in states) if e is not None]
                 now = time.monotonic()
                 until = min(max(ends), cap) if ends else now
                 if until <= now:
@@ -509,18 +742,32 @@ class KafkaConsumer:
                 if not waited:
                     waited = True
                     log.info(
-                        "partitions %s move to another member: waiting up to %.1f s for acks "
-                        "of the records this member still holds",
+                        "partitions %s move to another member: waiting up to %.1f s until "
+                        "the records this member still holds are acked or released",
                         keys,
                         until - now,
                     )
                 self._changed.wait(until - now)
+            if self._stopping:
+                return
+            still = {
+                k: sorted(self._parts[k].leases)
+                for k in keys
+                if k in self._parts and self._parts[k].leases
+            }
+        if still:
+            log.warning(
+                "partitions move to another member while this member still holds records "
+                "(waited %.1f s; the cap is min(max_lease, 80%% of max.poll.interval.ms)); "
+                "the next owner delivers them again, so they may be handled twice: %s",
+                time.monotonic() - started,
+                "; ".join(f"{t}/{p} offsets {offs}" for (t, p), offs in still.items()),
+            )
 
     def _max_wait(self) -> float:
-        """The longest a revoke may wait: the visibility timeout, and safely below
-        max.poll.interval.ms (librdkafka drops a member that does not poll for that long)."""
-        interval = float(self._config.get("max.poll.interval.ms", 300_000)) / 1000
-        return max(0.0, min(self._options.visibility_timeout, interval * 0.8))
+        """The longest a revoke may wait: ``max_lease``, and safely below max.poll.interval.ms
+        (librdkafka drops a member that does not poll for that long)."""
+        return max(0.0, min(self._options.max_lease, self._max_poll_interval * 0.8))
 
     def _commit_on_revoke(self, keys: list[tuple[str, int]]) -> None:
         """Commit the acked prefix of partitions being given up, synchronously and always
@@ -551,11 +798,13 @@ class KafkaConsumer:
             "delivered again): %s",
             [(tp.topic, tp.partition) for tp in partitions],
         )
+        self._unpause(consumer, partitions)
         self._drop([(tp.topic, tp.partition) for tp in partitions])
 
     def _drop(self, keys: list[tuple[str, int]]) -> None:
         """Forget partitions (revoked or lost): later acks of their records are ignored."""
         with self._lock:
+            self._revoking.difference_update(keys)
             gone = {id(self._parts.pop(key)) for key in keys if key in self._parts}
             self._delayed = [d for d in self._delayed if self._parts.get(d[2]) is d[3]]
             heapq.heapify(self._delayed)
@@ -610,6 +859,22 @@ class KafkaConsumer:
 
     def _fetch_blocking(self, max_records: int, timeout: float) -> list[Record]:
         deadline = time.monotonic() + max(0.0, timeout)
+        if self._paused and len(self._buffer) - max_records < _BUFFER_CAP:
+            self._set_paused(False)
+        while True:
+            self._poll_for(max_records, deadline)
+            # hand out only now, after the last poll: a revoke inside a poll (which waits for
+            # the records the application holds) can never concern records this call returns
+            out = self._hand_out(max_records)
+            # all skipped (done before) or dropped (revoked): wait on for others
+            if out or self._error is not None or time.monotonic() >= deadline:
+                break
+        self._commit(list(self._parts), asynchronous=True)
+        return out
+
+    def _poll_for(self, max_records: int, deadline: float) -> None:
+        """Poll until ``max_records`` are buffered or due, or some are and no more come at
+        once, or ``deadline`` passes."""
         while self._error is None:
             now = time.monotonic()
             ready = len(self._buffer) + self._due_count(now, max_records)
@@ -623,14 +888,12 @@ class KafkaConsumer:
                 break
             if time.monotonic() >= deadline:
                 break
-        # hand out only now, after the last poll: a revoke inside a poll (which waits for the
-        # records the application holds) can never concern records this call returns
-        out = self._hand_out(max_records)
-        self._commit(list(self._parts), asynchronous=True)
-        return out
 
     def _poll_into_buffer(self, wait: float, limit: int = 500) -> None:
-        first = self._consumer.poll(wait)
+        try:
+            first = self._consumer.poll(wait)
+        finally:
+            self._last_poll = time.monotonic()
         if first is None:
             return
         msgs = [first]
@@ -670,8 +933,9 @@ class KafkaConsumer:
         return count
 
     def _hand_out(self, limit: int) -> list[Record]:
-        """Deliver up to ``limit`` records: due redeliveries first, then buffered ones, each
-        only if its partition is still ours (in the same assignment)."""
+        """Deliver up to ``limit`` records: due redeliveries first (nacked, released, lease
+        ended), then buffered ones, each only if its partition is still ours (in the same
+        assignment). Buffered records the previous owner recorded as done are skipped."""
         out: list[Record] = []
         now = time.monotonic()
         with self._lock:
@@ -679,21 +943,145 @@ class KafkaConsumer:
             while self._delayed and len(out) < limit and self._delayed[0][0] <= now:
                 _, _, key, state, record = heapq.heappop(self._delayed)
                 offset = record.offset
-                if parts.get(key) is not state or offset not in state.outstanding:
+                if (
+                    parts.get(key) is not state
+                    or offset not in state.outstanding
+                    or offset in state.leases  # handed out again already
+                ):
                     continue
-                assert isinstance(offset, int)
-                out.append(replace(record, attempt=state.deliver(offset, now)))
+                out.append(state.deliver(record, now))
             buffer = self._buffer
             while buffer and len(out) < limit:
                 state, record = buffer.popleft()
                 if parts.get((record.topic, record.partition)) is not state:
                     continue
-                assert isinstance(record.offset, int)
-                attempt = state.deliver(record.offset, now)
-                if attempt != 1:
-                    record.attempt = attempt
-                out.append(record)
+                offset = record.offset
+                assert isinstance(offset, int)
+                if offset < state.high:  # fetched again after a pause: handed out already
+                    continue
+                if state.committed <= offset < state.prior.high and state.prior.is_done(offset):
+                    state.skip(offset)
+                    continue
+                out.append(state.deliver(record, now))
         return out
+
+    # -- keepalive and leases (member thread) -------------------------------------------------
+
+    def _tick(self) -> float | None:
+        """Run between jobs on the member thread: end leases held past ``max_lease`` and poll
+        when no poll happened for ``_keepalive_every`` s. Returns the seconds until the next
+        tick is due (None while there is no open client)."""
+        if not self._client_open:
+            return None
+        now = time.monotonic()
+        if now >= self._next_lease_check:
+            self._next_lease_check = now + self._keepalive_every
+            self._end_expired_leases(now)
+        if now - self._last_poll >= self._keepalive_every:
+            self._keepalive()
+            now = time.monotonic()
+        due = min(self._last_poll + self._keepalive_every, self._next_lease_check)
+        return max(0.01, due - now)
+
+    def _keepalive(self) -> None:
+        """Poll without handing anything out: serves rebalance callbacks and resets the
+        max.poll.interval timer. Pauses the partitions while the buffer is at its cap."""
+        room = _BUFFER_CAP - len(self._buffer)
+        if room <= 0 and not self._paused:
+            self._set_paused(True)
+        self._poll_into_buffer(0.0, max(1, room))
+        if len(self._buffer) >= _BUFFER_CAP and not self._paused:
+            self._set_paused(True)
+
+    def _set_paused(self, paused: bool) -> None:
+        """Pause (or resume) every assigned partition. Pausing makes librdkafka drop what it
+        prefetched; it fetches again from after the last record polled when resumed."""
+        assigned = self._consumer.assignment()
+        if assigned:
+            (self._consumer.pause if paused else self._consumer.resume)(assigned)
+        self._paused = paused
+        log.debug(
+            "%s %d partitions (%d records fetched, not handed out)",
+            "paused" if paused else "resumed",
+            len(assigned),
+            len(self._buffer),
+        )
+
+    def _end_expired_leases(self, now: float) -> None:
+        """Treat records held past ``max_lease`` as nacked with delay 0: handed out again to
+        this member (``attempt`` + 1) while their old handler may still run."""
+        max_lease = self._options.max_lease
+        expired: list[tuple[tuple[str, int], int, int, float]] = []
+        with self._changed:
+            for key, state in self._parts.items():
+                if key in self._revoking:  # its revoke callback stops waiting by itself
+                    continue
+                for offset, lease in list(state.leases.items()):
+                    if now - lease.since >= max_lease:
+                        del state.leases[offset]
+                        entry = (now, next(self._seq), key, state, lease.record)
+                        heapq.heappush(self._delayed, entry)
+                        expired.append((key, offset, lease.attempt, now - lease.since))
+            if expired:
+                self._changed.notify_all()
+        for (topic, partition), offset, attempt, held in expired:
+            log.warning(
+                "%s/%d/%d held for %.0f s, past max_lease=%.0f s (attempt %d): delivered "
+                "again although its handler may still run",
+                topic,
+                partition,
+                offset,
+                held,
+                max_lease,
+                attempt,
+            )
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def _lease_of(self, record: Record) -> tuple[_Partition, _Lease] | None:
+        """The partition and the lease ``record`` is for, if the application holds it (lock
+        held by the caller)."""
+        state = self._parts.get((record.topic, record.partition))
+        offset = record.offset
+        if state is None or not isinstance(offset, int):
+            return None
+        lease = state.leases.get(offset)
+        return (state, lease) if lease is not None and lease.matches(record) else None
+
+    def holds(self, record: Record) -> bool:
+        """True while this member holds ``record``'s lease: handed out by ``fetch`` (this
+        copy, not an earlier delivery of the same offset), not acked, nacked or released,
+        its partition still this member's and not being revoked, and ``max_lease`` not
+        passed. Cheap: a look-up under the lock, no thread hop."""
+        with self._lock:
+            held = self._lease_of(record)
+            if held is None or (record.topic, record.partition) in self._revoking:
+                return False
+            return time.monotonic() - held[1].since < self._options.max_lease
+
+    async def release(self, records: Sequence[Record]) -> None:
+        """Give back records handed out that the application has not started. They stay
+        outstanding (nothing is committed past them) and their delivery does not count: if
+        the partition stays ours ``fetch`` hands them out again at once with the same
+        ``attempt``; if it is being revoked, the next owner gets them with that attempt.
+        A revoke stops waiting for them. Records this member does not hold are ignored."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        with self._changed:
+            # in offset order, so that they come back in order
+            for record in sorted(
+                records, key=lambda r: (r.topic, r.partition, offset_key(r.offset))
+            ):
+                held = self._lease_of(record)
+                if held is None:
+                    continue
+                state, lease = held
+                state.release(lease.offset)
+                if state.key not in self._revoking:
+                    entry = (now, next(self._seq), state.key, state, lease.record)
+                    heapq.heappush(self._delayed, entry)
+            self._changed.notify_all()
 
     # -- acks -------------------------------------------------------------------------------
 
@@ -725,15 +1113,14 @@ class KafkaConsumer:
         """Deliver ``record`` again to this member after ``delay`` s (if it still owns it)."""
         if self._closed:
             raise ClosedError("this consumer is closed; open a new one")
-        key = (record.topic, record.partition)
         with self._changed:
-            state = self._parts.get(key)
-            if state is None or record.offset not in state.outstanding:
-                return
-            assert isinstance(record.offset, int)
-            state.nacked.add(record.offset)
+            held = self._lease_of(record)
+            if held is None:
+                return  # not held: settled already, or its lease ended (handed out again)
+            state, lease = held
+            del state.leases[lease.offset]
             due = time.monotonic() + max(0.0, delay)
-            heapq.heappush(self._delayed, (due, next(self._seq), key, state, record))
+            heapq.heappush(self._delayed, (due, next(self._seq), state.key, state, record))
             self._changed.notify_all()
 
     async def dead_letter(self, record: Record, topic: str, headers: Mapping[str, bytes]) -> None:

@@ -245,13 +245,25 @@ class ControlStore:
             info = await self.transport.describe_topic(self.topic)
         except EventBusError:
             return None, None
-        last = info.partitions[0].last if info.partitions else None
-        if last is None:
+        if not info.partitions or info.partitions[0].last is None:
             return None, None
-        records = await self.transport.read(self.topic, 0, last, inclusive=True, limit=1)
-        if not records:
-            return None, None
-        return MigrationState.model_validate_json(records[-1].value), records[-1].offset
+        first, last = info.partitions[0].first, info.partitions[0].last
+        back = 1
+        while True:
+            # on Kafka the last offsets can be transaction markers (no record): look further
+            # back until a record shows up
+            start = last if not isinstance(last, int) else max(last - back + 1, 0)
+            if isinstance(first, int) and isinstance(start, int):
+                start = max(start, first)
+            records = await self.transport.read(
+                self.topic, 0, start, inclusive=True, limit=back + 1
+            )
+            if records:
+                record = records[-1]
+                return MigrationState.model_validate_json(record.value), record.offset
+            if not isinstance(start, int) or start <= (first if isinstance(first, int) else 0):
+                return None, None
+            back *= 4
 
     async def require(self) -> MigrationState:
         state = await self.load()

@@ -134,11 +134,14 @@ class ProcessWorkers:
         group: str,
         folder: Path,
         names: tuple[str, ...] = ("w0", "w1"),
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.url, self.group, self.folder = url, group, folder
         self.topics = [topic] if isinstance(topic, str) else topic
         self.children = Children(folder)
         self.names = list(names)
+        self.extra = list(extra)
+        """More arguments for worker_app (``--start latest``, ...)."""
 
     def _out(self, name: str) -> Path:
         return self.folder / f"{name}.out"
@@ -148,7 +151,7 @@ class ProcessWorkers:
             topics = [a for t in self.topics for a in ("--topic", t)]
             argv = [sys.executable, "-m", "tests.migration.worker_app", "--url", self.url,
                     *topics, "--group", self.group, "--name", name,
-                    "--out", str(self._out(name))]  # fmt: skip
+                    "--out", str(self._out(name)), *self.extra]  # fmt: skip
             self.children.start(name, argv, cwd=ROOT)
         for name in self.names:
             proc = self.children.procs[name]
@@ -232,18 +235,24 @@ async def wait_for_empty_journal(migration: Migration, topic: str, timeout: floa
 
 @contextlib.contextmanager
 def producing(
-    url: str, topic: str, tally: Tally, count: int = 3, prefix: str = ""
+    url: str,
+    topic: str,
+    tally: Tally,
+    count: int = 3,
+    prefix: str = "",
+    keys: Callable[[int, int], str] | None = None,
 ) -> Iterator[None]:
-    """``count`` producer threads publishing keyed events (keys start with ``prefix``)
-    through ``url`` until the block ends; every returned publish is recorded, every failure
-    too."""
+    """``count`` producer threads publishing keyed events (keys start with ``prefix``, or
+    ``keys(producer, seq)``) through ``url`` until the block ends; every returned publish is
+    recorded, every failure too."""
     stop = threading.Event()
 
     def produce(n: int) -> None:
         with eventbus.connect(url) as bus:
             seq = 0
             while not stop.is_set():
-                ev = eventbus.Event(data={"seq": seq}, key=f"{prefix}p{n}-k{seq % 4}")
+                key = keys(n, seq) if keys is not None else f"{prefix}p{n}-k{seq % 4}"
+                ev = eventbus.Event(data={"seq": seq}, key=key)
                 began = time.monotonic()
                 try:
                     bus.publish(topic, ev)

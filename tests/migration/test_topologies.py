@@ -18,6 +18,7 @@ import pytest
 import eventbus
 from eventbus.errors import ConfigurationError
 from eventbus.migration import Migration
+from eventbus.partitioning import partition_for_key
 from eventbus.testing.conformance import wait_until
 from tests.migration.procs import migrate_url
 from tests.migration.scenario import (
@@ -183,3 +184,62 @@ def test_target_only_refuses_groups_not_cut_over(
             asyncio.run(asyncio.wait_for(operate(), 100))
         watchers.stop()
         _finish(workers, tally, history)
+
+
+def _keys_on(partitions: set[int], count: int, n: int) -> list[str]:
+    """``n`` keys that land on ``partitions`` of a topic with ``count`` partitions."""
+    found = (f"k{i}" for i in range(10_000))
+    return [k for k in found if partition_for_key(k.encode(), count) in partitions][:n]
+
+
+@pytest.mark.timeout(120)
+def test_cutover_gives_every_partition_a_position(
+    redis_url: str, kafka_url: str, tmp_path: Path
+) -> None:
+    """A group whose members start at "latest" (their setting) and a partition that is empty
+    when the group is cut over (its worker processes are down meanwhile, as after a
+    deploy): events published there after the cutover, before the members join on Kafka,
+    are handled, because the partition got an explicit position, not the members' "latest"."""
+    name, group, topic = f"m{_uid()}", f"g-{_uid()}", f"t-{_uid()}"
+    with eventbus.connect(redis_url) as admin:
+        admin.create_topic(topic, partitions=3)
+        with admin.subscribe(topic, group=group, start="latest") as sub:
+            assert sub.fetch(1, timeout=0.5) == []  # the group exists, at the end
+    url = migrate_url(name, redis_url, kafka_url)
+    early = _keys_on({0, 1}, 3, 8)
+    late = _keys_on({2}, 3, 2)
+    tally = Tally()
+    traffic = _traffic(tally)
+    workers = ProcessWorkers(url, topic, group, tmp_path, extra=("--start", "latest"))
+
+    def publish_late() -> None:
+        with eventbus.connect(url) as bus:
+            for seq in range(20):
+                event = eventbus.Event(data={"seq": seq}, key=late[seq % 2])
+                bus.publish(topic, event)
+                with tally.lock:
+                    tally.published.append(event.id)
+
+    async def operate() -> None:
+        m = await Migration.open(name, redis_url, kafka_url)
+        try:
+            await _to_dual_verified(m, [topic], traffic)
+            await m.advance(topic)
+            await asyncio.to_thread(workers.stop)
+            moved = await m.cutover(group, topic)
+            assert 2 not in moved.positions[topic].start, "partition 2 was empty"
+            await asyncio.to_thread(publish_late)  # before the members join on Kafka
+            await asyncio.to_thread(workers.start)
+            await traffic()
+            await m.advance(topic)
+        finally:
+            await m.close()
+
+    def keys(n: int, seq: int) -> str:
+        return early[(n * 4 + seq % 4) % len(early)]
+
+    with workers:
+        workers.start()
+        with producing(url, topic, tally, count=2, keys=keys):
+            asyncio.run(asyncio.wait_for(operate(), 90))
+        _finish(workers, tally, [])

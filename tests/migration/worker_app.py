@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="consumer name in the group")
     parser.add_argument("--out", required=True)
     parser.add_argument("--session-timeout", type=float, default=6.0)
+    parser.add_argument("--start", choices=["earliest", "latest"], default="earliest")
     args = parser.parse_args(argv)
 
     lock = threading.Lock()
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             group=args.group,
             consumer=args.name,
             session_timeout=args.session_timeout,
+            start=args.start,
         )
         signal.signal(signal.SIGTERM, lambda *_: runner.stop())
         line(f"READY {pid}")

@@ -389,7 +389,7 @@ def render_targets(rows: list[RowResult], metrics: list[Metric]) -> str:
     for m in metrics:
         for t in m.all_targets:
             lines.append(
-                f"| {t.text} | {t.eventbus} | < {t.at_least:,g} "
+                f"| {t.text} | {t.eventbus} | limit {t.at_least:,g} "
                 f"| {_ratio_text(t, '-')} | {_met(t.met)} |"
             )
     return "\n".join(lines)

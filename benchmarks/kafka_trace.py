@@ -365,6 +365,32 @@ def summarize(stamps: _Stamps, rate: int, total_publish: dict[int, float]) -> di
     return out
 
 
+def _latency_row(url: str, rate: int, seconds: float, layout: str, async_ack_commit: bool) -> int:
+    from benchmarks import latency
+    from eventbus.adapters.kafka import _consumer
+
+    member: Any = _consumer.KafkaConsumer
+    original = member._commit_acked
+    if async_ack_commit:
+
+        def commit_acked(self: Any) -> None:
+            with self._lock:
+                self._commit_queued = False
+            if self._consumer is not None and not self._killed:
+                self._commit(list(self._parts), asynchronous=True)
+
+        member._commit_acked = commit_acked
+    try:
+        topic = f"ebtrace-row-{time.time_ns() % 10**9}"
+        run = latency._eventbus_latency(url, topic, rate, seconds, layout == "2proc", "kafka")
+        p50, p99, top = latency._quantiles(asyncio.run(run))
+    finally:
+        member._commit_acked = original
+    flag = "async ack commits" if async_ack_commit else "as is"
+    print(f"{layout}, {flag}: p50 {p50:.2f} p99 {p99:.2f} max {top:.2f} ms")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kafka_trace", description=__doc__)
     parser.add_argument("url")
@@ -379,7 +405,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="experiment: the member thread commits acks asynchronously (patched here only)",
     )
+    parser.add_argument(
+        "--row",
+        choices=["1proc", "2proc"],
+        help="instead of stamping: the latency row's eventbus side (publisher in this process "
+        "or another), p50/p99/max; with --async-ack-commit patched in this process",
+    )
     args = parser.parse_args(argv)
+    if args.row:
+        return _latency_row(args.url, args.rate, args.seconds, args.row, args.async_ack_commit)
     if args.raw:
         stamps = trace_raw(args.url, args.rate, args.seconds, args.option)
         publish = {i: s["publish"] for i, s in stamps.by_i.items()}

@@ -80,13 +80,19 @@ class VerifyReport(BaseModel):
     topic: str
     checked_at: datetime
     partitions: dict[int, PartitionDiff]
+    related: list[VerifyReport] = Field(default_factory=list)
+    """Reports of the topics verified with this one (its dead-letter topic)."""
 
     @property
     def ok(self) -> bool:
-        return all(p.ok for p in self.partitions.values())
+        return all(p.ok for p in self.partitions.values()) and all(r.ok for r in self.related)
 
     def summary(self) -> str:
-        if self.ok:
+        own = self._own_summary()
+        return "\n".join([own, *(r.summary() for r in self.related)])
+
+    def _own_summary(self) -> str:
+        if all(p.ok for p in self.partitions.values()):
             total = sum(p.source_count for p in self.partitions.values())
             return f"{self.topic}: identical ({total} events in {len(self.partitions)} partitions)"
         lines = [f"{self.topic}: DIFFERENT"]

@@ -46,13 +46,16 @@ from eventbus.migration.control import (
     VerifyReport,
 )
 from eventbus.migration.transport import (
+    DLQ_SUFFIX,
     H_COPY,
     H_COPY_OF,
     H_GEN,
     copy_writer,
+    dead_letter_topic,
     journal_backlog,
     replay_journal,
 )
+from eventbus.topics import TopicSpec
 from eventbus.transport import (
     GroupPartition,
     Offset,
@@ -310,13 +313,26 @@ class Migration:
     # init and status ---------------------------------------------------------------------
     async def init(self, topics: list[str]) -> MigrationState:
         """Start (or extend) the migration with ``topics``, all at ``source-only``; the
-        target topics are created with the source's spec (partitions, retention, limits)."""
+        target topics are created with the source's spec (partitions, retention, limits).
+
+        Each new topic's dead-letter topic ``<topic>.dlq`` joins it (created on the source
+        first if it does not exist yet): it is created on both sides, dual-written,
+        backfilled and verified with its topic, and moves stage with it."""
         await self.control.ensure()
         state = await self.control.load()
         version = state.version if state is not None else None
         state = state or MigrationState(name=self.name)
         state.source, state.target = self.source_url, self.target_url
+        wanted: list[str] = []
         for topic in topics:
+            wanted.append(topic)
+            dlq = dead_letter_topic(topic)
+            if topic in state.topics or topic.endswith(DLQ_SUFFIX) or dlq in topics:
+                continue
+            with contextlib.suppress(TopicExistsError):
+                await self.source.create_topic(TopicSpec(name=dlq))
+            wanted.append(dlq)
+        for topic in wanted:
             spec = (await self.source.describe_topic(topic)).spec
             with contextlib.suppress(TopicExistsError):
                 await self.target.create_topic(spec)
@@ -393,31 +409,37 @@ class Migration:
         receives no more events of the topic). ``dry_run``: run the checks that change
         nothing and return the state unchanged."""
         state = await self.control.require()
+        self._refuse_companion(state, topic)
         mig = state.topic(topic)
         index = STAGES.index(mig.stage)
         if index == len(STAGES) - 1:
             raise ConfigurationError(f"{topic} is already {mig.stage}; nothing to advance")
         nxt = STAGES[index + 1]
+        family = self._family(state, topic)
         if nxt == "target-only":
-            await self._require_no_group_left(state, topic, abandon)
+            for t in family:
+                await self._require_no_group_left(state, t, abandon)
         if dry_run:
             return state
-        await self._await_producers(topic, mig.generation, wait)
-        if nxt == "dual-target-primary":
-            if not mig.backfill_done:
-                raise ConfigurationError(
-                    f"{topic}: backfill has not finished; run 'eventbus migrate backfill'"
-                )
-            if mig.verify is None or not mig.verify.ok:
-                raise ConfigurationError(
-                    f"{topic}: the last verification did not pass; run 'eventbus migrate "
-                    "verify' and fix what it reports"
-                )
-            await self._require_empty_journal(topic, self.source)
-        if nxt == "target-only":
-            state, mig = await self._finish_reverse_backfill(topic, state, mig)
-            await self._require_groups_on(state, topic, "target")
-            await self._require_empty_journal(topic, self.target)
+        for t in family:
+            await self._await_producers(t, state.topic(t).generation, wait)
+        for t in family:
+            mig = state.topic(t)
+            if nxt == "dual-target-primary":
+                if not mig.backfill_done:
+                    raise ConfigurationError(
+                        f"{t}: backfill has not finished; run 'eventbus migrate backfill {topic}'"
+                    )
+                if mig.verify is None or not mig.verify.ok:
+                    raise ConfigurationError(
+                        f"{t}: the last verification did not pass; run 'eventbus migrate "
+                        f"verify {topic}' and fix what it reports"
+                    )
+                await self._require_empty_journal(t, self.source)
+            if nxt == "target-only":
+                state, mig = await self._finish_reverse_backfill(t, state, mig)
+                await self._require_groups_on(state, t, "target")
+                await self._require_empty_journal(t, self.target)
         return await self._set_stage(state, topic, nxt)
 
     async def rollback(self, topic: str, *, wait: float = 30.0) -> MigrationState:
@@ -427,22 +449,45 @@ class Migration:
         From ``target-only`` the events written meanwhile are on the target only: the topic
         goes back to ``dual-target-primary`` with a reverse backfill pending (run
         ``backfill``: it copies them to the source; copies of newer events wait in the
-        journal until it has). Moving on from there (either way) runs it first if needed."""
+        journal until it has). Moving on from there (either way) runs it first if needed.
+        Its dead-letter topic moves with it."""
         state = await self.control.require()
+        self._refuse_companion(state, topic)
         mig = state.topic(topic)
         index = STAGES.index(mig.stage)
         if index == 0:
             raise ConfigurationError(f"{topic} is already source-only; nothing to roll back")
-        await self._await_producers(topic, mig.generation, wait)
+        family = self._family(state, topic)
+        for t in family:
+            await self._await_producers(t, state.topic(t).generation, wait)
         prev = STAGES[index - 1]
-        if prev == "source-only":
-            await self._require_groups_on(state, topic, "source")
-        if prev == "dual-source-primary":
-            state, mig = await self._finish_reverse_backfill(topic, state, mig)
-            await self._require_empty_journal(topic, self.target)
-        if mig.stage == "target-only":
-            mig.reverse_pending = True
+        for t in family:
+            mig = state.topic(t)
+            if prev == "source-only":
+                await self._require_groups_on(state, t, "source")
+            if prev == "dual-source-primary":
+                state, mig = await self._finish_reverse_backfill(t, state, mig)
+                await self._require_empty_journal(t, self.target)
         return await self._set_stage(state, topic, prev)
+
+    @staticmethod
+    def _family(state: MigrationState, topic: str) -> list[str]:
+        """``topic`` and its dead-letter topic when that is migrated along (same stage)."""
+        dlq = dead_letter_topic(topic)
+        mig, companion = state.topics.get(topic), state.topics.get(dlq)
+        if mig is None or companion is None or companion.stage != mig.stage:
+            return [topic]
+        return [topic, dlq]
+
+    @staticmethod
+    def _refuse_companion(state: MigrationState, topic: str) -> None:
+        if topic.endswith(DLQ_SUFFIX):
+            parent = topic[: -len(DLQ_SUFFIX)]
+            if parent in state.topics and Migration._family(state, parent) == [parent, topic]:
+                raise ConfigurationError(
+                    f"{topic} is the dead-letter topic of {parent} and moves with it: run the "
+                    f"command for {parent}"
+                )
 
     async def _finish_reverse_backfill(
         self, topic: str, state: MigrationState, mig: TopicMigration
@@ -466,15 +511,20 @@ class Migration:
             )
 
     async def _set_stage(self, state: MigrationState, topic: str, stage: Stage) -> MigrationState:
+        """Move ``topic`` and its dead-letter topic (see ``_family``) to ``stage``, in one
+        write of the control record."""
         version = state.version
-        mig = state.topics[topic]
-        mig.stage = stage
-        mig.generation += 1
-        if stage == "source-only":
-            mig.backfill_done = False
-            mig.verify = None
-        if stage == "target-only":
-            mig.target_only_at = datetime.now(UTC)
+        for t in self._family(state, topic):
+            mig = state.topics[t]
+            if mig.stage == "target-only" and stage == "dual-target-primary":
+                mig.reverse_pending = True
+            mig.stage = stage
+            mig.generation += 1
+            if stage == "source-only":
+                mig.backfill_done = False
+                mig.verify = None
+            if stage == "target-only":
+                mig.target_only_at = datetime.now(UTC)
         return await self.control.save(state, expected_version=version)
 
     async def _await_producers(self, topic: str, generation: int, wait: float) -> None:
@@ -571,6 +621,16 @@ class Migration:
 
     # backfill ----------------------------------------------------------------------------
     async def backfill(self, topic: str, *, progress: Progress | None = None) -> int:
+        """Backfill ``topic`` and then its dead-letter topic (see :meth:`_backfill_one`).
+        Returns how many events were copied."""
+        state = await self.control.require()
+        self._refuse_companion(state, topic)
+        copied = 0
+        for t in self._family(state, topic):
+            copied += await self._backfill_one(t, progress=progress)
+        return copied
+
+    async def _backfill_one(self, topic: str, *, progress: Progress | None = None) -> int:
         """Copy the source's history (events not written by dual-write) into the target in
         order per partition, keys, ids, headers and timestamps kept. Resumable: it continues
         after the last copy found on the target, so running it again after a crash leaves
@@ -719,8 +779,15 @@ class Migration:
         )
 
     async def drain(self, topic: str) -> int:
-        """Move what waits in the journal of ``topic`` to the secondary now (for when no
-        producer runs to do it). Returns how many events moved."""
+        """Move what waits in the journals of ``topic`` and its dead-letter topic to the
+        secondary now (for when no producer runs to do it). Returns how many events moved."""
+        state = await self.control.require()
+        moved = 0
+        for t in self._family(state, topic):
+            moved += await self._drain_one(t)
+        return moved
+
+    async def _drain_one(self, topic: str) -> int:
         mig = (await self.control.require()).topic(topic)
         if mig.stage == "dual-source-primary":
             if not mig.backfill_done:
@@ -753,10 +820,23 @@ class Migration:
     ) -> VerifyReport:
         """Compare both sides per partition: counts, event ids (missing, extra), order of
         events per key, and payload hashes. The report is stored in the control record.
+        The dead-letter topic is verified too (its report is in ``related`` and counts for
+        ``ok``).
 
         Services keep publishing while this runs, so the newest copies may still be on their
         way: ids missing on one side are looked for again for up to ``grace`` seconds before
         they are reported."""
+        state = await self.control.require()
+        self._refuse_companion(state, topic)
+        family = self._family(state, topic)
+        report = await self._verify_one(topic, progress, grace)
+        for t in family[1:]:
+            report.related.append(await self._verify_one(t, progress, grace))
+        return report
+
+    async def _verify_one(
+        self, topic: str, progress: Progress | None, grace: float
+    ) -> VerifyReport:
         state = await self.control.require()
         mig = state.topic(topic)
         partitions: dict[int, PartitionDiff] = {}
@@ -772,10 +852,11 @@ class Migration:
                 diff = _compare(src, tgt, later_source=src2, later_target=tgt2)
             partitions[p] = diff
         report = VerifyReport(topic=topic, checked_at=datetime.now(UTC), partitions=partitions)
-        state = await self.control.require()
-        version = state.version
-        state.topic(topic).verify = report
-        await self.control.save(state, expected_version=version)
+
+        def store(s: MigrationState) -> None:
+            s.topic(topic).verify = report
+
+        await self._update(store)
         return report
 
     # cutover -----------------------------------------------------------------------------

@@ -89,7 +89,14 @@ from eventbus.transport import (
     offset_key,
 )
 
-__all__ = ["MigrationTransport", "copy_writer", "journal_topic", "replayer_group"]
+__all__ = [
+    "DLQ_SUFFIX",
+    "MigrationTransport",
+    "copy_writer",
+    "dead_letter_topic",
+    "journal_topic",
+    "replayer_group",
+]
 
 log = logging.getLogger("eventbus.migration")
 
@@ -123,6 +130,20 @@ def copy_writer(url: str, transport: Transport, timeout: float) -> Transport:
 def _check_after(delay: float = CHECK_DELAY) -> bytes:
     """The ``H_MAYBE`` value: when (epoch ms) the secondary may be checked for the copy."""
     return str(now_ms() + int(delay * 1000)).encode()
+
+
+DLQ_SUFFIX = ".dlq"
+
+
+def dead_letter_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic`` (the runner's default name); it is migrated with
+    ``topic`` (see ``Migration.init``)."""
+    return f"{topic}{DLQ_SUFFIX}"
+
+
+MIGRATION_HEADERS = (H_GEN, H_COPY, H_COPY_OF, H_MAYBE)
+"""Headers the migration adds to records; a dead letter made from a record drops them (it is
+a new event of its own topic, dual-written and copied like any other)."""
 
 
 def journal_topic(name: str, topic: str) -> str:
@@ -1001,8 +1022,18 @@ class MigrationConsumer:
             self._done(mine)
 
     async def dead_letter(self, record: Record, topic: str, headers: Mapping[str, bytes]) -> None:
-        if self.inner is not None:
+        """A dead-letter topic that is part of the migration is written like any migrated
+        topic (dual-written per its stage, so both sides get it), then the record is acked
+        on the side being read. Others: the side being read writes it."""
+        if self.inner is None:
+            return
+        if self.transport.stage_of(topic) is None:
             await self.inner.dead_letter(record, topic, headers)
+        else:
+            kept = {k: v for k, v in record.headers.items() if k not in MIGRATION_HEADERS}
+            letter = Outgoing(value=record.value, key=record.key, headers={**kept, **headers})
+            await self.transport.publish(topic, [letter], timeout=30.0)
+            await self.inner.ack([record])
         self._done([record])
 
     async def close(self) -> None:

@@ -7,6 +7,9 @@ runner may ack):
 
     READY <pid>                                          before the runner starts
     H <event id> <key> <seq> <pid> <monotonic ns>        handler started on this event
+    P <event id> <pid> <monotonic ns>                    a poisoned event (``{"poison": true}``):
+                                                         the handler raises, so it ends up in
+                                                         ``<topic>.dlq``
     EXIT <pid> <handled>                                 after the runner stopped
 
 Events carry ``{"seq": <int>}``. SIGTERM calls ``runner.stop()`` (in-flight handlers finish,
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--start", choices=["earliest", "latest"], default="earliest")
+    parser.add_argument("--max-attempts", type=int, default=5)
     args = parser.parse_args(argv)
 
     lock = threading.Lock()
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     def handler(delivery: eventbus.Delivery) -> None:
         started = time.monotonic_ns()
         event = delivery.event
+        if event.data.get("poison"):  # never succeeds: dead-lettered after --max-attempts
+            line(f"P {event.id} {pid} {started}")
+            raise RuntimeError(f"poisoned event {event.id}")
         line(f"H {event.id} {event.key or '-'} {event.data['seq']} {pid} {started}")
 
     with eventbus.connect(args.url) as bus:
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             consumer=args.name,
             session_timeout=args.session_timeout,
             start=args.start,
+            max_attempts=args.max_attempts,
         )
         signal.signal(signal.SIGTERM, lambda *_: runner.stop())
         line(f"READY {pid}")

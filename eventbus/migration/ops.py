@@ -50,6 +50,7 @@ from eventbus.migration.transport import (
     H_COPY,
     H_COPY_OF,
     H_GEN,
+    MIGRATION_ROOM,
     copy_writer,
     dead_letter_topic,
     journal_backlog,
@@ -65,6 +66,7 @@ from eventbus.transport import (
     TopicGroups,
     Transport,
     offset_key,
+    record_size,
 )
 
 __all__ = ["Migration", "Progress"]
@@ -166,12 +168,15 @@ async def _copy_partition(
     writer: FencedWriter,
     progress: Progress | None,
     written: Written | None = None,
+    limit: int | None = None,
 ) -> int:
     """Copy the records of one partition that ``keep`` selects, in order, through ``writer``.
 
     Batches are written one at a time, in order (the next starts only after the previous
-    landed), while the next batch is read and built. Returns how many records were copied."""
-    copier = _Copier(topic, kind, writer, progress, written)
+    landed), while the next batch is read and built. A copy larger than ``limit`` (the
+    receiving topic's max event bytes) stops the copy before its batch is written, naming the
+    event and the way out. Returns how many records were copied."""
+    copier = _Copier(topic, kind, writer, progress, written, limit)
     try:
         async with contextlib.aclosing(_pages(side, topic, p, start, inclusive)) as pages:
             async for page in pages:
@@ -195,8 +200,9 @@ class _Copier:
         writer: FencedWriter,
         progress: Progress | None,
         written: Written | None,
+        limit: int | None = None,
     ) -> None:
-        self.topic, self.kind, self.writer = topic, kind, writer
+        self.topic, self.kind, self.writer, self.limit = topic, kind, writer, limit
         self.progress, self.written = progress, written
         self.copied = 0
         self.batch: list[Outgoing] = []
@@ -210,7 +216,18 @@ class _Copier:
         self.seen += len(page)
         for record in page:
             if keep(record):
-                self.batch.append(_copy(record, self.kind))
+                copy = _copy(record, self.kind)
+                size = record_size(copy)
+                if self.limit is not None and size > self.limit:
+                    raise ConfigurationError(
+                        f"{self.topic}: event {event_id(record)} (partition "
+                        f"{record.partition}, offset {record.offset}) is {size} bytes with the "
+                        f"migration's headers, over the receiving topic's limit of {self.limit};"
+                        " nothing from it on was copied. Raise that topic's max_event_bytes "
+                        f"to {size + MIGRATION_ROOM} or more on that side (alter_topic, or "
+                        "'eventbus topics apply' with its spec) and run backfill again"
+                    )
+                self.batch.append(copy)
                 self.size += len(record.value)
                 self.last = record.offset
 
@@ -334,8 +351,13 @@ class Migration:
             wanted.append(dlq)
         for topic in wanted:
             spec = (await self.source.describe_topic(topic)).spec
+            # room for the migration's headers: every copy of an event that fits the source
+            # fits the target
+            roomy = spec.model_copy(
+                update={"max_event_bytes": spec.max_event_bytes + MIGRATION_ROOM}
+            )
             with contextlib.suppress(TopicExistsError):
-                await self.target.create_topic(spec)
+                await self.target.create_topic(roomy)
             target_spec = (await self.target.describe_topic(topic)).spec
             if target_spec.partitions != spec.partitions:
                 raise ConfigurationError(
@@ -714,6 +736,7 @@ class Migration:
             writer=writer,
             progress=progress,
             written=written,
+            limit=(await self.target.describe_topic(topic)).spec.max_event_bytes,
         )
 
     async def _checkpoint(self, topic: str, p: int, source: Offset, target: Offset) -> None:
@@ -776,6 +799,7 @@ class Migration:
             kind="rollback",
             writer=writer,
             progress=progress,
+            limit=(await self.source.describe_topic(topic)).spec.max_event_bytes,
         )
 
     async def drain(self, topic: str) -> int:

@@ -59,6 +59,7 @@ from eventbus.errors import (
     ConfigurationError,
     ConnectionFailedError,
     EventBusError,
+    EventTooLargeError,
     GroupNotFoundError,
     TopicExistsError,
     TopicNotFoundError,
@@ -87,6 +88,7 @@ from eventbus.transport import (
     Transport,
     TransportConsumer,
     offset_key,
+    record_size,
 )
 
 __all__ = [
@@ -142,6 +144,12 @@ def dead_letter_topic(topic: str) -> str:
 
 
 MIGRATION_HEADERS = (H_GEN, H_COPY, H_COPY_OF, H_MAYBE)
+MIGRATION_ROOM = 256
+"""Bytes the migration's headers may add to an event (names and values of ``eb-mig-gen``,
+``eb-copy``, ``eb-copy-of``, ``eb-maybe-copied``, and ``eb-id`` for raw records, with room
+to spare). Target topics are created with this much more max event bytes than the source."""
+LIMIT_TTL = 30.0
+"""Seconds a side's max event bytes of a topic is cached for the publish check."""
 """Headers the migration adds to records; a dead letter made from a record drops them (it is
 a new event of its own topic, dual-written and copied like any other)."""
 
@@ -237,6 +245,7 @@ class MigrationTransport:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._changed = asyncio.Event()
+        self._limits: dict[tuple[int, str], tuple[int | None, float]] = {}
 
     # construction ---------------------------------------------------------------------------
     @classmethod
@@ -423,6 +432,7 @@ class MigrationTransport:
             Outgoing(r.value, r.key, {**r.headers, H_GEN: gen}, r.timestamp_ms, r.partition)
             for r in records
         ]
+        await self._check_room(topic, marked, primary, secondary)
         positions = await primary.publish(topic, marked, timeout=timeout)
         copies = [
             Outgoing(
@@ -466,6 +476,43 @@ class MigrationTransport:
             maybe = [dataclasses.replace(c, headers={**c.headers, H_MAYBE: after}) for c in copies]
             await self._journal(primary, topic, maybe)
         return positions
+
+    async def _limit(self, side: Transport, topic: str) -> int | None:
+        """``topic``'s max event bytes on ``side`` (cached ``LIMIT_TTL`` s; None: unknown)."""
+        key = (id(side), topic)
+        now = time.monotonic()
+        cached = self._limits.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            limit: int | None = (await side.describe_topic(topic)).spec.max_event_bytes
+        except EventBusError:
+            limit = None  # the write itself will say what is wrong
+        self._limits[key] = (limit, now + LIMIT_TTL)
+        return limit
+
+    async def _check_room(
+        self, topic: str, marked: Sequence[Outgoing], primary: Transport, secondary: Transport
+    ) -> None:
+        """Refuse, before anything is written, an event that fits neither the primary with
+        its ``eb-mig-gen`` header nor the secondary with its copy headers (a copy that can
+        never be written would hold the journal back forever), naming it and the way out."""
+        copy_extra = len(H_COPY) + len(b"dual") + len(H_COPY_OF) + 24  # an offset's digits
+        for side, extra, role in ((primary, 0, "primary"), (secondary, copy_extra, "secondary")):
+            limit = await self._limit(side, topic)
+            if limit is None:
+                continue
+            for record in marked:
+                size = record_size(record) + extra
+                if size > limit:
+                    eid = record.headers.get("eb-id", b"?").decode(errors="replace")
+                    raise EventTooLargeError(
+                        f"event {eid} is {size} bytes with the migration's headers, over "
+                        f"{topic!r}'s limit of {limit} on the {role} side; nothing was "
+                        f"written. Raise {topic!r}'s max_event_bytes on that side to "
+                        f"{limit + MIGRATION_ROOM} (alter_topic, or 'eventbus topics apply' "
+                        "with its spec), or make the event smaller"
+                    )
 
     async def _journal(self, primary: Transport, topic: str, copies: list[Outgoing]) -> None:
         self._journaling.add(topic)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 __all__ = ["query_options", "redact", "split"]
 
@@ -34,13 +34,29 @@ def split(url: str) -> SplitResult:
 
 
 _SECRET_PARAM = re.compile(r"(?i)((?:password|secret|token|key_pass)[^=&?#/]*=)[^&#]*")
+_PARAM = re.compile(r"([?&][^=&#]*=)([^&#]*)")
+
+
+def _redact_nested(url: str) -> str:
+    """Percent-encoded URLs in query values (``migrate://m?source=redis%3A%2F%2Fu%3Apw%40h``)
+    redacted too, and kept encoded."""
+
+    def one(match: re.Match[str]) -> str:
+        value = unquote(match.group(2))
+        if "://" not in value or "@" not in value:
+            return match.group(0)
+        return match.group(1) + quote(redact(value), safe=":/*,")
+
+    return _PARAM.sub(one, url)
 
 
 def redact(url: str) -> str:
-    """The URL with any password (and password-like query values) replaced by ``***``.
+    """The URL with any password (and password-like query values) replaced by ``***``, also
+    in URLs nested in its query (percent-encoded, as ``migrate://`` takes them).
 
     Works on malformed URLs too: everything between the user name and the last ``@`` is
     treated as the password, and with no ``://`` everything before the last ``@`` is hidden."""
+    url = _redact_nested(url)
     at = url.rfind("@")
     if at >= 0:
         prefix, rest = url[:at], url[at:]

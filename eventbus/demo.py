@@ -75,13 +75,14 @@ def run_demo(
     run_id = uuid.uuid4().hex[:6]
     source = source or f"memory://redis-{run_id}"
     target = target or f"memory://kafka-{run_id}"
-    name, tasks = f"demo-{run_id}", f"tasks-{run_id}"
+    # names of this run only: on shared servers an earlier run's group reads other topics
+    name, tasks, group = f"demo-{run_id}", f"tasks-{run_id}", f"workers-{run_id}"
     url = _url(name, source, target)
     book = _Book()
     stop = threading.Event()
     with eventbus.connect(source) as admin:
         admin.create_topic(tasks, partitions=3)
-    say(f"agent workflow on {tasks}: a planner and two workers (group 'workers')")
+    say(f"agent workflow on {tasks}: a planner and two workers (group {group!r})")
 
     def planner() -> None:
         with eventbus.connect(url) as bus:
@@ -105,8 +106,7 @@ def run_demo(
 
     buses = [eventbus.connect(url) for _ in range(2)]
     runners = [
-        b.runner(worker, tasks, group="workers", consumer=f"worker-{i}")
-        for i, b in enumerate(buses)
+        b.runner(worker, tasks, group=group, consumer=f"worker-{i}") for i, b in enumerate(buses)
     ]
     threads = [threading.Thread(target=r.run, daemon=True) for r in runners]
     threads.append(threading.Thread(target=planner, daemon=True))
@@ -114,7 +114,9 @@ def run_demo(
         thread.start()
     tally = Tally()
     try:
-        asyncio.run(asyncio.wait_for(_operate(name, source, target, tasks, tally, say), deadline))
+        asyncio.run(
+            asyncio.wait_for(_operate(name, source, target, tasks, group, tally, say), deadline)
+        )
     finally:
         stop.set()
         threads[-1].join(deadline)
@@ -157,7 +159,13 @@ async def _lags(m: Migration, group: str) -> str:
 
 
 async def _operate(
-    name: str, source: str, target: str, topic: str, tally: Tally, say: Callable[[str], None]
+    name: str,
+    source: str,
+    target: str,
+    topic: str,
+    group: str,
+    tally: Tally,
+    say: Callable[[str], None],
 ) -> None:
     m = await Migration.open(name, source, target)
 
@@ -165,7 +173,7 @@ async def _operate(
         state = await m.control.require()
         current = state.topics[topic].stage
         tally.stages.append(current)
-        say(f"[{current}] {text} ({await _lags(m, 'workers')})")
+        say(f"[{current}] {text} ({await _lags(m, group)})")
 
     try:
         await asyncio.sleep(0.5)  # let the workflow run on the source first
@@ -181,9 +189,9 @@ async def _operate(
             raise eventbus.errors.ConfigurationError("verification failed: " + report.summary())
         await m.advance(topic)
         await stage("kafka is primary now; redis still receives copies")
-        moved = await m.cutover("workers", topic)
+        moved = await m.cutover(group, topic)
         skipped = moved.skipped
-        await stage(f"group 'workers' cut over to kafka ({skipped} handled tasks skipped)")
+        await stage(f"group {group!r} cut over to kafka ({skipped} handled tasks skipped)")
         await m.advance(topic)
         await stage("kafka only")
         await asyncio.sleep(0.5)  # let the workflow run on the target for a moment

@@ -14,12 +14,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["Change", "Plan", "TopicSpec", "parse_duration_ms", "plan"]
+__all__ = ["FOREVER", "Change", "Plan", "TopicSpec", "parse_duration_ms", "parse_size", "plan"]
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+)\s*(?:([KMGT])(i)?B?|B)?\s*$", re.IGNORECASE)
+_POWER = {"K": 1, "M": 2, "G": 3, "T": 4}
+FOREVER = "forever"
+"""A retention (``retention: forever``, ``--retention forever``): keep events until deleted,
+the same as ``None``."""
 
 
 def parse_duration_ms(value: str | int) -> int:
@@ -36,15 +40,24 @@ def parse_duration_ms(value: str | int) -> int:
     return int(match.group(1)) * _UNIT_MS[match.group(2) or "ms"]
 
 
-def _parse_size(value: str | int) -> int:
+def parse_size(value: str | int) -> int:
+    """A byte size: an int, or a number with a unit, case-insensitive.
+
+    Binary (IEC) units are powers of 1024: ``KiB``, ``MiB``, ``GiB``, ``TiB`` (also ``Ki``,
+    ``Mi``...). Decimal (SI) units are powers of 1000: ``KB``, ``MB``, ``GB``, ``TB`` (also
+    ``K``, ``M``...), as in pydantic's ``ByteSize``. ``B`` or no unit: bytes.
+    Raises ValueError with the accepted forms."""
     if isinstance(value, int):
         return value
     match = _SIZE.match(value)
     if not match:
-        raise ValueError(f"{value!r} is not a size: use bytes or a unit such as 512KiB, 1MiB, 1GB")
-    unit = (match.group(2) or "B").upper().rstrip("B").rstrip("I")
-    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit]
-    return int(match.group(1)) * int(1024**power)
+        raise ValueError(
+            f"{value!r} is not a size: use bytes or a number with a unit: KiB, MiB, GiB "
+            "(1024^n) or KB, MB, GB (1000^n), e.g. 512KiB or 1GB"
+        )
+    number, unit, binary = match.groups()
+    base = 1024 if binary else 1000
+    return int(number) * base ** _POWER[unit.upper()] if unit else int(number)
 
 
 class TopicSpec(BaseModel):
@@ -80,12 +93,14 @@ class TopicSpec(BaseModel):
     @field_validator("retention_ms", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == FOREVER:
+            return None
         return parse_duration_ms(value) if isinstance(value, str) else value
 
     @field_validator("retention_bytes", "max_event_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
-        return _parse_size(value) if isinstance(value, str) else value
+        return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("config", mode="before")
     @classmethod

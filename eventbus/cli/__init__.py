@@ -2,12 +2,16 @@
 
 To add a command group, write ``eventbus/cli/<name>.py`` with its own ``app = typer.Typer()`` and
 add one line to ``_register()`` below. Shared options, output and error handling live in
-:mod:`eventbus.cli._common`; every command takes ``--url`` (env ``EVENTBUS_URL``, default
-``memory://``) and ``--output table|json``, prints errors as ``error: ...`` on stderr and exits 1.
+:mod:`eventbus.cli._common`; every command takes ``--url`` (env ``EVENTBUS_URL``; without
+either, a running ``eventbus dev up``, else exit 2) and ``--output table|json``, prints errors as
+``error: ...`` on stderr and exits 1 (2 for a wrong command line, 3 for ``topics plan`` with
+changes). ``-h`` is ``--help`` everywhere.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
@@ -20,6 +24,8 @@ app = typer.Typer(
     help="Events over Redis Streams, Kafka/Redpanda and memory: inspect, provision, migrate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # inherited by every sub-command's context
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -83,5 +89,22 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point (``eventbus``)."""
-    app()
+    """Console-script entry point (``eventbus``).
+
+    A last resort: an exception no command expected (a bug) ends in one ``error:`` line with
+    the password of any URL scrubbed, and exit code 1; ``EVENTBUS_DEBUG=1`` re-raises it for
+    the traceback."""
+    try:
+        app()
+    except Exception as exc:  # commands handle what they expect; this is a bug's exit
+        if os.environ.get("EVENTBUS_DEBUG"):
+            raise
+        from eventbus.cli._common import scrub
+
+        text = scrub(f"{type(exc).__name__}: {exc}").splitlines() or [""]
+        print(
+            f"error: unexpected {text[0]} (a bug in eventbus; EVENTBUS_DEBUG=1 shows the "
+            "traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)

@@ -5,8 +5,8 @@ Format::
     topics:
       - name: tasks
         partitions: 6
-        retention: 7d            # or retention_ms: 604800000
-        retention_bytes: 1GiB
+        retention: 7d            # or retention_ms: 604800000; forever = keep until deleted
+        retention_bytes: 1GiB    # KiB/MiB/GiB = 1024^n bytes, KB/MB/GB = 1000^n
         cleanup_policy: delete
         max_event_bytes: 1MiB
         dead_letter: tasks.dlq

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -11,6 +12,12 @@ from eventbus.cli._common import Output, OutputOption, emit_json, errors_to_exit
 __all__ = ["demo"]
 
 
+def _positive_rate(value: float) -> float:
+    if not (0 < value < math.inf):  # also refuses NaN
+        raise typer.BadParameter(f"{value:g} is not a positive rate; give tasks per second > 0")
+    return value
+
+
 def demo(
     source: Annotated[
         str | None, typer.Option("--from", help="Source URL (default: an embedded 'redis').")
@@ -18,7 +25,10 @@ def demo(
     target: Annotated[
         str | None, typer.Option("--to", help="Target URL (default: an embedded 'kafka').")
     ] = None,
-    rate: Annotated[float, typer.Option(help="Tasks the planner publishes per second.")] = 200.0,
+    rate: Annotated[
+        float,
+        typer.Option(help="Tasks the planner publishes per second (> 0).", callback=_positive_rate),
+    ] = 200.0,
     output: OutputOption = Output.table,
 ) -> None:
     """Migrate a running agent workflow from Redis to Kafka, stage by stage, and tally it:

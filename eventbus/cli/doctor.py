@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.metadata
+import math
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -21,15 +22,17 @@ import typer
 from eventbus._urls import redact
 from eventbus.aio import AsyncEventBus, connect_async
 from eventbus.cli._common import (
+    EXIT_USAGE,
     Output,
     OutputOption,
     UrlOption,
     console,
     emit_json,
-    remember_secret,
+    resolve_url,
     scrub,
+    usage_error,
 )
-from eventbus.errors import EventBusError
+from eventbus.errors import ConfigurationError, EventBusError, UnknownTransportError
 
 __all__ = ["doctor"]
 
@@ -51,6 +54,8 @@ class Report:
     checks: list[Check] = dataclasses.field(default_factory=list)
     capabilities: dict[str, Any] | None = None
     server_version: str | None = None
+    bad_url: bool = False
+    """The URL itself is unusable (unknown scheme, malformed, unknown option): exit 2."""
 
     def add(self, name: str, status: Status, detail: str) -> None:
         self.checks.append(Check(name, status, scrub(detail)))
@@ -105,11 +110,35 @@ async def _sanity(bus: AsyncEventBus, report: Report) -> None:
     report.add("groups", "ok", f"{len(groups)} group(s)")
 
 
-async def _run(url: str, timeout: float, report: Report) -> None:
+DEFAULT_TIMEOUT = 10.0
+
+# The transport setting that bounds connecting, per URL scheme: --timeout sets it, so a
+# driver that connects in a thread (Kafka) gives up when the command does.
+_TIMEOUT_OPTIONS = {
+    "kafka": ("connect_timeout",),
+    "redpanda": ("connect_timeout",),
+    "redis": ("socket_connect_timeout", "socket_timeout"),
+    "rediss": ("socket_connect_timeout", "socket_timeout"),
+}
+
+
+def timeout_options(url: str, timeout: float | None) -> dict[str, Any]:
+    """Transport options that make ``url``'s transport honour ``timeout`` seconds (none when
+    ``timeout`` is None: the URL's own settings stand)."""
+    if timeout is None:
+        return {}
+    scheme = url.partition("://")[0].lower()
+    return dict.fromkeys(_TIMEOUT_OPTIONS.get(scheme, ()), timeout)
+
+
+async def _run(url: str, timeout: float | None, report: Report) -> None:
+    options = timeout_options(url, timeout)
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     try:
-        bus = connect_async(url)
+        bus = connect_async(url, options=options)
     except EventBusError as exc:
         report.add("url", "fail", str(exc))
+        report.bad_url = isinstance(exc, ConfigurationError | UnknownTransportError)
         return
     report.add("url", "ok", f"{redact(url)} -> transport {bus.capabilities.transport}")
     report.capabilities = dataclasses.asdict(bus.capabilities)
@@ -161,18 +190,27 @@ def _print(report: Report) -> None:
 
 
 def doctor(
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for the server to answer.", min=0.1)
-    ] = 10.0,
+        float | None,
+        typer.Option(
+            help="Seconds to wait for the server to answer, on every transport (sets the "
+            "URL's connect timeout). Default: 10, or the URL's own connect timeout if shorter.",
+            min=0.1,
+            max=3600,
+        ),
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
     output: OutputOption = Output.table,
 ) -> None:
     """Check connectivity, show the transport's capabilities and flag risky configuration.
 
-    Exit code 0 when all is well, 1 when a check fails (unreachable server, bad URL,
-    refused credentials), or with --strict when one warns."""
-    remember_secret(url)
+    Exit code 0 when all is well, 1 when a check fails (unreachable server, refused
+    credentials, missing driver) or with --strict when one warns, 2 for a URL eventbus cannot
+    use (unknown scheme, malformed, unknown option)."""
+    if timeout is not None and math.isnan(timeout):  # click's range check lets NaN through
+        usage_error("--timeout nan is not a number of seconds")
+    url = resolve_url(url)
     report = Report(redact(url))
     _drivers(report)
     asyncio.run(_run(url, timeout, report))
@@ -192,4 +230,4 @@ def doctor(
         for c in report.checks:
             if c.status == "fail" or (strict and c.status == "warn"):
                 typer.echo(f"error: {c.name}: {c.detail}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_USAGE if report.bad_url else 1)

@@ -27,7 +27,9 @@ from eventbus.cli._common import (
     parse_since,
     parse_start_option,
     progress,
+    resolve_url,
     stdin_is_tty,
+    usage_error,
 )
 from eventbus.errors import TopicNotFoundError
 from eventbus.event import Event
@@ -106,7 +108,7 @@ def produce(
         typer.Option("--header", "-H", help="Header KEY=VALUE; repeatable."),
     ] = None,
     event_type: Annotated[str | None, typer.Option("--type", "-t", help="Event type.")] = None,
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Publish events: --data JSON for one, or one JSON value per line on stdin.
@@ -115,7 +117,7 @@ def produce(
     one {"partition", "position", "offset"} object per line. Lines are published in order
     (in batches when stdin is a pipe). An invalid line stops the command with its line
     number and exit code 1: the lines before it are published, none after it."""
-    headers = parse_kv(header, "--header")
+    headers = parse_kv(header, "--header", "origin=import")
     with open_bus(url) as bus:
         if data is not None:
             value = _parse_line(1, data)
@@ -123,7 +125,8 @@ def produce(
                 [bus.publish(topic, value, key=key, headers=headers, type=event_type)], output
             )
             return
-        bus.describe_topic(topic)  # unknown topic: fail before reading stdin
+        if not bus.capabilities.auto_create_topics:  # (?auto_create=true creates it)
+            bus.describe_topic(topic)  # unknown topic: fail before reading stdin
         interactive = stdin_is_tty()
         if interactive:
             typer.echo("reading one JSON value per line; Ctrl-D to end", err=True)
@@ -153,7 +156,7 @@ def _tail_start(from_beginning: bool, since: str | None, start: str | None) -> A
     given = [n for n, v in (("--from-beginning", from_beginning), ("--since", since),
                             ("--from", start)) if v]  # fmt: skip
     if len(given) > 1:
-        fail(f"{' and '.join(given)} exclude each other; give one")
+        usage_error(f"{' and '.join(given)} exclude each other; give one")
     if from_beginning:
         return "earliest"
     if since is not None:
@@ -205,7 +208,7 @@ def tail(
     event_type: Annotated[
         str | None, typer.Option("--type", "-t", help="Only events of this type.")
     ] = None,
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Print a topic's events, without joining a group (nothing is acked or committed).
@@ -243,9 +246,9 @@ def _range(
     since: str | None, start: str | None, until: str | None, end: str | None
 ) -> tuple[Any, Any]:
     if since and start:
-        fail("--since and --from exclude each other; give one")
+        usage_error("--since and --from exclude each other; give one")
     if until and end:
-        fail("--until and --to exclude each other; give one")
+        usage_error("--until and --to exclude each other; give one")
     begin: Any = "earliest"
     if since is not None:
         begin = parse_since(since)
@@ -257,7 +260,9 @@ def _range(
     elif end is not None:
         stop = parse_start_option(end, "--to")
         if isinstance(stop, str):  # earliest / latest
-            stop = None if stop == "latest" else fail("--to earliest makes an empty range")
+            if stop == "earliest":
+                usage_error("--to earliest makes an empty range")
+            stop = None
     return begin, stop
 
 
@@ -304,7 +309,7 @@ def replay(
         bool,
         typer.Option("--create", help="Create --into with the source's settings if missing."),
     ] = False,
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Copy a range of events into another topic, on this server or another one.
@@ -314,7 +319,8 @@ def replay(
     from the earliest event; without --until/--to up to the last event present when it
     starts. Prints the count copied."""
     begin, stop = _range(since, start, until, end)
-    with open_bus(url) as source:
+    url = resolve_url(url)
+    with open_bus(url, resolved=True) as source:
         info = source.describe_topic(topic)
         if into_url is None or into_url == url:
             _run_copy(source, source, topic, into, info, begin, stop, create, output, into_url)

@@ -11,6 +11,8 @@ from eventbus.cli._common import (
     Output,
     OutputOption,
     UrlOption,
+    YesOption,
+    confirm_or_refuse,
     console,
     emit_json,
     fail,
@@ -27,12 +29,13 @@ app = typer.Typer(help="List, inspect and reset consumer groups.", no_args_is_he
 
 
 def group_json(info: GroupInfo) -> dict[str, Any]:
-    """A group as JSON: state, members, per-partition committed/lag/pending, total lag."""
+    """A group as JSON: state, members, per-partition committed/lag/pending/backlog, totals."""
     return {
         "group": info.group,
         "state": info.state,
         "lag": info.lag,
         "pending": info.pending,
+        "backlog": info.backlog,
         "members": [
             {
                 "name": m.name,
@@ -49,6 +52,7 @@ def group_json(info: GroupInfo) -> dict[str, Any]:
                 "committed": p.committed,
                 "lag": p.lag,
                 "pending": p.pending,
+                "backlog": p.backlog,
             }
             for p in info.partitions
         ],
@@ -56,8 +60,9 @@ def group_json(info: GroupInfo) -> dict[str, Any]:
 
 
 @app.command("list", epilog="Example:  eventbus groups list --url kafka://localhost:9092")
-def list_groups(url: UrlOption = "memory://", output: OutputOption = Output.table) -> None:
-    """List consumer groups with their state, member count, total lag and pending."""
+def list_groups(url: UrlOption = None, output: OutputOption = Output.table) -> None:
+    """List consumer groups with their state, member count, total lag, pending and backlog
+    (events not finished: the same number on every transport)."""
     with open_bus(url) as bus:
         infos = []
         for name in bus.list_groups():
@@ -75,6 +80,7 @@ def list_groups(url: UrlOption = "memory://", output: OutputOption = Output.tabl
                         "topics": sorted({p.topic for p in i.partitions}),
                         "lag": i.lag,
                         "pending": i.pending,
+                        "backlog": i.backlog,
                     }
                     for i in infos
                 ]
@@ -83,9 +89,9 @@ def list_groups(url: UrlOption = "memory://", output: OutputOption = Output.tabl
         from rich.table import Table
 
         table = Table(title=f"consumer groups ({len(infos)})")
-        for col in ("group", "state", "members", "topics", "lag", "pending"):
+        for col in ("group", "state", "members", "topics", "lag", "pending", "backlog"):
             table.add_column(
-                col, justify="right" if col in ("members", "lag", "pending") else "left"
+                col, justify="left" if col in ("group", "state", "topics") else "right"
             )
         for i in infos:
             table.add_row(
@@ -95,6 +101,7 @@ def list_groups(url: UrlOption = "memory://", output: OutputOption = Output.tabl
                 ", ".join(sorted({p.topic for p in i.partitions})),
                 str(i.lag),
                 str(i.pending),
+                str(i.backlog),
             )
         console().print(table)
 
@@ -102,11 +109,17 @@ def list_groups(url: UrlOption = "memory://", output: OutputOption = Output.tabl
 @app.command(epilog="Example:  eventbus groups describe workers -o json")
 def describe(
     group: Annotated[str, typer.Argument(help="Consumer group name.")],
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Show a group: members and what they own, and per partition the committed position,
-    lag (events not yet delivered) and pending (delivered, not acked)."""
+    lag, pending and backlog.
+
+    backlog = events the group has not finished (not yet delivered, or delivered and not
+    acked): the same number on every transport, the one to autoscale on. lag and pending are
+    the transport's own: on memory and Redis lag = not yet delivered and pending = delivered,
+    not acked (backlog = lag + pending); on Kafka lag = end offset - committed offset, which
+    already counts delivered, un-acked records, and pending is 0."""
     with open_bus(url) as bus:
         info = bus.describe_group(group)
         if output is Output.json:
@@ -117,7 +130,7 @@ def describe(
         out = console()
         out.print(
             f"group [bold]{info.group}[/bold]  state {info.state}  lag {info.lag}  "
-            f"pending {info.pending}"
+            f"pending {info.pending}  backlog {info.backlog}"
         )
         members = Table(title=f"members ({len(info.members)})")
         for col in ("member", "assignments", "idle ms", "pending"):
@@ -130,7 +143,7 @@ def describe(
                 str(m.pending),
             )
         parts = Table(title="partitions")
-        for col in ("topic", "partition", "committed", "lag", "pending"):
+        for col in ("topic", "partition", "committed", "lag", "pending", "backlog"):
             parts.add_column(col, justify="left" if col == "topic" else "right")
         for p in info.partitions:
             parts.add_row(
@@ -139,6 +152,7 @@ def describe(
                 "-" if p.committed is None else str(p.committed),
                 "-" if p.lag is None else str(p.lag),
                 str(p.pending),
+                "-" if p.backlog is None else str(p.backlog),
             )
         out.print(members)
         out.print(parts)
@@ -180,7 +194,7 @@ def _next_read(bus: EventBus, topic: str, info: TopicInfo, target: Any) -> dict[
 
 @app.command(
     epilog="Examples:  eventbus groups reset workers --topic tasks --to earliest --dry-run\n\n"
-    "eventbus groups reset workers --topic tasks --to 2026-01-31T12:00:00Z\n\n"
+    "eventbus groups reset workers --topic tasks --to 2026-01-31T12:00:00Z --yes\n\n"
     "eventbus groups reset workers --topic tasks --to 0:42"
 )
 def reset(
@@ -192,27 +206,37 @@ def reset(
             "--to", help="earliest, latest, an ISO time, or PARTITION:POSITION (that partition)."
         ),
     ],
+    yes: YesOption = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+        bool, typer.Option("--dry-run", help="Only show what would change; change nothing.")
     ] = False,
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Move a group's positions on a topic; prints each partition's position before and after.
 
-    Stop the group's consumers first where the transport needs it (Kafka). With --dry-run,
-    prints the current position and the first event the group would read next."""
+    Shows each partition's current position and the first event the group would read next,
+    and asks first; --yes skips the question, --dry-run stops after showing. Without a
+    terminal to ask on, refuses unless --yes. Stop the group's consumers first where the
+    transport needs it (Kafka)."""
     target = parse_start_option(to, "--to")
     with open_bus(url) as bus:
         info = bus.describe_topic(topic)
         before = _committed(bus, group, topic)
-        if dry_run:
-            nxt = _next_read(bus, topic, info, target)
-            rows = [
+        preview = []
+        if dry_run or not yes:  # with --yes nobody reads the preview
+            preview = [
                 {"partition": p, "before": before.get(p), "after": None, "next": n}
-                for p, n in sorted(nxt.items())
+                for p, n in sorted(_next_read(bus, topic, info, target).items())
             ]
+        if dry_run:
+            rows = preview
         else:
+            if not yes and output is Output.table:
+                _print_reset(group, topic, to, "preview", preview)
+            confirm_or_refuse(
+                f"Reset group {group!r} on topic {topic!r} to {to}?", yes=yes, what="reset"
+            )
             result = bus.reset_group(group, topic, to)
             rows = [
                 {"partition": p, "before": b, "after": a, "next": None}
@@ -223,26 +247,27 @@ def reset(
                 {"group": group, "topic": topic, "to": to, "dry_run": dry_run, "partitions": rows}
             )
             return
-        _print_reset(group, topic, to, dry_run, rows)
+        _print_reset(group, topic, to, "dry-run" if dry_run else "done", rows)
 
 
-def _print_reset(
-    group: str, topic: str, to: str, dry_run: bool, rows: list[dict[str, Any]]
-) -> None:
+def _print_reset(group: str, topic: str, to: str, mode: str, rows: list[dict[str, Any]]) -> None:
+    """``mode``: ``dry-run`` or ``preview`` (before/next read; nothing changed yet) or
+    ``done`` (before/after)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    title = f"{'DRY RUN: ' if dry_run else ''}reset {group} on {topic} to {to}"
-    table = Table(title=title)
+    title = {"dry-run": "DRY RUN: reset", "preview": "will reset", "done": "reset"}[mode]
+    table = Table(title=escape(f"{title} {group} on {topic} to {to}"))
     table.add_column("partition", justify="right")
     table.add_column("before")
-    table.add_column("would read next from" if dry_run else "after")
+    table.add_column("after" if mode == "done" else "would read next from")
     for row in rows:
-        after = row["next"] if dry_run else row["after"]
+        after = row["after"] if mode == "done" else row["next"]
         table.add_row(
             str(row["partition"]),
             "-" if row["before"] is None else str(row["before"]),
-            ("only new events" if dry_run else "-") if after is None else str(after),
+            ("-" if mode == "done" else "only new events") if after is None else str(after),
         )
     console().print(table)
-    if dry_run:
+    if mode == "dry-run":
         typer.echo("dry run: nothing was changed")

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from eventbus.cli._common import (
+    EXIT_CHANGES,
     Output,
     OutputOption,
     UrlOption,
@@ -19,12 +20,13 @@ from eventbus.cli._common import (
     open_bus,
     parse_kv,
     progress,
+    usage_error,
     warn,
 )
 from eventbus.cli._specfile import SpecFileError, load_specs
 from eventbus.errors import ConfigurationError
 from eventbus.sync import EventBus
-from eventbus.topics import Change, Plan, TopicSpec, parse_duration_ms
+from eventbus.topics import FOREVER, Change, Plan, TopicSpec, parse_duration_ms
 from eventbus.transport import TopicInfo
 
 __all__ = ["app", "change_json", "topic_json"]
@@ -42,7 +44,9 @@ FileOption = Annotated[
 ]
 
 EXIT_NO_CHANGES = 0
-EXIT_CHANGES = 2
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Only show what would change; change nothing.")
+]
 
 
 def _fmt_ms(ms: int | None) -> str:
@@ -101,7 +105,7 @@ def _list_epilog() -> str:
 
 
 @app.command("list", epilog=_list_epilog())
-def list_topics(url: UrlOption = "memory://", output: OutputOption = Output.table) -> None:
+def list_topics(url: UrlOption = None, output: OutputOption = Output.table) -> None:
     """List topics with their partitions, event count and retention."""
     with open_bus(url) as bus:
         infos = [bus.describe_topic(name) for name in bus.list_topics()]
@@ -140,7 +144,7 @@ def list_topics(url: UrlOption = "memory://", output: OutputOption = Output.tabl
 @app.command(epilog="Example:  eventbus topics describe tasks -o json")
 def describe(
     name: Annotated[str, typer.Argument(help="Topic name.")],
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Show a topic: settings, and per partition its first/last position and event count."""
@@ -190,13 +194,19 @@ def create(
     name: Annotated[str, typer.Argument(help="Topic name.")],
     partitions: Annotated[int, typer.Option("--partitions", "-p", min=1)] = 1,
     retention: Annotated[
-        str | None, typer.Option(help="Keep events this long: 30m, 12h, 7d (default: forever).")
+        str | None,
+        typer.Option(help="Keep events this long: 30m, 12h, 7d, or forever (the default)."),
     ] = None,
     retention_bytes: Annotated[
-        str | None, typer.Option(help="Keep at most this much per partition: 512MiB, 1GiB.")
+        str | None,
+        typer.Option(
+            help="Keep at most this much per partition: 512MiB, 1GiB (binary: 1GiB = 2^30 "
+            "bytes; decimal: 1GB = 10^9 bytes)."
+        ),
     ] = None,
     max_event_bytes: Annotated[
-        str | None, typer.Option(help="Largest encoded event accepted (default 1MiB).")
+        str | None,
+        typer.Option(help="Largest encoded event accepted, as --retention-bytes (default 1MiB)."),
     ] = None,
     cleanup_policy: Annotated[
         str, typer.Option(help="delete or compact (compact needs a transport that has it).")
@@ -205,7 +215,7 @@ def create(
         list[str] | None,
         typer.Option("--config", "-c", help="Transport setting KEY=VALUE; repeatable."),
     ] = None,
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Create a topic. Fails (exit 1) if it exists."""
@@ -213,13 +223,13 @@ def create(
         "name": name,
         "partitions": partitions,
         "cleanup_policy": cleanup_policy,
-        "config": parse_kv(config, "--config"),
+        "config": parse_kv(config, "--config", "segment.ms=3600000"),
     }
-    if retention is not None:
+    if retention is not None and retention.strip().lower() != FOREVER:
         try:
             fields["retention_ms"] = parse_duration_ms(retention)
         except ValueError as exc:
-            fail(f"--retention: {exc}")
+            usage_error(f"--retention: {exc}, or forever")
     if retention_bytes is not None:
         fields["retention_bytes"] = retention_bytes
     if max_event_bytes is not None:
@@ -243,7 +253,7 @@ def _spec_or_fail(fields: dict[str, Any]) -> TopicSpec:
     try:
         return TopicSpec(**fields)
     except ValidationError as exc:
-        fail(
+        usage_error(
             "; ".join(
                 f"--{str(e['loc'][0]).replace('_', '-')}: "
                 f"{str(e['msg']).removeprefix('Value error, ')}"
@@ -252,17 +262,39 @@ def _spec_or_fail(fields: dict[str, Any]) -> TopicSpec:
         )
 
 
-@app.command(epilog="Example:  eventbus topics delete tasks --yes")
+@app.command(
+    epilog="Examples:  eventbus topics delete tasks --dry-run\n\neventbus topics delete tasks --yes"
+)
 def delete(
     name: Annotated[str, typer.Argument(help="Topic name.")],
     yes: YesOption = False,
-    url: UrlOption = "memory://",
+    dry_run: DryRunOption = False,
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
-    """Delete a topic and all its events. Asks first unless --yes; without a terminal to ask
-    on, refuses unless --yes."""
+    """Delete a topic and all its events.
+
+    Shows what will be deleted (partitions, events) and asks first; --yes skips the question,
+    --dry-run stops after showing. Without a terminal to ask on, refuses unless --yes."""
     with open_bus(url) as bus:
         info = bus.describe_topic(name)  # unknown topic: clear error before any question
+        preview = {
+            "topic": name,
+            "partitions": len(info.partitions),
+            "count": info.count,
+            "dry_run": dry_run,
+        }
+        if output is Output.table:
+            typer.echo(
+                f"{'would delete' if dry_run else 'will delete'} topic {name}: "
+                f"{len(info.partitions)} partition(s), {info.count} event(s)"
+            )
+        if dry_run:
+            if output is Output.json:
+                emit_json(preview)
+            else:
+                typer.echo("dry run: nothing was changed")
+            return
         confirm_or_refuse(
             f"Delete topic {name!r} and its {info.count} event(s)?", yes=yes, what="delete"
         )
@@ -355,11 +387,12 @@ def _plan_json(the_plan: Plan, **extra: Any) -> dict[str, Any]:
 
 @app.command(
     epilog="Example:  eventbus topics plan -f topics.yaml --url kafka://localhost:9092\n\n"
-    "Exit codes: 0 no changes, 2 changes to apply, 1 error (like terraform -detailed-exitcode)."
+    "Exit codes: 0 no changes, 3 changes to apply, 1 error, 2 usage error (as terraform's "
+    "-detailed-exitcode, with 3 for changes since 2 means a usage error)."
 )
 def plan(
     file: FileOption,
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Show what `apply` would change to make the server match the file; changes nothing.
@@ -384,6 +417,7 @@ def plan(
 def apply(
     file: FileOption,
     yes: YesOption = False,
+    dry_run: DryRunOption = False,
     allow_destructive: Annotated[
         bool,
         typer.Option(
@@ -392,20 +426,21 @@ def apply(
             "cleanup policy changes.",
         ),
     ] = False,
-    url: UrlOption = "memory://",
+    url: UrlOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Make the server match the file: create missing topics, update changed ones.
 
-    Idempotent (a second run changes nothing). Refuses destructive changes without
-    --allow-destructive, warns that adding partitions moves existing keys, and asks before
-    changing anything unless --yes."""
+    Idempotent (a second run changes nothing). Shows the changes and asks before making
+    them; --yes skips the question, --dry-run stops after showing (exit 0; `topics plan` has
+    the detailed exit code). Refuses destructive changes without --allow-destructive, and
+    warns that adding partitions moves existing keys."""
     with open_bus(url) as bus:
         wanted = _wanted(bus, file)
         the_plan = _plan(bus, wanted)
         if the_plan.empty:
             if output is Output.json:
-                emit_json(_plan_json(the_plan, applied=True))
+                emit_json(_plan_json(the_plan, applied=not dry_run))
             else:
                 typer.echo("no changes: the server matches the file")
             return
@@ -414,6 +449,12 @@ def apply(
         for change in the_plan.changes:
             for message in change.warnings:
                 warn(message)
+        if dry_run:
+            if output is Output.json:
+                emit_json(_plan_json(the_plan, applied=False))
+            else:
+                typer.echo("dry run: nothing was changed")
+            return
         if the_plan.destructive and not allow_destructive:
             destructive = "; ".join(c.describe() for c in the_plan.changes if c.destructive)
             fail(

@@ -339,6 +339,8 @@ class TransactionalWriter:
     def _close(self) -> None:
         from confluent_kafka import KafkaException
 
+        from eventbus.adapters.kafka._producer import close_producer
+
         self._closed = True
         # nothing should be queued (every write commits or aborts); a fenced or failed
         # producer may refuse even this: it is dropped either way
@@ -349,7 +351,7 @@ class TransactionalWriter:
             # closing with a commit still in progress (it timed out) warns that the abort
             # failed: expected here, the next writer of the job fences it anyway
             warnings.simplefilter("ignore", RuntimeWarning)
-            self._producer.close()
+            close_producer(self._producer)
 
     def _error(self, exc: BaseException, what: str) -> EventBusError:
         from confluent_kafka import KafkaError

@@ -8,8 +8,22 @@ Each memory URL ``memory://cli-<uuid>`` is one broker shared by every in-process
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No ``EVENTBUS_URL`` and an empty ``eventbus dev`` state dir, so that a command without
+    ``--url`` finds no server unless the test provides one (the developer's own ``eventbus dev
+    up`` must not leak in)."""
+    state = tmp_path_factory.mktemp("dev-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("EVENTBUS_URL", raising=False)
+        mp.setenv("EVENTBUS_STATE_DIR", str(state))
+        yield state
 
 
 @pytest.fixture

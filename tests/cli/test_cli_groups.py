@@ -32,6 +32,7 @@ def test_list_and_describe(bus_url: str, name: str) -> None:
     _setup(bus_url, topic, group)
     listed = {g["group"]: g for g in ok_json(["groups", "list", "--url", bus_url])}
     assert listed[group]["lag"] == 2
+    assert listed[group]["backlog"] == 2
     assert listed[group]["members"] == 0
     assert listed[group]["topics"] == [topic]
 
@@ -39,13 +40,16 @@ def test_list_and_describe(bus_url: str, name: str) -> None:
     assert info["group"] == group
     assert info["lag"] == 2
     assert info["pending"] == 0
+    assert info["backlog"] == 2
     assert info["members"] == []
     parts = [p for p in info["partitions"] if p["topic"] == topic]
     assert sorted(p["partition"] for p in parts) == [0, 1]
     assert sum(p["lag"] for p in parts) == 2
+    assert sum(p["backlog"] for p in parts) == 2
     assert all(p["committed"] is not None for p in parts)
     table = ok(["groups", "describe", group, "--url", bus_url]).stdout
-    assert f"group {group}" in table and "lag 2" in table
+    assert f"group {group}" in table and "lag 2" in table and "backlog 2" in table
+    assert "backlog" in ok(["groups", "list", "--url", bus_url]).stdout
 
 
 def test_describe_shows_live_members(mem_url: str, name: str) -> None:
@@ -58,6 +62,8 @@ def test_describe_shows_live_members(mem_url: str, name: str) -> None:
         assert info["members"][0]["assignments"] == [f"{name}:0"]
         assert info["members"][0]["pending"] == 1
         assert info["pending"] == 1
+        assert info["backlog"] == 1  # delivered, not acked: not finished
+        assert info["partitions"][0]["backlog"] == 1
 
 
 def test_unknown_group(bus_url: str, name: str) -> None:
@@ -82,15 +88,16 @@ def test_reset_dry_run_then_real(bus_url: str, name: str) -> None:
                       "--url", bus_url])  # fmt: skip
     assert all(r["next"] is None for r in latest["partitions"])
 
-    real = ok_json(["groups", "reset", group, "--topic", topic, "--to", "earliest",
+    real = ok_json(["groups", "reset", group, "--topic", topic, "--to", "earliest", "--yes",
                     "--url", bus_url])  # fmt: skip
     assert real["dry_run"] is False
     assert sorted(r["partition"] for r in real["partitions"]) == [0, 1]
     committed = {p["partition"]: p["committed"] for p in before["partitions"]}
     assert {r["partition"]: r["before"] for r in real["partitions"]} == committed
-    assert ok_json(["groups", "describe", group, "--url", bus_url])["lag"] == 6
+    after = ok_json(["groups", "describe", group, "--url", bus_url])
+    assert (after["lag"], after["backlog"]) == (6, 6)
 
-    ok(["groups", "reset", group, "--topic", topic, "--to", "latest", "--url", bus_url])
+    ok(["groups", "reset", group, "--topic", topic, "--to", "latest", "--yes", "--url", bus_url])
     assert ok_json(["groups", "describe", group, "--url", bus_url])["lag"] == 0
     table = ok(["groups", "reset", group, "--topic", topic, "--to", "earliest", "--dry-run",
                 "--url", bus_url]).stdout  # fmt: skip
@@ -108,7 +115,9 @@ def test_reset_to_position_and_time(mem_url: str, name: str) -> None:
     assert dry["partitions"] == [
         {"partition": 0, "before": dry["partitions"][0]["before"], "after": None, "next": target}
     ]
-    real = ok_json(["groups", "reset", group, "--topic", topic, "--to", target, "--url", mem_url])
+    real = ok_json(
+        ["groups", "reset", group, "--topic", topic, "--to", target, "--yes", "--url", mem_url]
+    )
     assert [r["partition"] for r in real["partitions"]] == [0]
 
     at = "2000-01-01T00:00:00Z"
@@ -121,7 +130,7 @@ def test_reset_to_position_and_time(mem_url: str, name: str) -> None:
 def test_reset_bad_target(mem_url: str, name: str) -> None:
     ok(["topics", "create", name, "--url", mem_url])
     bad = run(["groups", "reset", "g", "--topic", name, "--to", "yesterday", "--url", mem_url])
-    assert bad.exit_code == 1 and "earliest, latest" in bad.stderr
+    assert bad.exit_code == 2 and "earliest, latest" in bad.stderr
     missing = run(["groups", "reset", "g", "--topic", name + "x", "--to", "earliest",
                    "--url", mem_url])  # fmt: skip
     assert missing.exit_code == 1 and name + "x" in missing.stderr

@@ -48,7 +48,7 @@ def _write(tmp_path: Path, name: str, partitions: int, toml: bool = False) -> Pa
 def test_plan_apply_is_idempotent(bus_url: str, name: str, tmp_path: Path) -> None:
     path = _write(tmp_path, name, 3)
     planned = run(["topics", "plan", "-f", str(path), "--url", bus_url, "-o", "json"])
-    assert planned.exit_code == 2, planned.stderr
+    assert planned.exit_code == 3, planned.stderr
     doc = json.loads(planned.stdout)
     assert doc["destructive"] is False
     by_topic = {c["topic"]: c for c in doc["changes"]}
@@ -84,7 +84,7 @@ def test_adding_partitions_warns(bus_url: str, name: str, tmp_path: Path) -> Non
     ok(["topics", "apply", "-f", str(_write(tmp_path, name, 2)), "--yes", "--url", bus_url])
     grown = _write(tmp_path, name, 4)
     planned = run(["topics", "plan", "-f", str(grown), "--url", bus_url])
-    assert planned.exit_code == 2
+    assert planned.exit_code == 3
     assert "partitions" in planned.stdout and "moves existing keys" in planned.stderr
     applied = run(["topics", "apply", "-f", str(grown), "--yes", "--url", bus_url])
     assert applied.exit_code == 0, applied.stderr
@@ -98,7 +98,7 @@ def test_destructive_changes_need_the_flag(mem_url: str, name: str, tmp_path: Pa
     ok(["topics", "apply", "-f", str(_write(tmp_path, name, 4)), "--yes", "--url", mem_url])
     shrunk = _write(tmp_path, name, 2)
     plan_json = run(["topics", "plan", "-f", str(shrunk), "--url", mem_url, "-o", "json"])
-    assert plan_json.exit_code == 2
+    assert plan_json.exit_code == 3
     assert '"destructive": true' in plan_json.stdout
     refused = run(["topics", "apply", "-f", str(shrunk), "--yes", "--url", mem_url])
     assert refused.exit_code == 1
@@ -114,7 +114,7 @@ def test_apply_asks_or_refuses(
     path = _write(tmp_path, name, 1)
     refused = run(["topics", "apply", "-f", str(path), "--url", mem_url])
     assert refused.exit_code == 1 and "--yes" in refused.stderr
-    assert run(["topics", "plan", "-f", str(path), "--url", mem_url]).exit_code == 2
+    assert run(["topics", "plan", "-f", str(path), "--url", mem_url]).exit_code == 3
     monkeypatch.setattr(common, "stdin_is_tty", lambda: True)
     assert run(["topics", "apply", "-f", str(path), "--url", mem_url], input="n\n").exit_code == 1
     ok(["topics", "apply", "-f", str(path), "--url", mem_url], input="y\n")

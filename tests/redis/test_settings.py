@@ -46,7 +46,7 @@ def test_options_override_query_and_pass_through() -> None:
         {"socket_timeout": "4", "redis_options": {"client_name": "x"}},
     )
     assert s.socket_timeout == 4 and s.auto_create
-    assert s.redis_options == {"client_name": "x", "health_check_interval": "7"}
+    assert s.redis_options == {"client_name": "x", "health_check_interval": 7.0}
     assert s.client_kwargs()["client_name"] == "x"
 
 

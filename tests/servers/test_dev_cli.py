@@ -56,6 +56,13 @@ def test_dev_up_status_down(tmp_path: Path) -> None:
         assert servers.redis_answers(redis_port)
         assert servers.kafka_answers(up["kafka_url"].removeprefix("kafka://"), timeout=10)
 
+        # a command without --url uses the dev servers (Redis first) and says so
+        env.pop("EVENTBUS_URL", None)
+        listed = _eventbus(env, "topics", "list", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        assert f"note: using {up['redis_url']}" in listed.stderr
+        assert json.loads(listed.stdout) == []
+
         again = _json(_eventbus(env, "dev", "up", "--output", "json"))
         assert (again["redis_pid"], again["kafka_pid"]) == (up["redis_pid"], up["kafka_pid"])
         assert again["redis"]["reused"] and again["kafka"]["reused"]
@@ -77,6 +84,8 @@ def test_dev_up_status_down(tmp_path: Path) -> None:
         )
         after = _json(_eventbus(env, "dev", "status", "--output", "json"))
         assert after["redis_url"] is None and not after["kafka_running"]
+        gone = _eventbus(env, "topics", "list")
+        assert gone.returncode == 2 and "no server given" in gone.stderr
     finally:
         for pid in pids:
             servers.stop_pid(pid, marker=str(tmp_path / "state"))

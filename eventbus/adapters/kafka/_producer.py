@@ -26,7 +26,7 @@ from eventbus.adapters.kafka._errors import CredentialWatch, translate
 from eventbus.errors import ClosedError, OperationTimeoutError
 from eventbus.transport import Outgoing, Position
 
-__all__ = ["PolledProducer", "producer_config"]
+__all__ = ["PolledProducer", "close_producer", "producer_config"]
 
 _YIELD_EVERY = 2048
 """Records produced between two yields to the event loop during a large publish."""
@@ -258,5 +258,13 @@ class PolledProducer:
         if left:  # undeliverable within the timeout: drop them rather than hang in close()
             self._producer.purge()
             self._producer.flush(0)
-        self._producer.close()
+        close_producer(self._producer)
         return left
+
+
+def close_producer(producer: Any) -> None:
+    """Close a librdkafka producer where the client can (confluent-kafka 2.13+); older ones
+    release it when it is garbage-collected."""
+    close = getattr(producer, "close", None)
+    if close is not None:
+        close()

@@ -21,6 +21,7 @@ User info in the URL sets ``sasl.username`` / ``sasl.password``; without an expl
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,8 +63,8 @@ def _float(name: str, value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigurationError(f"option {name}={value!r} is not a number of seconds") from None
-    if number <= 0:
-        raise ConfigurationError(f"option {name} must be positive, got {value!r}")
+    if not number > 0 or math.isinf(number):  # NaN fails the first test
+        raise ConfigurationError(f"option {name} must be a positive number, got {value!r}")
     return number
 
 

@@ -25,8 +25,13 @@ Options (query parameters or the ``options`` mapping, which wins):
   timeout would raise a timeout in redis-py).
 - ``metadata_ttl`` (5 s): how long a publisher caches topic metadata (partition count).
 - ``discover_streams`` (true): ``list_topics`` lists plain streams too.
-- ``redis_options``: a dict passed to the redis-py client unchanged; any other unknown option
-  is passed through the same way.
+- redis-py client arguments in the URL: ``health_check_interval``, ``client_name``,
+  ``socket_keepalive``, ``retry_on_timeout``, ``single_connection_client``, ``protocol``,
+  ``ssl_ca_path``, ``ssl_ciphers``, ``ssl_password``. Any other query parameter raises
+  ``ConfigurationError`` naming the valid ones.
+- ``redis_options`` (in code): a dict passed to the redis-py client unchanged; other keys of the
+  ``options`` mapping that are redis-py client arguments are passed the same way (an unknown
+  name raises ``ConfigurationError``).
 
 See ``docs/redis.md`` for the key layout, the group design and what Redis cannot do.
 """

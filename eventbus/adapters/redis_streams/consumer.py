@@ -497,10 +497,7 @@ class RedisConsumer:
         keys = list(args_by_key)
         with self._t.edge(f"{action} in group {self._group!r}"):
             replies = await asyncio.gather(
-                *(
-                    script(keys=[k], args=[self._group, self._name, *args_by_key[k]])
-                    for k in keys
-                )
+                *(script(keys=[k], args=[self._group, self._name, *args_by_key[k]]) for k in keys)
             )
         return {k: [layout.text(i) for i in r] for k, r in zip(keys, replies, strict=True) if r}
 

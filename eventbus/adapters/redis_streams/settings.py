@@ -7,7 +7,12 @@ field excluded from ``repr``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import functools
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -44,6 +49,67 @@ _OWN = {
 }
 
 
+_CERT_REQS = ("none", "optional", "required")
+_DB = re.compile(r"^[0-9]{1,9}$")
+
+
+def _text(name: str, value: Any) -> str:
+    return str(value)
+
+
+def _protocol(name: str, value: Any) -> int:
+    if str(value).strip() not in ("2", "3"):
+        raise ConfigurationError(f"option {name}={value!r}: use 2 (RESP2) or 3 (RESP3)")
+    return int(str(value).strip())
+
+
+def _seconds(name: str, value: Any) -> float:
+    return _number(name, value, minimum=0)
+
+
+# redis-py client arguments a URL may set (its values are text, converted here); any other
+# redis-py argument is given from code, typed: options={"redis_options": {...}}
+_URL_PASSTHROUGH: dict[str, Callable[[str, Any], Any]] = {
+    "health_check_interval": _seconds,
+    "client_name": _text,
+    "socket_keepalive": lambda n, v: _flag(n, v),
+    "retry_on_timeout": lambda n, v: _flag(n, v),
+    "single_connection_client": lambda n, v: _flag(n, v),
+    "protocol": _protocol,
+    "ssl_ca_path": _text,
+    "ssl_ciphers": _text,
+    "ssl_password": _text,
+}
+URL_OPTIONS = frozenset((_OWN - {"redis_options"}) | set(_URL_PASSTHROUGH))
+"""Every option a ``redis://`` / ``rediss://`` URL's query may carry."""
+
+
+@functools.cache
+def _client_arguments(cluster: bool) -> frozenset[str] | None:
+    """Keyword arguments of the redis-py client class (None: it takes any)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    init = RedisCluster.__init__ if cluster else Redis.__init__
+    params = inspect.signature(init).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.name != "self")
+
+
+def _unknown_options(safe: str, names: list[str], valid: frozenset[str], where: str) -> str:
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{name!r} -> did you mean {close[0]}?")
+    return (
+        f"{safe!r}: unknown {where} {', '.join(repr(n) for n in names)}"
+        f"{' (' + '; '.join(hints) + ')' if hints else ''}. Valid options: "
+        f"{', '.join(sorted(valid))}"
+    )
+
+
 RETRIES = 10
 """redis-py's default: connection errors and timeouts are retried with jittered backoff."""
 
@@ -55,19 +121,27 @@ class NoAuthRetry(Retry):
     re-tries a wrong password ten times with backoff (about 4.5 s) before raising it. A wrong
     password does not get better by waiting: fail at once."""
 
-    async def call_with_retry(
-        self,
-        do: Any,
-        fail: Any,
-        is_retryable: Any = None,
-        with_failure_count: bool = False,
-    ) -> Any:
-        def retryable(exc: Exception) -> bool:
-            if isinstance(exc, rx.AuthenticationError | rx.AuthorizationError):
-                return False
-            return is_retryable is None or bool(is_retryable(exc))
+    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        # refused credentials leave the retry loop wrapped in an exception it does not catch
+        # (the loop's signature differs between redis-py versions: pass the rest through)
+        async def attempt() -> Any:
+            try:
+                return await do()
+            except (rx.AuthenticationError, rx.AuthorizationError) as exc:
+                raise _Refused(exc) from exc
 
-        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+        try:
+            return await super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _Refused as refused:
+            raise refused.error from None
+
+
+class _Refused(Exception):
+    """Carries a credentials error through redis-py's retry loop, which does not retry it."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _retry() -> NoAuthRetry:
@@ -90,9 +164,42 @@ def _number(name: str, value: Any, *, minimum: float) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigurationError(f"option {name}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ConfigurationError(f"option {name}={value!r} must be a finite number")
     if number < minimum:
         raise ConfigurationError(f"option {name}={value!r} must be at least {minimum}")
     return number
+
+
+def _checked_options(
+    safe: str, query: dict[str, Any], options: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """The merged options (``options`` win), the redis-py pass-through arguments, and
+    whether it is a cluster; ConfigurationError for any option that is not known."""
+    unknown = sorted(set(query) - URL_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            _unknown_options(safe, unknown, URL_OPTIONS, "URL option(s)")
+            + " (other redis-py client arguments: options={'redis_options': {...}} in code)"
+        )
+    for key, convert in _URL_PASSTHROUGH.items():
+        if key in query:
+            query[key] = convert(key, query[key])
+    opts: dict[str, Any] = {**query, **dict(options or {})}
+    extra = opts.pop("redis_options", None) or {}
+    if not isinstance(extra, Mapping):
+        raise ConfigurationError("options['redis_options'] must be a mapping of redis-py arguments")
+    passthrough = dict(extra)
+    passthrough.update({k: v for k, v in opts.items() if k not in _OWN})
+    cluster = _flag("cluster", opts.get("cluster", False))
+    accepted = _client_arguments(cluster)
+    if accepted is not None:
+        bad = sorted(str(k) for k in passthrough if k not in accepted)
+        if bad:
+            raise ConfigurationError(
+                _unknown_options(safe, bad, URL_OPTIONS | accepted, "option(s)")
+            )
+    return opts, passthrough, cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +239,11 @@ class RedisSettings:
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> RedisSettings:
         """Parse ``redis[s]://[user:password@]host:port/db?opt=value`` plus ``options``.
 
-        ``options`` win over query parameters. Unknown options go to redis-py as client
-        keyword arguments (also accepted as a dict under ``options["redis_options"]``).
-        Raises ConfigurationError (with the URL redacted) for anything malformed."""
+        ``options`` win over query parameters. The query accepts :data:`URL_OPTIONS` only.
+        ``options`` (given in code) may also name any keyword argument of the redis-py client
+        class, passed through as given (also accepted as a dict under
+        ``options["redis_options"]``). Raises ConfigurationError (with the URL redacted) for
+        anything malformed, and for an unknown option, naming the valid ones."""
         parts = split(url)
         safe = redact(url)
         scheme = parts.scheme.lower()
@@ -152,11 +261,14 @@ class RedisSettings:
             raise ConfigurationError(
                 f"{safe!r}: the port must be a number from 0 to 65535"
             ) from None
-        opts: dict[str, Any] = {**query_options(parts), **dict(options or {})}
-        passthrough = dict(opts.pop("redis_options", None) or {})
-        passthrough.update({k: v for k, v in opts.items() if k not in _OWN})
+        opts, passthrough, cluster = _checked_options(safe, query_options(parts), options)
+        cert_reqs = str(opts.get("ssl_cert_reqs", "required")).strip().lower()
+        if cert_reqs not in _CERT_REQS:
+            raise ConfigurationError(
+                f"option ssl_cert_reqs={opts['ssl_cert_reqs']!r}: use none, optional or required"
+            )
         path = parts.path.strip("/") or str(opts.get("db", "0"))
-        if not path.isdigit():
+        if not _DB.match(path):
             raise ConfigurationError(
                 f"{safe!r}: the path must be a database number such as /0, not /{path}"
             )
@@ -171,9 +283,9 @@ class RedisSettings:
             ssl_ca_certs=opts.get("ssl_ca_certs"),
             ssl_certfile=opts.get("ssl_certfile"),
             ssl_keyfile=opts.get("ssl_keyfile"),
-            ssl_cert_reqs=str(opts.get("ssl_cert_reqs", "required")),
+            ssl_cert_reqs=cert_reqs,
             ssl_check_hostname=_flag("ssl_check_hostname", opts.get("ssl_check_hostname", True)),
-            cluster=_flag("cluster", opts.get("cluster", False)),
+            cluster=cluster,
             auto_create=_flag("auto_create", opts.get("auto_create", False)),
             socket_timeout=_number("socket_timeout", opts.get("socket_timeout", 10), minimum=0.1),
             socket_connect_timeout=_number(

@@ -68,6 +68,11 @@ class PartitionDiff(BaseModel):
     payload_mismatch: list[str] = Field(default_factory=list)
     missing_count: int = 0
     extra_count: int = 0
+    beyond_source_retention: int = 0
+    """Events only on the target, older than the oldest event the source still holds (the
+    source trimmed them; not counted as extra)."""
+    beyond_target_retention: int = 0
+    """Events only on the source, older than the oldest event the target still holds."""
 
     @property
     def ok(self) -> bool:
@@ -92,10 +97,23 @@ class VerifyReport(BaseModel):
         return "\n".join([own, *(r.summary() for r in self.related)])
 
     def _own_summary(self) -> str:
+        aged = [
+            f"{sum(p.beyond_source_retention for p in self.partitions.values())} older events "
+            "only on the target (the source trimmed them)",
+            f"{sum(p.beyond_target_retention for p in self.partitions.values())} older events "
+            "only on the source (the target expired them)",
+        ]
+        aged = [a for a in aged if not a.startswith("0 ")]
+        window = (
+            "; compared what both sides retain, not counted: " + ", ".join(aged) if aged else ""
+        )
         if all(p.ok for p in self.partitions.values()):
             total = sum(p.source_count for p in self.partitions.values())
-            return f"{self.topic}: identical ({total} events in {len(self.partitions)} partitions)"
-        lines = [f"{self.topic}: DIFFERENT"]
+            return (
+                f"{self.topic}: identical ({total} events in {len(self.partitions)} "
+                f"partitions){window}"
+            )
+        lines = [f"{self.topic}: DIFFERENT{window}"]
         for p, diff in sorted(self.partitions.items()):
             if diff.ok:
                 continue

@@ -863,17 +863,25 @@ class Migration:
     ) -> VerifyReport:
         state = await self.control.require()
         mig = state.topic(topic)
+        s_trims, t_trims = await _trims(self.source, topic), await _trims(self.target, topic)
         partitions: dict[int, PartitionDiff] = {}
         for p in range(mig.partitions):
             src = await _digest(self.source, topic, p, progress)
             tgt = await _digest(self.target, topic, p, progress)
-            diff = _compare(src, tgt)
+            diff = _compare(src, tgt, source_trims=s_trims, target_trims=t_trims)
             deadline = time.monotonic() + grace
             while not diff.ok and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)  # copies in flight: look again shortly
                 src2 = await _digest(self.source, topic, p, None)
                 tgt2 = await _digest(self.target, topic, p, None)
-                diff = _compare(src, tgt, later_source=src2, later_target=tgt2)
+                diff = _compare(
+                    src,
+                    tgt,
+                    later_source=src2,
+                    later_target=tgt2,
+                    source_trims=s_trims,
+                    target_trims=t_trims,
+                )
             partitions[p] = diff
         report = VerifyReport(topic=topic, checked_at=datetime.now(UTC), partitions=partitions)
 
@@ -1141,12 +1149,23 @@ class Migration:
         """(start on the new side, ranges of records to skip there, how many they cover,
         last offset there) for one partition. ``start`` is None when the new side's
         partition is empty. A range holds consecutive records of the scan, so every offset
-        inside it is one of them (later records land after the boundary)."""
+        inside it is one of them (later records land after the boundary). When the old side
+        trims (retention), the new side's records older than the oldest event the old side
+        still holds count as finished (compared only what both sides retain)."""
         finished = _finished(part)
         done: dict[str, bool] = {}
+        oldest: int | None = None
         async for record in scan(old, topic, p):
             eid = event_id(record)
             done[eid] = done.get(eid, False) or finished(record.offset)
+            if oldest is None or record.timestamp_ms < oldest:
+                oldest = record.timestamp_ms
+        # The old side trimmed what was older than its oldest event: such records of the new
+        # side were either finished or trimmed before the group got to them; either way they
+        # are not the group's to do (counted as finished).
+        horizon: int | None = None
+        if oldest is not None and await _trims(old, topic):
+            horizon = oldest + HORIZON_SLACK_MS
         start: Offset | None = None
         last: Offset | None = None
         ranges: list[tuple[str, str]] = []
@@ -1154,7 +1173,9 @@ class Migration:
         skipped = 0
         async for record in scan(new, topic, p):
             last = record.offset
-            if done.get(event_id(record), False):
+            eid = event_id(record)
+            trimmed = horizon is not None and eid not in done and record.timestamp_ms <= horizon
+            if done.get(eid, False) or trimmed:
                 if start is not None:
                     skipped += 1
                     if run:
@@ -1199,6 +1220,9 @@ class _Digest:
         self.ids: list[str] = []
         self.keys: dict[str, list[str]] = {}
         self.hashes: dict[str, str] = {}
+        self.times: dict[str, int] = {}
+        self.oldest: int | None = None
+        """The oldest record timestamp held (ms), None when empty."""
 
 
 async def _digest(side: Transport, topic: str, p: int, progress: Progress | None) -> _Digest:
@@ -1209,9 +1233,34 @@ async def _digest(side: Transport, topic: str, p: int, progress: Progress | None
         if record.key is not None:
             digest.keys.setdefault(record.key.decode(errors="replace"), []).append(eid)
         digest.hashes[eid] = hashlib.sha256(record.value).hexdigest()
+        digest.times[eid] = record.timestamp_ms
+        if digest.oldest is None or record.timestamp_ms < digest.oldest:
+            digest.oldest = record.timestamp_ms
         if progress is not None:
             progress(1)
     return digest
+
+
+HORIZON_SLACK_MS = 1000
+"""How much newer than a trimming side's oldest event a record only the other side holds may
+be and still count as trimmed: a copy's timestamp can trail its original's by the copy's
+latency, and concurrent producers interleave the two sides differently."""
+
+
+def _aged(ids: list[str], times: dict[str, int], other: _Digest) -> set[str]:
+    """The ids ``other`` (a side that trims) does not hold and that are no newer than its
+    oldest event (plus ``HORIZON_SLACK_MS``): trimmed there, not missing."""
+    if other.oldest is None:
+        return set()
+    held = set(other.ids)
+    horizon = other.oldest + HORIZON_SLACK_MS
+    return {i for i in ids if i not in held and times[i] <= horizon}
+
+
+async def _trims(side: Transport, topic: str) -> bool:
+    """Whether ``side`` removes old events of ``topic`` (time or size retention)."""
+    spec = (await side.describe_topic(topic)).spec
+    return spec.retention_ms is not None or spec.retention_bytes is not None
 
 
 def _compare(
@@ -1220,14 +1269,22 @@ def _compare(
     *,
     later_source: _Digest | None = None,
     later_target: _Digest | None = None,
+    source_trims: bool = False,
+    target_trims: bool = False,
 ) -> PartitionDiff:
     """The differences between one partition's digests. With later digests, an id counts as
-    missing (extra) only if the later target (source) still lacks it."""
+    missing (extra) only if the later target (source) still lacks it. A side that trims
+    (retention) is compared only from the oldest event it still holds: events of the other
+    side older than that are counted apart, not as missing or extra."""
     src_ids, tgt_ids = set(src.ids), set(tgt.ids)
     seen_target = set(later_target.ids) if later_target is not None else tgt_ids
     seen_source = set(later_source.ids) if later_source is not None else src_ids
-    missing = [i for i in src.ids if i not in tgt_ids and i not in seen_target]
-    extra = [i for i in tgt.ids if i not in src_ids and i not in seen_source]
+    aged_src = _aged(src.ids, src.times, tgt) if target_trims else set()
+    aged_tgt = _aged(tgt.ids, tgt.times, src) if source_trims else set()
+    missing = [
+        i for i in src.ids if i not in tgt_ids and i not in seen_target and i not in aged_src
+    ]
+    extra = [i for i in tgt.ids if i not in src_ids and i not in seen_source and i not in aged_tgt]
     duplicates = len(tgt.ids) - len(tgt_ids)
     reordered = []
     for key, ids in src.keys.items():
@@ -1245,4 +1302,6 @@ def _compare(
         extra_count=len(extra) + duplicates,
         reordered_keys=sorted(reordered)[:50],
         payload_mismatch=sorted(mismatch)[:50],
+        beyond_source_retention=len(aged_tgt),
+        beyond_target_retention=len(aged_src),
     )

@@ -236,6 +236,10 @@ class Heartbeat(BaseModel):
     """group -> its status as this member sees it ("paused" once drained for a switch)."""
     reads: dict[str, list[str]] = Field(default_factory=dict)
     """group -> the topics this member reads in it (a cutover moves a group with all)."""
+    copy_failures: dict[str, datetime] = Field(default_factory=dict)
+    """topic -> when a copy this member wrote last failed and had to be journaled after the
+    fact (a cancel, an error that is not transient): a verification older than that does
+    not count."""
 
 
 class ControlConflictError(ConfigurationError):

@@ -457,6 +457,7 @@ class Migration:
                         f"{t}: the last verification did not pass; run 'eventbus migrate "
                         f"verify {topic}' and fix what it reports"
                     )
+                await self._require_verify_after_copy_failures(t, mig.verify.checked_at)
                 await self._require_empty_journal(t, self.source)
             if nxt == "target-only":
                 state, mig = await self._finish_reverse_backfill(t, state, mig)
@@ -585,6 +586,22 @@ class Migration:
                     "up? is a producer or 'eventbus migrate drain' replaying it?)"
                 )
             await asyncio.sleep(0.2)  # poll the backlog
+
+    async def _require_verify_after_copy_failures(self, topic: str, verified: datetime) -> None:
+        """Refuse when a member reported (in the last hour of heartbeats) a copy of ``topic``
+        that failed after ``verified`` and was journaled after the fact."""
+        late = sorted(
+            (beat.copy_failures[topic], member)
+            for member, beat in (await self.control.live_members(3600.0)).items()
+            if topic in beat.copy_failures and beat.copy_failures[topic] > verified
+        )
+        if late:
+            at, member = late[-1]
+            raise ConfigurationError(
+                f"{topic}: a copy failed at {at:%H:%M:%S} UTC on {member}, after the last "
+                f"verification ({verified:%H:%M:%S} UTC); wait for the journal to drain, then "
+                "run 'eventbus migrate verify' again"
+            )
 
     async def groups_reading(self, topic: str) -> dict[str, str]:
         """Groups seen reading ``topic`` and where they were seen: on the source's server

@@ -246,6 +246,9 @@ class MigrationTransport:
         self._closed = False
         self._changed = asyncio.Event()
         self._limits: dict[tuple[int, str], tuple[int | None, float]] = {}
+        self._copy_failures: dict[str, datetime] = {}
+        """Per topic, when a copy last failed in a way the journal had to rescue."""
+        self._rescues: set[asyncio.Task[None]] = set()
 
     # construction ---------------------------------------------------------------------------
     @classmethod
@@ -383,6 +386,7 @@ class MigrationTransport:
             topics=topics,
             groups=groups,
             reads=reads,
+            copy_failures=dict(self._copy_failures),
         )
         await self.control.heartbeat(beat)
 
@@ -450,11 +454,66 @@ class MigrationTransport:
         history_pending = (source_primary and not mig.backfill_done) or (
             not source_primary and mig.reverse_pending
         )
+        try:
+            await self._copy(topic, primary, secondary, copies, history_pending)
+        except BaseException as exc:
+            # the primary has the events: whatever stopped the copy (a caller's cancel or
+            # timeout, a shutdown, an error that is not transient), journal it
+            await self._rescue(topic, primary, copies, exc)
+            if not isinstance(exc, EventBusError):
+                raise  # a cancel: the caller goes on cancelling (the events are written)
+            log.error(
+                "migration %s: copy of %d events of %s to the secondary failed (%s); they "
+                "wait in the journal, which replays them once that works (see the journal "
+                "backlog in 'eventbus migrate status')",
+                self.name,
+                len(copies),
+                topic,
+                exc,
+            )
+        return positions
+
+    async def _rescue(
+        self, topic: str, primary: Transport, copies: list[Outgoing], exc: BaseException
+    ) -> None:
+        """Journal copies whose direct write (or journaling) was interrupted, marked "maybe
+        copied" with a check time after anything still queued in the copy client has expired,
+        and remember the time for the heartbeat (a verification older than it is not
+        accepted by ``advance``). Runs to its end even if the caller is cancelled again."""
+        self._copy_failures[topic] = datetime.now(UTC)
+        after = _check_after(self.secondary_timeout + CHECK_DELAY)
+        maybe = [dataclasses.replace(c, headers={**c.headers, H_MAYBE: after}) for c in copies]
+        task = asyncio.ensure_future(self._journal(primary, topic, maybe))
+        self._rescues.add(task)
+        task.add_done_callback(self._rescued)
+        with contextlib.suppress(asyncio.CancelledError, EventBusError):
+            await asyncio.shield(task)  # its failure is logged by _rescued
+
+    def _rescued(self, task: asyncio.Task[None]) -> None:
+        self._rescues.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "migration %s: could not journal interrupted copies (%s): those events are "
+                "on the primary only; 'eventbus migrate verify' lists them",
+                self.name,
+                task.exception(),
+            )
+
+    async def _copy(
+        self,
+        topic: str,
+        primary: Transport,
+        secondary: Transport,
+        copies: list[Outgoing],
+        history_pending: bool,
+    ) -> None:
+        """Write the copies of events the primary has: to the journal while copies wait
+        there, else directly (to the journal when that fails transiently)."""
         if not history_pending and topic in self._journaling:
             await self._try_leave_journal(topic, primary)
         if history_pending or topic in self._journaling:
             await self._journal(primary, topic, copies)
-            return positions
+            return
         try:
             # bounded as a whole: a client that first has to look the topic up (its metadata
             # forgotten while the secondary is down) must not hold the publish longer
@@ -475,7 +534,6 @@ class MigrationTransport:
             after = _check_after()
             maybe = [dataclasses.replace(c, headers={**c.headers, H_MAYBE: after}) for c in copies]
             await self._journal(primary, topic, maybe)
-        return positions
 
     async def _limit(self, side: Transport, topic: str) -> int | None:
         """``topic``'s max event bytes on ``side`` (cached ``LIMIT_TTL`` s; None: unknown)."""

@@ -844,7 +844,18 @@ class Migration:
             )
         if mig.stage == "dual-target-primary":
             self._require_no_reverse_backfill(topic, mig)
-            return await replay_journal(
+            # copies journaled on the source by producers that still followed the stage
+            # before (nobody else replays that journal now), then the current journal
+            moved = await replay_journal(
+                self.name,
+                topic,
+                self.source,
+                self.target,
+                timeout=0.5,
+                writer=self.target_writer,
+                copy_timeout=COPY_TIMEOUT,
+            )
+            return moved + await replay_journal(
                 self.name,
                 topic,
                 self.target,
@@ -983,9 +994,8 @@ class Migration:
         )
         if dry_run:
             return plan
-        if to == "target":
-            for t in topics:
-                await self._require_empty_journal(t, self.source)
+        for t in topics:
+            await self._producer_barrier(t, to, state.topic(t).generation, wait)
         await self._update(lambda s: s.groups.__setitem__(group, plan))
         try:
             positions = await self._move_positions(group, topics, to, exact, wait)
@@ -1039,6 +1049,25 @@ class Migration:
                 "reports it and the old side has no positions for it; name a topic"
             )
         return topics
+
+    async def _producer_barrier(self, topic: str, to: str, generation: int, wait: float) -> None:
+        """Before a group moves to ``to``: every live producer follows the current stage
+        (publishes still under way under an older one included), and the journal of the
+        stage before, whose copies go to ``to`` and which nobody replays any more, is
+        replayed now and empty. Else every event the group finished on the old side might not
+        be on the new one yet. Raises ConfigurationError (nothing changed) after ``wait`` s."""
+        await self._await_producers(topic, generation, wait)
+        before, after = (self.source, self.target) if to == "target" else (self.target, self.source)
+        await replay_journal(
+            self.name,
+            topic,
+            before,
+            after,
+            timeout=0.5,
+            writer=self.target_writer if to == "target" else self.source_writer,
+            copy_timeout=COPY_TIMEOUT,
+        )
+        await self._require_empty_journal(topic, before, wait)
 
     def _require_ready(self, state: MigrationState, group: str, topics: list[str], to: str) -> None:
         """Refuse, naming each, when a topic of the group cannot move to ``to`` now."""

@@ -24,7 +24,7 @@ import pytest
 
 import eventbus
 from eventbus.aio import connect_async
-from eventbus.errors import ConfigurationError, TopicNotFoundError
+from eventbus.errors import ConfigurationError, ConnectionFailedError, TopicNotFoundError
 from eventbus.migration import Migration
 from eventbus.migration.transport import MigrationTransport
 from eventbus.transport import Outgoing
@@ -44,6 +44,8 @@ class Interrupting:
         self.inner = inner
         self.mode: str | None = None
         self.entered = asyncio.Event()
+        self.down = False
+        """Every copy write fails as if the secondary were down (it goes to the journal)."""
 
     async def publish(self, topic: str, records: Sequence[Outgoing], *, timeout: float) -> Any:
         mode, self.mode = self.mode, None
@@ -52,6 +54,8 @@ class Interrupting:
             await asyncio.Event().wait()
         if mode == "fail":
             raise TopicNotFoundError(f"topic {topic!r} does not exist (injected)")
+        if self.down:
+            raise ConnectionFailedError("the secondary is down (injected)")
         return await self.inner.publish(topic, records, timeout=timeout)
 
     def __getattr__(self, name: str) -> Any:
@@ -123,3 +127,57 @@ def test_interrupted_copies_are_journaled(redis_url: str, kafka_url: str, tmp_pa
     both.assert_same_events()
     on_kafka = {e[0] for entries in both.target.values() for e in entries}
     assert set(interrupted) <= on_kafka
+
+
+@pytest.mark.timeout(120)
+def test_cutover_waits_for_a_lagging_producer(
+    redis_url: str, kafka_url: str, tmp_path: Path
+) -> None:
+    """A producer that stalled (its control loop stopped, as in a long pause) still follows
+    dual-source-primary after the topic moved to dual-target-primary: it writes to Redis and
+    its copies, failing, go to Redis's journal, which in dual-target-primary nobody replays.
+    The group handles those events on Redis. The cutover waits until that producer follows
+    the current stage or is gone, replays that journal and only then translates: Kafka gets
+    the events, and the group does not handle them again there."""
+    name, group, topic = (f"{p}-{uuid.uuid4().hex[:6]}" for p in ("m", "g", "t"))
+    history = _with_history(redis_url, [topic])
+    url = migrate_url(name, redis_url, kafka_url)
+    tally = Tally()
+    traffic = _traffic(tally)
+
+    async def operate() -> None:
+        m = await Migration.open(name, redis_url, kafka_url)
+        try:
+            await _to_dual_verified(m, [topic], traffic)
+            async with connect_async(url) as bus:
+                transport = bus.transport
+                assert isinstance(transport, MigrationTransport)
+                writer = Interrupting(transport.target_writer)
+                transport.target_writer = writer
+                await bus.publish(topic, eventbus.Event(data={"seq": 0}, key="lagging"))
+                await m.advance(topic)  # dual-target-primary; it acknowledged the stage before
+                for task in transport._tasks:  # its control loop stalls: it lags from now on
+                    task.cancel()
+                writer.down = True
+                for seq in range(1, 6):
+                    event = eventbus.Event(data={"seq": seq}, key="lagging")
+                    await bus.publish(topic, event)
+                    with tally.lock:
+                        tally.published.append(event.id)
+                await traffic()
+                moved = await m.cutover(group, topic)
+                assert moved.status == "target"
+            await traffic()
+            await m.advance(topic)
+            await traffic()
+        finally:
+            await m.close()
+
+    with ProcessWorkers(url, topic, group, tmp_path) as workers:
+        workers.start()
+        with producing(url, topic, tally, count=2):
+            asyncio.run(asyncio.wait_for(operate(), 100))
+        _finish(workers, tally, history)
+    both = held(name, redis_url, kafka_url, topic, 2)
+    on_kafka = {e[0] for entries in both.target.values() for e in entries}
+    assert set(tally.published) <= on_kafka, "every event is on Kafka"

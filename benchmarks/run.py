@@ -113,7 +113,9 @@ def machine_facts() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="100-byte rows, small counts (<3 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="100-byte rows, small counts (3-4 min)"
+    )
     parser.add_argument("--only", choices=["redis", "kafka"], help="one transport's rows only")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--repeats", type=int, help="runs per side (default 3 quick, 5 full)")

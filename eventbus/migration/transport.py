@@ -6,7 +6,9 @@ Connection string::
 
 (or ``MigrationTransport.create(name, source_url, target_url)``). Options: ``poll_interval``
 (seconds between control-record reads and heartbeats, default 1), ``secondary_timeout``
-(seconds a secondary write may take before it goes to the journal, default 5).
+(seconds a secondary write may take before it goes to the journal, default 5),
+``journal_limit`` (copies that may wait in a topic's journal before its publishes are
+refused with JournalFullError, default 1,000,000).
 
 It follows the stage of each topic from the control record while running:
 
@@ -93,6 +95,7 @@ from eventbus.transport import (
 
 __all__ = [
     "DLQ_SUFFIX",
+    "JournalFullError",
     "MigrationTransport",
     "copy_writer",
     "dead_letter_topic",
@@ -178,7 +181,20 @@ def _combine(a: Capabilities, b: Capabilities) -> Capabilities:
     )
 
 
-_OPTIONS = {"source", "target", "poll_interval", "secondary_timeout", "auto_create"}
+_OPTIONS = {
+    "source",
+    "target",
+    "poll_interval",
+    "secondary_timeout",
+    "auto_create",
+    "journal_limit",
+}
+JOURNAL_LIMIT = 1_000_000
+"""Copies that may wait in a topic's journal before publishes of the topic are refused."""
+
+
+class JournalFullError(EventBusError):
+    """The dual-write journal of a topic is full: the secondary has been away too long."""
 
 
 def _with(url: str, name: str, value: str) -> str:
@@ -215,8 +231,10 @@ class MigrationTransport:
         secondary_timeout: float = 5.0,
         source_writer: Transport | None = None,
         target_writer: Transport | None = None,
+        journal_limit: int = JOURNAL_LIMIT,
     ) -> None:
         self.name = name
+        self.journal_limit = journal_limit
         self.source = source
         self.target = target
         self.source_writer = source_writer or source
@@ -280,6 +298,7 @@ class MigrationTransport:
             target_url,
             poll_interval=_seconds(opts, "poll_interval", 1.0),
             secondary_timeout=_seconds(opts, "secondary_timeout", 5.0),
+            journal_limit=int(_seconds(opts, "journal_limit", JOURNAL_LIMIT)),
         )
 
     @classmethod
@@ -407,6 +426,7 @@ class MigrationTransport:
             # producers to follow a stage change cannot miss it
             self._published.add(topic)
             await self._heartbeat()
+            await self._join_journal(topic)
         mig = self.stage_of(topic)
         slot = (topic, mig.generation if mig is not None else -1)
         self._inflight[slot] += 1
@@ -426,6 +446,7 @@ class MigrationTransport:
             return await self.source.publish(topic, records, timeout=timeout)
         if mig.stage == "target-only":
             return await self.target.publish(topic, records, timeout=timeout)
+        self._check_journal_limit(topic)
         source_primary = mig.stage == "dual-source-primary"
         primary, secondary = (
             (self.source, self.target) if source_primary else (self.target, self.source)
@@ -667,6 +688,36 @@ class MigrationTransport:
                 self._journaling.discard(topic)
                 self._marks.pop(topic, None)
 
+    async def _join_journal(self, topic: str) -> None:
+        """On this member's first publish of ``topic`` in a dual stage: while copies wait in
+        the journal (another member's, or this service's before a restart), write copies to
+        the journal too, behind them, instead of directly ahead of them."""
+        mig = self.stage_of(topic)
+        if mig is None or not mig.stage.startswith("dual"):
+            return
+        primary = self.source if mig.stage == "dual-source-primary" else self.target
+        with contextlib.suppress(EventBusError):  # unknown: the first copy write will say
+            if await journal_backlog(self.name, topic, primary):
+                # leave only once everything journaled so far is replayed (as if its own)
+                info = await primary.describe_topic(journal_topic(self.name, topic))
+                marks = self._marks.setdefault(topic, {})
+                for part in info.partitions:
+                    if part.last is not None:
+                        marks[part.partition] = part.last
+                self._journaling.add(topic)
+
+    def _check_journal_limit(self, topic: str) -> None:
+        """Refuse a publish while the journal of ``topic`` holds ``journal_limit`` copies or
+        more (as last measured): it would grow without bound while the secondary is away."""
+        backlog = self._backlog.get(topic, 0)
+        if backlog >= self.journal_limit:
+            raise JournalFullError(
+                f"migration {self.name}: {backlog} copies of {topic!r} wait in the journal "
+                f"(limit {self.journal_limit}, migrate:// option journal_limit); the "
+                "secondary is down or slow. Bring it back (services replay the journal, or "
+                "'eventbus migrate drain'), or roll the topic back to a single side"
+            )
+
     async def _try_leave_journal(self, topic: str, primary: Transport) -> None:
         """Once replay runs, pause this member's publishes of ``topic`` briefly until its own
         journaled copies are on the secondary, then write copies directly again. Without the
@@ -678,6 +729,8 @@ class MigrationTransport:
         if loop.time() < self._next_leave_try.get(topic, 0.0):
             return
         lock = self._leaving.setdefault(topic, asyncio.Lock())
+        if lock.locked():
+            return  # another publish is waiting already: journal this one, do not queue
         async with lock:
             deadline = loop.time() + 2.0
             while topic in self._journaling:

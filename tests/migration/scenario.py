@@ -241,15 +241,16 @@ def producing(
     count: int = 3,
     prefix: str = "",
     keys: Callable[[int, int], str] | None = None,
+    first_seq: int = 0,
 ) -> Iterator[None]:
     """``count`` producer threads publishing keyed events (keys start with ``prefix``, or
-    ``keys(producer, seq)``) through ``url`` until the block ends; every returned publish is
-    recorded, every failure too."""
+    ``keys(producer, seq)``), ``seq`` counting from ``first_seq``, through ``url`` until the
+    block ends; every returned publish is recorded, every failure too."""
     stop = threading.Event()
 
     def produce(n: int) -> None:
         with eventbus.connect(url) as bus:
-            seq = 0
+            seq = first_seq
             while not stop.is_set():
                 key = keys(n, seq) if keys is not None else f"{prefix}p{n}-k{seq % 4}"
                 ev = eventbus.Event(data={"seq": seq}, key=key)

@@ -50,7 +50,7 @@ def _with_history(source_url: str, topics: list[str], partitions: int = 2) -> li
     return ids
 
 
-def _traffic(tally: Tally) -> Callable[[], Awaitable[None]]:
+def _traffic(tally: Tally) -> Callable[..., Awaitable[None]]:
     async def traffic(more: int = 150) -> None:
         """Wait until the producers have published ``more`` events since the call."""
         goal = len(tally.published) + more

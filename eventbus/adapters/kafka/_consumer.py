@@ -127,6 +127,9 @@ _METADATA_BUDGET = 3500
 """Characters of commit metadata we use (Kafka's offset.metadata.max.bytes defaults to 4096)."""
 _BUFFER_CAP = 500
 """Records fetched but not handed out above which the keepalive pauses the partitions."""
+_ACK_COMMIT_EVERY = 0.005
+"""Seconds between asynchronous commits after acks: one covers every ack before it, and a
+synchronous one held the member thread (and so the next fetch) for up to hundreds of ms."""
 _IGNORED = {KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET}
 _RETRY_ON_REVOKE = {
     KafkaError.REBALANCE_IN_PROGRESS,
@@ -498,6 +501,9 @@ class KafkaConsumer:
         self._keepalive_every = max(0.05, min(1.0, interval / 4))
         self._last_poll = time.monotonic()
         self._next_lease_check = 0.0
+        self._last_ack_commit = 0.0
+        self._ack_commit_due = False
+        """Acks wait for a commit that ``_tick`` sends once ``_ACK_COMMIT_EVERY`` has passed."""
         self._paused = False
         """The assigned partitions are paused (member thread only): the buffer is full."""
         self._client_open = False
@@ -981,7 +987,11 @@ class KafkaConsumer:
             self._keepalive()
             now = time.monotonic()
         due = min(self._last_poll + self._keepalive_every, self._next_lease_check)
-        return max(0.01, due - now)
+        if self._ack_commit_due:
+            self._commit_after_acks(now)
+            if self._ack_commit_due:
+                due = min(due, self._last_ack_commit + _ACK_COMMIT_EVERY)
+        return max(0.001, due - now)
 
     def _keepalive(self) -> None:
         """Poll without handing anything out: serves rebalance callbacks and resets the
@@ -1103,11 +1113,24 @@ class KafkaConsumer:
     def _commit_acked(self) -> None:
         with self._lock:
             self._commit_queued = False
-        if self._consumer is not None and not self._killed:
-            try:
-                self._commit(list(self._parts), asynchronous=False)
-            except KafkaException as exc:
-                log.info("commit after ack failed (sent again with the next one): %s", exc)
+        self._commit_after_acks(time.monotonic())
+
+    def _commit_after_acks(self, now: float) -> None:
+        """Commit what acks completed, asynchronously (its result comes back through
+        ``_on_commit``, which resends a failure), at most every ``_ACK_COMMIT_EVERY`` s; a
+        commit due sooner is left to ``_tick``. Revoke and close commit synchronously."""
+        if self._consumer is None or self._killed:
+            self._ack_commit_due = False
+            return
+        if now - self._last_ack_commit < _ACK_COMMIT_EVERY:
+            self._ack_commit_due = True
+            return
+        self._ack_commit_due = False
+        self._last_ack_commit = now
+        try:
+            self._commit(list(self._parts), asynchronous=True)
+        except KafkaException as exc:
+            log.info("commit after ack failed (sent again with the next one): %s", exc)
 
     async def nack(self, record: Record, delay: float = 0.0) -> None:
         """Deliver ``record`` again to this member after ``delay`` s (if it still owns it)."""

@@ -289,7 +289,7 @@ def cutover(
             group, topic, to=to, exact=exact, wait=wait, dry_run=dry_run, ignore=ignore or []
         ),
     )
-    unchanged = gm.switched_at is not None and gm.switched_at < began
+    unchanged = not dry_run and (gm.switched_at is None or gm.switched_at < began)
     if output is Output.json:
         emit_json(
             {
@@ -305,9 +305,14 @@ def cutover(
             "(dry run, nothing changed)"
         )
     elif unchanged:
+        since = (
+            "never moved"
+            if gm.switched_at is None
+            else f"since {gm.switched_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
         console().print(
-            f"group {group} already reads {', '.join(gm.topics)} from the {gm.status} (since "
-            f"{gm.switched_at:%Y-%m-%d %H:%M:%S} UTC); nothing to do"
+            f"group {group} already reads {', '.join(gm.topics)} from the {gm.status} "
+            f"({since}); nothing to do"
         )
     else:
         for t, pos in gm.positions.items():

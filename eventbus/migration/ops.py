@@ -976,6 +976,9 @@ class Migration:
         back: GroupStatus = "source" if to == "target" else "target"
         gm = state.groups.get(group)
         topics = await self._cutover_topics(group, state, topic, back, ignore)
+        if gm is None and to == "source":
+            # never moved: a group reads the source until a cutover moves it
+            return GroupMigration(topic=topics[0], topics=topics, status="source")
         if gm is not None and gm.status == to:
             untranslated = [t for t in topics if not gm.reads(t)]
             if untranslated:

@@ -115,7 +115,8 @@ def init(
 def status(
     name: NameOption, source: FromOption, target: ToOption, output: OutputOption = Output.table
 ) -> None:
-    """Per topic and group: stage, lag on both sides, journal backlog, last verification."""
+    """Per topic: stage, journal backlog, last verification, what blocks the next stage, and
+    every group reading it with its side and its backlog on both sides."""
     report = _run(name, source, target, lambda m: m.status())
     if output is Output.json:
         emit_json(report)
@@ -123,7 +124,15 @@ def status(
     from rich.table import Table
 
     table = Table(title=f"migration {name} (version {report['version']})")
-    for col in ("topic", "stage", "backfill", "journal", "verify", "producers"):
+    for col in (
+        "topic",
+        "stage",
+        "backfill",
+        "journal",
+        "verify",
+        "producers",
+        "next stage blocked by",
+    ):
         table.add_column(col)
     for topic, t in report["topics"].items():
         verify = t["verify"]
@@ -134,15 +143,21 @@ def status(
             str(t["journal_backlog"]),
             "-" if verify is None else ("ok" if verify["ok"] else "DIFFERENT"),
             str(len(t["producers"])),
+            "; ".join(t["blocks"]) or "-",
         )
     console().print(table)
-    groups = Table(title="groups")
-    for col in ("group", "topics", "on", "source lag", "target lag"):
+    groups = Table(title="groups per topic (backlog: events not yet finished)")
+    for col in ("topic", "group", "on", "source backlog", "target backlog"):
         groups.add_column(col)
-    for group, g in report["groups"].items():
-        groups.add_row(
-            group, ", ".join(g["topics"]), g["status"], str(g["source_lag"]), str(g["target_lag"])
-        )
+    for topic, t in report["topics"].items():
+        for group, g in t["groups"].items():
+            groups.add_row(
+                topic,
+                group,
+                g["side"],
+                "-" if g["source_backlog"] is None else str(g["source_backlog"]),
+                "-" if g["target_backlog"] is None else str(g["target_backlog"]),
+            )
     console().print(groups)
 
 

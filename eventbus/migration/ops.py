@@ -369,25 +369,41 @@ class Migration:
         return await self.control.save(state, expected_version=version)
 
     async def status(self) -> dict[str, Any]:
-        """Per topic and group: stage, lag on both sides, journal backlog, last verify."""
+        """Per topic: stage, journal backlog, last verify, live producers, every group seen
+        reading it (recorded, in heartbeats, or with positions on the source) with its side
+        and its backlog on both sides, and what blocks the next stage. Per group: its side
+        and topics."""
         state = await self.control.require()
         live = await self.control.live_members(10.0)
         topics: dict[str, Any] = {}
         for name, mig in state.topics.items():
             primary = self.target if mig.stage == "dual-target-primary" else self.source
+            backlog = await journal_backlog(self.name, name, primary)
+            seen = await self.groups_reading(name)
+            seen.update({g: "recorded" for g, gm in state.groups.items() if gm.reads(name)})
+            readers: dict[str, Any] = {}
+            for group in sorted(seen):
+                gm = state.groups.get(group)
+                readers[group] = {
+                    "side": gm.status if gm is not None and gm.reads(name) else "source",
+                    "source_backlog": await self._lag(self.source, group, name),
+                    "target_backlog": await self._lag(self.target, group, name),
+                }
             topics[name] = {
                 "stage": mig.stage,
                 "generation": mig.generation,
                 "backfill_done": mig.backfill_done,
                 "reverse_backfill_pending": mig.reverse_pending,
                 "backfilled": mig.backfilled,
-                "journal_backlog": await journal_backlog(self.name, name, primary),
+                "journal_backlog": backlog,
                 "verify": None
                 if mig.verify is None
                 else {"ok": mig.verify.ok, "checked_at": mig.verify.checked_at.isoformat()},
                 "producers": sorted(
                     m for m, b in live.items() if b.role == "producer" and name in b.topics
                 ),
+                "groups": readers,
+                "blocks": _blocks(mig, backlog, readers),
             }
         groups: dict[str, Any] = {}
         for group, gm in state.groups.items():
@@ -405,12 +421,15 @@ class Migration:
         return {"name": state.name, "version": state.version, "topics": topics, "groups": groups}
 
     async def _lag(self, side: Transport, group: str, topic: str) -> int | None:
-        """The group's lag on the migrated topic (a group may consume other topics too)."""
+        """The group's backlog on one topic of ``side`` (None: no positions there)."""
         try:
             info = await side.describe_group(group)
         except EventBusError:
             return None
-        return sum(p.lag or 0 for p in info.partitions if p.topic == topic)
+        parts = [p for p in info.partitions if p.topic == topic]
+        if not parts:
+            return None
+        return sum(p.backlog if p.backlog is not None else (p.lag or 0) for p in parts)
 
     # stages ------------------------------------------------------------------------------
     async def advance(
@@ -1243,6 +1262,26 @@ class Migration:
         if run:
             ranges.append((run[0], run[1]))
         return start, ranges, skipped, last
+
+
+def _blocks(mig: TopicMigration, backlog: int, readers: dict[str, Any]) -> list[str]:
+    """What stands between the topic and its next stage, as ``status`` can tell cheaply
+    (``advance`` checks more: live producers, copy failures, the server's groups)."""
+    out: list[str] = []
+    if mig.reverse_pending:
+        out.append("reverse backfill pending: run backfill")
+    if mig.stage == "dual-source-primary":
+        if not mig.backfill_done:
+            out.append("backfill not done")
+        if mig.verify is None or not mig.verify.ok:
+            out.append("no passing verify")
+    if mig.stage.startswith("dual") and backlog:
+        out.append(f"journal backlog {backlog}")
+    if mig.stage == "dual-target-primary":
+        behind = sorted(g for g, r in readers.items() if r["side"] != "target")
+        if behind:
+            out.append(f"groups not cut over: {', '.join(behind)}")
+    return out
 
 
 def _offset(text: str) -> Offset:

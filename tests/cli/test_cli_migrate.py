@@ -124,3 +124,28 @@ def test_rollback_drill_from_every_stage() -> None:
     assert seen.count("target-only") == 1
     assert seen.count("dual-target-primary") == 2
     assert seen.count("dual-source-primary") == 3
+
+
+def test_status_shows_groups_per_topic_and_what_blocks() -> None:
+    """``migrate status`` lists, per topic, every group reading it (here one that read on
+    the source and was never cut over) with its side and backlog, and what blocks the next
+    stage; the table says the same."""
+    source, target = f"memory://ss-{uuid.uuid4().hex[:6]}", f"memory://st-{uuid.uuid4().hex[:6]}"
+    topic, name = f"s-{uuid.uuid4().hex[:6]}", f"m{uuid.uuid4().hex[:6]}"
+    with eventbus.connect(source) as bus:
+        bus.create_topic(topic)
+        bus.publish_many(topic, ["a", "b", "c"])
+        with bus.subscribe(topic, group="audit") as sub:
+            sub.ack(sub.fetch(1, timeout=1.0))
+    common = ["--name", name, "--from", source, "--to", target]
+    ok_json(["migrate", "init", "--topic", topic, *common, "-o", "json"])
+    ok_json(["migrate", "advance", topic, *common, "-o", "json"])
+    status = ok_json(["migrate", "status", *common, "-o", "json"])
+    t = status["topics"][topic]
+    assert t["groups"]["audit"] == {"side": "source", "source_backlog": 2, "target_backlog": None}
+    assert t["blocks"] == ["backfill not done", "no passing verify"]
+    table = run(["migrate", "status", *common])
+    assert table.exit_code == 0 and "audit" in table.output and "backfill" in table.output
+    # advance and cutover have a dry run that changes nothing
+    dry = ok_json(["migrate", "advance", topic, "--dry-run", *common, "-o", "json"])
+    assert dry["topics"][topic]["stage"] == "dual-source-primary"

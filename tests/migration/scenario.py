@@ -26,6 +26,7 @@ from typing import Protocol
 
 import eventbus
 from eventbus.migration import Migration
+from eventbus.migration.transport import journal_backlog
 from eventbus.sync import Runner
 from eventbus.testing.conformance import wait_until
 from tests.migration.procs import Children, migrate_url, read_lines
@@ -227,8 +228,15 @@ async def operate(
 
 
 async def wait_for_empty_journal(migration: Migration, topic: str, timeout: float = 60) -> None:
+    """Wait until the journal backlog of ``topic`` (as ``status`` shows it) is 0."""
     deadline = time.monotonic() + timeout
-    while (await migration.status())["topics"][topic]["journal_backlog"]:
+
+    async def backlog() -> int:
+        stage = (await migration.control.require()).topics[topic].stage
+        primary = migration.target if stage == "dual-target-primary" else migration.source
+        return await journal_backlog(migration.name, topic, primary)
+
+    while await backlog():
         assert time.monotonic() < deadline, f"the journal of {topic} did not drain"
         await asyncio.sleep(0.1)  # allowed: polling interval of a condition wait
 

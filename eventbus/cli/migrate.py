@@ -17,6 +17,8 @@ import typer
 from eventbus.cli._common import (
     Output,
     OutputOption,
+    YesOption,
+    confirm_or_refuse,
     console,
     emit_json,
     errors_to_exit,
@@ -24,7 +26,7 @@ from eventbus.cli._common import (
     remember_secret,
 )
 from eventbus.migration import Migration
-from eventbus.migration.control import MigrationState, VerifyReport
+from eventbus.migration.control import STAGES, GroupMigration, MigrationState, VerifyReport
 
 __all__ = ["app"]
 
@@ -161,7 +163,7 @@ def status(
     console().print(groups)
 
 
-@app.command(epilog=_example("advance", " orders"))
+@app.command(epilog=_example("advance", " orders --yes"))
 def advance(
     topic: TopicArg,
     name: NameOption,
@@ -176,6 +178,7 @@ def advance(
             "(it gets nothing new). Repeatable.",
         ),
     ] = None,
+    yes: YesOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Run the checks only; change nothing.")
     ] = False,
@@ -183,31 +186,66 @@ def advance(
 ) -> None:
     """Move a topic to its next stage once every live producer follows the current one and
     the next stage's checks pass (backfill done and verified; every group that reads it cut
-    over, or abandoned with --abandon-group; journal empty)."""
-    state = _run(
-        name,
-        source,
-        target,
-        lambda m: m.advance(topic, wait=wait, abandon=abandon or [], dry_run=dry_run),
-    )
-    if dry_run:
+    over, or abandoned with --abandon-group; journal empty). Shows the move and asks first;
+    --yes skips the question, --dry-run stops after the checks."""
+
+    async def job(m: Migration) -> tuple[MigrationState, bool]:
+        state = await m.advance(topic, wait=wait, abandon=abandon or [], dry_run=True)
+        step = _step(state, topic, +1)
+        if dry_run:
+            return state, False
+        if output is Output.table:
+            console().print(f"will move {step}")
+        confirm_or_refuse(f"move {step}?", yes=yes, what="advance the topic")
+        return await m.advance(topic, wait=wait, abandon=abandon or []), True
+
+    state, changed = _run(name, source, target, job)
+    if not changed:
         _print_state(state, output, f"{topic}: checks passed (dry run, nothing changed)")
         return
     _print_state(state, output, f"{topic} advanced")
 
 
-@app.command(epilog=_example("rollback", " orders"))
+@app.command(epilog=_example("rollback", " orders --yes"))
 def rollback(
     topic: TopicArg,
     name: NameOption,
     source: FromOption,
     target: ToOption,
     wait: Annotated[float, typer.Option(help="Seconds to wait for producers.")] = 30.0,
+    yes: YesOption = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Run the checks only; change nothing.")
+    ] = False,
     output: OutputOption = Output.table,
 ) -> None:
-    """Move a topic back one stage (groups go back first: cutover --to-side source)."""
-    state = _run(name, source, target, lambda m: m.rollback(topic, wait=wait))
+    """Move a topic back one stage (groups go back first: cutover --to-side source). Shows
+    the move and asks first; --yes skips the question, --dry-run stops after the checks."""
+
+    async def job(m: Migration) -> tuple[MigrationState, bool]:
+        state = await m.rollback(topic, wait=wait, dry_run=True)
+        step = _step(state, topic, -1)
+        if dry_run:
+            return state, False
+        if output is Output.table:
+            console().print(f"will move {step}")
+        confirm_or_refuse(f"move {step}?", yes=yes, what="roll the topic back")
+        return await m.rollback(topic, wait=wait), True
+
+    state, changed = _run(name, source, target, job)
+    if not changed:
+        _print_state(state, output, f"{topic}: checks passed (dry run, nothing changed)")
+        return
     _print_state(state, output, f"{topic} rolled back")
+
+
+def _step(state: MigrationState, topic: str, by: int) -> str:
+    """'<topic> (and its .dlq) from <stage> to <stage>', for the confirmation."""
+    mig = state.topic(topic)
+    nxt = STAGES[STAGES.index(mig.stage) + by]
+    dlq = state.topics.get(f"{topic}.dlq")
+    with_dlq = f" (with {topic}.dlq)" if dlq is not None and dlq.stage == mig.stage else ""
+    return f"{topic}{with_dlq} from {mig.stage} to {nxt}"
 
 
 @app.command(epilog=_example("backfill", " orders"))
@@ -262,7 +300,7 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command(epilog=_example("cutover", " orders --group workers"))
+@app.command(epilog=_example("cutover", " orders --group workers --yes"))
 def cutover(
     topic: TopicArg,
     name: NameOption,
@@ -279,6 +317,7 @@ def cutover(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check and show the move; change nothing.")
     ] = False,
+    yes: YesOption = False,
     ignore: Annotated[
         list[str] | None,
         typer.Option(
@@ -296,14 +335,19 @@ def cutover(
     if to not in ("target", "source"):
         fail("--to-side takes target or source")
     began = datetime.now(UTC)
-    gm = _run(
-        name,
-        source,
-        target,
-        lambda m: m.cutover(
-            group, topic, to=to, exact=exact, wait=wait, dry_run=dry_run, ignore=ignore or []
-        ),
-    )
+
+    async def job(m: Migration) -> GroupMigration:
+        options: dict[str, Any] = {"to": to, "exact": exact, "wait": wait, "ignore": ignore or []}
+        plan = await m.cutover(group, topic, dry_run=True, **options)
+        if dry_run or plan.status == to:  # a plan, or nothing to do
+            return plan
+        step = f"group {group} to the {to} with topics {', '.join(plan.topics)}"
+        if output is Output.table:
+            console().print(f"will move {step}")
+        confirm_or_refuse(f"move {step}?", yes=yes, what="cut the group over")
+        return await m.cutover(group, topic, **options)
+
+    gm = _run(name, source, target, job)
     unchanged = not dry_run and (gm.switched_at is None or gm.switched_at < began)
     if output is Output.json:
         emit_json(

@@ -484,7 +484,9 @@ class Migration:
                 await self._require_empty_journal(t, self.target)
         return await self._set_stage(state, topic, nxt)
 
-    async def rollback(self, topic: str, *, wait: float = 30.0) -> MigrationState:
+    async def rollback(
+        self, topic: str, *, wait: float = 30.0, dry_run: bool = False
+    ) -> MigrationState:
         """Move ``topic`` back one stage. Going back to ``source-only`` needs every group on
         the source (move groups back with ``cutover --to-side source`` in dual-source-primary).
 
@@ -492,7 +494,8 @@ class Migration:
         goes back to ``dual-target-primary`` with a reverse backfill pending (run
         ``backfill``: it copies them to the source; copies of newer events wait in the
         journal until it has). Moving on from there (either way) runs it first if needed.
-        Its dead-letter topic moves with it."""
+        Its dead-letter topic moves with it. ``dry_run``: run the checks that change nothing
+        and return the state unchanged."""
         state = await self.control.require()
         self._refuse_companion(state, topic)
         mig = state.topic(topic)
@@ -500,6 +503,11 @@ class Migration:
         if index == 0:
             raise ConfigurationError(f"{topic} is already source-only; nothing to roll back")
         family = self._family(state, topic)
+        if dry_run:
+            if STAGES[index - 1] == "source-only":
+                for t in family:
+                    await self._require_groups_on(state, t, "source")
+            return state
         for t in family:
             await self._await_producers(t, state.topic(t).generation, wait)
         prev = STAGES[index - 1]

@@ -40,15 +40,17 @@ def test_runbook_through_the_cli(request: pytest.FixtureRequest, kind: str) -> N
     common = ["--name", name, "--from", source, "--to", target, "-o", "json"]
     state = ok_json(["migrate", "init", "--topic", topic, *common])
     assert state["topics"][topic]["stage"] == "source-only"
-    assert ok_json(["migrate", "advance", topic, *common])["topics"][topic]["stage"] == (
+    assert ok_json(["migrate", "advance", topic, "--yes", *common])["topics"][topic]["stage"] == (
         "dual-source-primary"
     )
     assert ok_json(["migrate", "backfill", topic, *common])["copied"] == 40
     assert ok_json(["migrate", "backfill", topic, *common])["copied"] == 0  # idempotent
     report = ok_json(["migrate", "verify", topic, *common])
     assert report["ok"] is True
-    ok_json(["migrate", "advance", topic, *common])
-    moved = ok_json(["migrate", "cutover", topic, "--group", group, *common])
+    ok_json(["migrate", "advance", topic, "--yes", *common])
+    plan = ok_json(["migrate", "cutover", topic, "--group", group, "--dry-run", *common])
+    assert plan["dry_run"] is True and plan["topics"] == [topic]
+    moved = ok_json(["migrate", "cutover", topic, "--group", group, "--yes", *common])
     assert moved["status"] == "target"
     status = ok_json(["migrate", "status", *common])
     assert status["topics"][topic]["stage"] == "dual-target-primary"
@@ -57,7 +59,7 @@ def test_runbook_through_the_cli(request: pytest.FixtureRequest, kind: str) -> N
     # marker per partition (2 here); 40 where lag counts skipped events too
     markers = 2 if kind == "redis-kafka" else 0
     assert status["groups"][group]["target_lag"] - markers in (25, 40)
-    ok_json(["migrate", "advance", topic, *common])
+    ok_json(["migrate", "advance", topic, "--yes", *common])
     # through migrate:// the group now reads exactly the 25 events it had not handled
     url = migrate_url(name, source, target)
     with eventbus.connect(url) as bus, bus.subscribe(topic, group=group) as sub:
@@ -139,13 +141,17 @@ def test_status_shows_groups_per_topic_and_what_blocks() -> None:
             sub.ack(sub.fetch(1, timeout=1.0))
     common = ["--name", name, "--from", source, "--to", target]
     ok_json(["migrate", "init", "--topic", topic, *common, "-o", "json"])
-    ok_json(["migrate", "advance", topic, *common, "-o", "json"])
+    refused = run(["migrate", "advance", topic, *common])  # no terminal, no --yes
+    assert refused.exit_code == 1 and "--yes" in refused.output
+    ok_json(["migrate", "advance", topic, "--yes", *common, "-o", "json"])
     status = ok_json(["migrate", "status", *common, "-o", "json"])
     t = status["topics"][topic]
     assert t["groups"]["audit"] == {"side": "source", "source_backlog": 2, "target_backlog": None}
     assert t["blocks"] == ["backfill not done", "no passing verify"]
     table = run(["migrate", "status", *common])
     assert table.exit_code == 0 and "audit" in table.output and "backfill" in table.output
-    # advance and cutover have a dry run that changes nothing
+    # advance and rollback have a dry run that changes nothing
     dry = ok_json(["migrate", "advance", topic, "--dry-run", *common, "-o", "json"])
+    assert dry["topics"][topic]["stage"] == "dual-source-primary"
+    dry = ok_json(["migrate", "rollback", topic, "--dry-run", *common, "-o", "json"])
     assert dry["topics"][topic]["stage"] == "dual-source-primary"

@@ -8,7 +8,10 @@ Every command names the migration (``--name``), its source (``--from``, env
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -257,12 +260,67 @@ def backfill(
     output: OutputOption = Output.table,
 ) -> None:
     """Copy the source's history into the target, in order, resumably (run it again after
-    any interruption: each event ends up on the target exactly once)."""
-    copied = _run(name, source, target, lambda m: m.backfill(topic))
+    any interruption: each event ends up on the target exactly once). On a terminal it shows
+    its progress (source records read of the total, rate, time left); at the end it says
+    how many it copied, in how long."""
+    began = time.monotonic()
+
+    async def job(m: Migration) -> int:
+        total = 0
+        state = await m.control.require()
+        for t in (topic, f"{topic}.dlq"):
+            if t in state.topics:
+                total += (await m.source.describe_topic(t)).count
+        with _backfill_bar(topic, total, enabled=output is Output.table) as advance:
+            return await m.backfill(topic, progress=advance)
+
+    copied = _run(name, source, target, job)
+    seconds = time.monotonic() - began
+    rate = copied / seconds if seconds > 0 else 0.0
     if output is Output.json:
-        emit_json({"topic": topic, "copied": copied})
+        emit_json(
+            {
+                "topic": topic,
+                "copied": copied,
+                "seconds": round(seconds, 3),
+                "per_second": round(rate),
+            }
+        )
     else:
-        console().print(f"{topic}: backfill copied {copied} events")
+        console().print(
+            f"{topic}: backfill copied {copied} events in {seconds:.1f} s ({rate:,.0f}/s)"
+        )
+
+
+@contextlib.contextmanager
+def _backfill_bar(topic: str, total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (a terminal only): read / total, rate, time left."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn(f"backfill {topic}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task("backfill", total=total or None, rate="")
+
+        def advance(n: int) -> None:
+            speed = bar.tasks[0].speed
+            bar.update(task, advance=n, rate=f"{speed:,.0f}/s" if speed else "")
+
+        yield advance
 
 
 @app.command(epilog=_example("drain", " orders"))

@@ -193,13 +193,11 @@ class AsyncRunner:
         ack_ready = self._ack_ready = asyncio.Event()
         self._flusher_done = False
         consumer = sub.consumer
-        self._leases = consumer if isinstance(consumer, LeasedConsumer) else None
+        self._refill_at = limit - refill
+        scanner = self._watch_leases(consumer, lanes)
         self.started.set()
 
         flusher = asyncio.create_task(self._ack_flusher(sub, acks, ack_ready))
-        scanner = (
-            asyncio.create_task(self._release_moved(lanes)) if self._leases is not None else None
-        )
 
         async def lane_worker(lane: object) -> None:
             queue = lanes[lane]
@@ -250,13 +248,23 @@ class AsyncRunner:
                 await scanner
         await self._finish(sub, tasks, flusher, acks)
 
+    def _watch_leases(
+        self, consumer: object, lanes: dict[object, deque[Record]]
+    ) -> asyncio.Task[None] | None:
+        """Where the consumer keeps leases, start the scan that gives back queued records it
+        no longer holds."""
+        self._leases = consumer if isinstance(consumer, LeasedConsumer) else None
+        if self._leases is None:
+            return None
+        self._epoch_checked = self._leases.lease_epoch
+        return asyncio.create_task(self._release_moved(lanes))
+
     def _uncount(self, record: Record) -> None:
         """A held record is settled or given back: make room for the next fetch."""
         stats = self.stats
         stats.in_flight -= 1
         stats.in_flight_bytes -= len(record.value)
-        limit = self.max_outstanding
-        if stats.in_flight <= limit - max(1, min(self.batch_size, limit // 2)):
+        if stats.in_flight <= self._refill_at:
             self._room.set()
 
     async def _release(self, records: list[Record]) -> None:
@@ -292,6 +300,9 @@ class AsyncRunner:
         running, released = self._running, self._released
         while True:
             await asyncio.sleep(1.0)  # the scan's period, not a wait for a condition
+            epoch = leases.lease_epoch
+            if epoch == self._epoch_checked:
+                continue  # no lease can have ended since the last scan
             lost = [
                 record
                 for queue in list(lanes.values())
@@ -304,8 +315,11 @@ class AsyncRunner:
                 log.info("releasing %d queued events this member no longer holds", len(lost))
                 try:
                     await self._release(lost)
-                except Exception as exc:  # they come back after the visibility timeout
+                except Exception as exc:  # scanned again next time
                     log.warning("releasing queued events failed: %r", exc)
+                    continue
+            # every record queued now was checked against this epoch (or fetched after it)
+            self._epoch_checked = epoch
 
     async def _ack_flusher(
         self, sub: AsyncSubscription, acks: list[Record], ready: asyncio.Event
@@ -363,7 +377,8 @@ class AsyncRunner:
             try:
                 async with sem:
                     if rid not in self._running:
-                        if not await self._may_start(record):
+                        if not self._may_start(record):
+                            await self._give_back(record)
                             return
                         self._running.add(rid)
                     target = self._wrap(delivery) if self._wrap is not None else delivery
@@ -409,17 +424,19 @@ class AsyncRunner:
             self.stats.handled += 1
             return
 
-    async def _may_start(self, record: Record) -> bool:
+    def _may_start(self, record: Record) -> bool:
         """After waiting for a slot: start ``record`` only if this member still holds it and
-        the runner is not stopping; otherwise it goes back to the group unstarted."""
-        if id(record) in self._released:
+        the runner is not stopping. The lease is asked about only while some lease may have
+        ended since the last scan of the queue (the epoch moved): the fast path asks nothing."""
+        if self._stop_flag.is_set() or (self._released and id(record) in self._released):
             return False
         leases = self._leases
-        if self._stop_flag.is_set() or (leases is not None and not leases.holds(record)):
-            if leases is not None:
-                await self._release([record])
-            return False
-        return True
+        return leases is None or leases.lease_epoch == self._epoch_checked or leases.holds(record)
+
+    async def _give_back(self, record: Record) -> None:
+        """A record not started goes back to the group unstarted (once)."""
+        if self._leases is not None and id(record) not in self._released:
+            await self._release([record])
 
     async def _give_up(
         self, sub: AsyncSubscription, record: Record, exc: Exception, attempt: int
@@ -479,6 +496,10 @@ class AsyncRunner:
 
     _sem: asyncio.Semaphore | None = None
     _room: asyncio.Event
+    _refill_at = 0
+    """Fetch again once this few records are held."""
+    _epoch_checked: object = None
+    """The lease epoch every queued record was last checked against."""
     _ack_ready: asyncio.Event | None = None
     _flusher_done = False
 

@@ -365,6 +365,15 @@ class LeasedConsumer(Protocol):
     slow member never sits on records another member could run and never runs a record after
     its lease ended. Every bundled adapter implements it; it is found by type."""
 
+    @property
+    def lease_epoch(self) -> object:
+        """A value that changes (compare with ``==``) whenever a lease this member holds may
+        have ended other than by its own ack, nack or release: a partition moved, a renewal
+        found a record taken, ``max_lease`` passed (noticed within one keepalive period).
+        While it is unchanged since a record was fetched, :meth:`holds` is true for it, so a
+        caller need not ask per record."""
+        ...
+
     def holds(self, record: Record) -> bool:
         """True while this member holds the record's lease (delivered to it, not settled,
         partition still its own, ``max_lease`` not passed). Cheap: no server round trip."""

@@ -576,12 +576,9 @@ class MemoryTransport:
 log = logging.getLogger("eventbus.memory")
 
 
-@dataclass(slots=True)
-class _Lease:
-    since: float
-    """When the application got the record (monotonic s): ``max_lease`` counts from here."""
-    count: int
-    """The delivery it belongs to: a later delivery of the same record is another lease."""
+_Lease = tuple[float, int]
+"""(since, count): when the application got the record (monotonic s; ``max_lease`` counts from
+here), and the delivery it belongs to (a later delivery of the same record is another lease)."""
 
 
 class MemoryConsumer:
@@ -603,6 +600,10 @@ class MemoryConsumer:
         self._options = options
         self._closed = False
         self._leases: dict[tuple[str, int, int], _Lease] = {}
+        self._assigned_version: tuple[int, int] = (0, -1)
+        self._lost = 0
+        """Leases the keepalive dropped (taken by another member, or past max_lease)."""
+        self._assigned_set: set[TP] = set()
         self._keepalive: asyncio.Task[None] | None = None
 
     def _state(self) -> _Group:
@@ -688,8 +689,9 @@ class MemoryConsumer:
                     self._keepalive = asyncio.create_task(self._keep_alive())
                 leases = self._leases
                 for record in records:
-                    leases[(record.topic, record.partition, _as_int(record.offset))] = _Lease(
-                        now, record.attempt
+                    leases[(record.topic, record.partition, _as_int(record.offset))] = (
+                        now,
+                        record.attempt,
                     )
                 return records
             remaining = deadline - time.monotonic()
@@ -739,22 +741,36 @@ class MemoryConsumer:
         state = self._broker.groups.get(self._group)
         pending = state.pending.get(key[:2]) if state is not None else None
         entry = pending.get(key[2]) if pending is not None else None
-        if entry is None or entry.member != self._name or entry.count != lease.count:
+        if entry is None or entry.member != self._name or entry.count != lease[1]:
             return None
         return entry if entry.not_before is None else None
+
+    @property
+    def lease_epoch(self) -> object:
+        """Changes with the group's assignment and when the keepalive drops a lease."""
+        state = self._broker.groups.get(self._group)
+        return (id(state), state.generation if state is not None else -1, self._lost)
 
     def holds(self, record: Record) -> bool:
         """True while this member holds the record's lease and owns its partition."""
         key = (record.topic, record.partition, _as_int(record.offset))
         lease = self._leases.get(key)
-        if lease is None or time.monotonic() - lease.since >= self._options.max_lease:
+        if lease is None or time.monotonic() - lease[0] >= self._options.max_lease:
             return False
+        # the broker hands a member's records to another only through its pending entry, and
+        # moves partitions only through the assignment: both are checked
+        return self._entry(key, lease) is not None and key[:2] in self._assigned()
+
+    def _assigned(self) -> set[TP]:
+        """This member's partitions (recomputed only when the group's assignment changed)."""
         state = self._broker.groups.get(self._group)
-        return (
-            state is not None
-            and key[:2] in state.assignment.get(self._name, ())
-            and self._entry(key, lease) is not None
-        )
+        if state is None:
+            return set()
+        version = (id(state), state.generation)
+        if version != self._assigned_version:
+            self._assigned_version = version
+            self._assigned_set = set(state.assignment.get(self._name, ()))
+        return self._assigned_set
 
     async def release(self, records: Sequence[Record]) -> None:
         """Make held records due at once, for whoever owns their partition, same attempt."""
@@ -783,8 +799,10 @@ class MemoryConsumer:
                     entry = self._entry(key, lease)
                     if entry is None:
                         del self._leases[key]  # settled elsewhere or redelivered: not ours
-                    elif now - lease.since >= opts.max_lease:
+                        self._lost += 1
+                    elif now - lease[0] >= opts.max_lease:
                         del self._leases[key]
+                        self._lost += 1
                         log.warning(
                             "%s/%s/%s held by %r for more than max_lease (%.0f s): no longer "
                             "renewed, it will be delivered again",

@@ -1165,6 +1165,13 @@ class MigrationConsumer:
             await self.inner.nack(record, delay)
         self._done([record])
 
+    @property
+    def lease_epoch(self) -> object:
+        """The side read and its consumer's epoch (see LeasedConsumer.lease_epoch)."""
+        inner = self.inner
+        epoch = inner.lease_epoch if isinstance(inner, LeasedConsumer) else None
+        return (self.side, id(inner), epoch)
+
     def holds(self, record: Record) -> bool:
         """True while the side being read holds the record's lease (see LeasedConsumer)."""
         inner = self.inner

@@ -295,8 +295,9 @@ def test_max_lease_redelivers_with_the_server_count(redis_url: str, topic: str) 
         assert [c.holds(r) for r in held] == [True, True]
         start = time.monotonic()
         again = await collect(c, 2, timeout=5, ack=False)
-        # renewals stop at max_lease; the own sweep claims them after the visibility timeout
-        assert time.monotonic() - start >= 0.5
+        # renewals stop at max_lease; the own sweep claims them once the visibility timeout
+        # passed since the last renewal (not before max_lease, give or take a tick)
+        assert time.monotonic() - start >= 0.25
         assert [r.offset for r in again] == [r.offset for r in held]
         assert [r.attempt for r in again] == [2, 2]
         raw = Redis.from_url(t.settings.url.replace("***", ""))

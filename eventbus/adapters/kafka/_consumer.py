@@ -140,6 +140,12 @@ _RETRY_ON_REVOKE = {
     KafkaError._TIMED_OUT,
 }
 """Commit errors that may clear up within a revoke callback (the group is syncing)."""
+_RETRY_ON_ASSIGN = _RETRY_ON_REVOKE | {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError._TRANSPORT,
+}
+"""Errors reading positions at assignment that clear up once a leader or coordinator moved."""
 _RETRY_ON_CLOSE = _RETRY_ON_REVOKE | {
     KafkaError.ILLEGAL_GENERATION,
     KafkaError.UNKNOWN_MEMBER_ID,
@@ -495,6 +501,8 @@ class KafkaConsumer:
         self._buffer: deque[tuple[_Partition, Record]] = deque()
         """Fetched from librdkafka, not handed out yet (not delivered: tracked nowhere)."""
         self._revoking: set[tuple[str, int]] = set()
+        self.lease_epoch = 0
+        """Grows when a held lease may have ended (see LeasedConsumer.lease_epoch)."""
         """Partitions whose revoke callback runs: ``holds`` is false for their records."""
         interval = float(config.get("max.poll.interval.ms", 300_000)) / 1000
         self._max_poll_interval = interval
@@ -641,11 +649,25 @@ class KafkaConsumer:
     # -- rebalance callbacks (worker thread) --------------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        # reading committed offsets and watermarks may meet a leader or coordinator that is
+        # moving: retried briefly (inside the callback) before the member gives up
+        deadline = time.monotonic() + min(10.0, self._options.session_timeout)
+        delay = 0.05
         try:
-            self._assign(consumer, partitions)
-        except KafkaException as exc:
-            self._error = translate(exc, "taking over partitions", where=self._where)
-            consumer.incremental_assign(partitions)
+            while True:
+                try:
+                    self._assign(consumer, partitions)
+                    return
+                except KafkaException as exc:
+                    err = kafka_error(exc)
+                    code = err.code() if err is not None else None
+                    if code not in _RETRY_ON_ASSIGN or time.monotonic() + delay > deadline:
+                        self._error = translate(exc, "taking over partitions", where=self._where)
+                        consumer.incremental_assign(partitions)
+                        return
+                    log.info("taking over partitions: %s; trying again", exc)
+                time.sleep(delay)  # retry backoff inside the rebalance callback
+                delay = min(delay * 2, 1.0)
         finally:
             self._assigned_once.set()
 
@@ -710,6 +732,7 @@ class KafkaConsumer:
             log.info("revoked %s", keys)
         with self._lock:  # from now on holds() says no: the application releases what waits
             self._revoking.update(keys)
+            self.lease_epoch += 1
         self._unpause(consumer, partitions)
         # inside close(), which committed just before (a commit now fails and can wedge the
         # close); after kill(), nothing more is committed
@@ -812,6 +835,7 @@ class KafkaConsumer:
         with self._lock:
             self._revoking.difference_update(keys)
             gone = {id(self._parts.pop(key)) for key in keys if key in self._parts}
+            self.lease_epoch += 1
             self._delayed = [d for d in self._delayed if self._parts.get(d[2]) is d[3]]
             heapq.heapify(self._delayed)
             if gone:
@@ -1033,6 +1057,7 @@ class KafkaConsumer:
                         heapq.heappush(self._delayed, entry)
                         expired.append((key, offset, lease.attempt, now - lease.since))
             if expired:
+                self.lease_epoch += 1
                 self._changed.notify_all()
         for (topic, partition), offset, attempt, held in expired:
             log.warning(

@@ -128,6 +128,8 @@ class RedisConsumer:
         self._beat_at = 0.0
         self._renew_every = max(0.05, min(options.visibility_timeout / 3, 10.0))
         self._keepalive: asyncio.Task[None] | None = None
+        self.lease_epoch = 0
+        """Grows when a held lease may have ended (see LeasedConsumer.lease_epoch)."""
 
     @classmethod
     async def open(
@@ -157,6 +159,7 @@ class RedisConsumer:
                     self._owned[(topic, p)] = _Owned(topic, p, layout.stream_key(topic, p))
             for tp in [tp for tp in self._owned if tp[0] == topic and tp[1] not in mine]:
                 del self._owned[tp]
+                self.lease_epoch += 1
 
     async def _beat(self, topic: str) -> tuple[set[int], set[str]]:
         with self._t.edge(f"heartbeat of {self._name!r} in group {self._group!r}"):
@@ -416,11 +419,14 @@ class RedisConsumer:
 
     # leases ----------------------------------------------------------------------------------
     def _hold(self, records: list[Record]) -> list[Record]:
+        if not records:
+            return records
         now = time.monotonic()
+        lease = _Lease(now, now)  # one per fetch: its records are renewed together
         leases = self._leases
         for record in records:
             # ids read here are complete "<ms>-<seq>" strings
-            leases[(record.topic, record.partition, str(record.offset))] = _Lease(now, now)
+            leases[(record.topic, record.partition, str(record.offset))] = lease
         return records
 
     def holds(self, record: Record) -> bool:
@@ -466,10 +472,15 @@ class RedisConsumer:
         due: dict[str, list[str]] = {}
         where: dict[str, tuple[str, int]] = {}
         for entry, lease in list(self._leases.items()):
-            if now - lease.renewed < self._renew_every:
+            # a lease is shared by the records of one fetch: once stamped in this pass, the
+            # rest of its records are renewed too
+            if lease.renewed == now:
+                pass
+            elif now - lease.renewed < self._renew_every:
                 continue
             if now - lease.since >= self._options.max_lease:
                 del self._leases[entry]
+                self.lease_epoch += 1
                 log.warning(
                     "%s/%s/%s held by %r for more than max_lease (%.0f s): no longer renewed, "
                     "it will be delivered again",
@@ -484,6 +495,7 @@ class RedisConsumer:
             lease.renewed = now
         lost = await self._lease_calls({k: ["renew", *ids] for k, ids in due.items()}, "renew")
         for key, ids in lost.items():
+            self.lease_epoch += 1
             for entry_id in ids:
                 self._leases.pop((*where[key], entry_id), None)
 

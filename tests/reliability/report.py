@@ -5,6 +5,9 @@
 
 Options: ``--results DIR`` (default ``$EVENTBUS_RELIABILITY_RESULTS`` or
 ``tests/reliability/.results``), ``--out FILE`` (default ``docs/reliability.md``).
+
+``tests/unit/test_generated_docs.py`` fails when the page's generated text (what each test
+does, the known-bug list read from the xfail markers) no longer matches the tests.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +33,7 @@ wrote during a real run against local servers (Redis {redis}, Apache Kafka {kafk
 by hand: run `python -m pytest tests/reliability && python tests/reliability/report.py`.
 `EVENTBUS_SOAK=1` runs the same tests with larger counts.
 
-Run: {when}, {mode}, Python {python}, {machine}.
+Run: {when}, {mode}, code {commit}, Python {python}, {machine}.
 
 ## Faults injected
 
@@ -118,12 +122,42 @@ def _xfails() -> str:
     return "".join(found) if found else "none."
 
 
+def _commit() -> str:
+    """The code the figures were measured on: the commit, marked when the tree had changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} (with local changes)" if dirty else head
+
+
+def generated_text() -> str:
+    """The part of the page that follows from the tests themselves, not from a run."""
+    return WHAT.format(xfails=_xfails())
+
+
 def render(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:
     soak = any(r.get("soak") for r in rows)
     out = [
         INTRO.format(
             when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             mode="soak (EVENTBUS_SOAK=1)" if soak else "CI counts",
+            commit=_commit(),
             python=platform.python_version(),
             machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
             **versions,
@@ -143,7 +177,7 @@ def render(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:
         f"\nTotals: {sum(r['trials'] for r in rows)} trials, {sum(r['faults'] for r in rows)} "
         f"faults, {sum(r['published'] for r in rows)} events published, {total_lost} lost.\n"
     )
-    out.append(WHAT.format(xfails=_xfails()))
+    out.append(generated_text())
     return "".join(out)
 
 

@@ -1229,6 +1229,7 @@ class Migration:
         trims (retention), the new side's records older than the oldest event the old side
         still holds count as finished (compared only what both sides retain)."""
         finished = _finished(part)
+        trims = await _trims(old, topic)  # asked first: nothing between the two scans
         done: dict[str, bool] = {}
         oldest: int | None = None
         async for record in scan(old, topic, p):
@@ -1240,7 +1241,7 @@ class Migration:
         # side were either finished or trimmed before the group got to them; either way they
         # are not the group's to do (counted as finished).
         horizon: int | None = None
-        if oldest is not None and await _trims(old, topic):
+        if oldest is not None and trims:
             horizon = oldest + HORIZON_SLACK_MS
         start: Offset | None = None
         last: Offset | None = None

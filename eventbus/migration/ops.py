@@ -4,11 +4,17 @@ Every function here is idempotent or refuses clearly, so an on-call engineer can
 again after an interruption. See docs/migration.md for the runbook.
 
 Position translation (cutover and its reverse) uses the event ids that every copy carries
-instead of a separate ledger: for each partition, the old side says which events the group has
-finished (offset at most ``delivered`` and below ``lowest_pending``); on the new side the group
-starts at the first record whose event is not finished there (so nothing is skipped), and the
-finished records after that start are listed in the control record, where members skip them
-(so nothing is handled twice). Records the old side does not have yet count as unfinished.
+instead of a separate ledger: for each topic and partition, the old side says which events the
+group has finished (offset at most ``delivered`` and below ``lowest_pending``); on the new side
+the group starts at the first record whose event is not finished there (so nothing is
+skipped), and the finished records after that start are listed in the control record as
+ranges keyed by topic and partition, where members skip them (so nothing is handled twice).
+Records the old side does not have yet count as unfinished, unless the old side trims and they
+are older than its oldest event (then finished: trimmed or handled there).
+
+A group moves with every topic it reads, at once; a dead-letter topic ``<topic>.dlq`` moves
+stage with its topic; the control record is written by compare-and-set (see
+``ControlStore.save``). What is refused, and how to see it: docs/migration.md, "Topologies".
 """
 
 from __future__ import annotations

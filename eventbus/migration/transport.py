@@ -23,6 +23,14 @@ It follows the stage of each topic from the control record while running:
   report themselves paused, and once the group's positions have been translated they join on
   the new side, skipping the records the control record lists as already handled.
 
+A copy interrupted after the primary write (a cancel, an error that is not transient) is
+journaled anyway, and reported in the member's heartbeat (``advance`` then wants a newer
+verification). A member that starts while copies wait in the journal journals behind them; a
+journal of ``journal_limit`` copies refuses publishes (JournalFullError). Dead letters to a
+migrated ``<topic>.dlq`` are published through this transport (dual-written), then the record
+is acked. An event that cannot fit a side with the migration's headers is refused before it is
+written (EventTooLargeError naming it).
+
 Events written by a producer in a dual stage carry ``eb-mig-gen``; copies carry ``eb-copy``
 (``dual`` or ``backfill``) and ``eb-copy-of`` (the primary offset). Backfill copies only source
 records without ``eb-mig-gen``, which is how it joins the dual-written tail without overlap.

@@ -272,6 +272,7 @@ class MigrationTransport:
         self._closed = False
         self._changed = asyncio.Event()
         self._limits: dict[tuple[int, str], tuple[int | None, float]] = {}
+        self._limit_lookups: dict[tuple[int, str], asyncio.Future[int | None]] = {}
         self._copy_failures: dict[str, datetime] = {}
         """Per topic, when a copy last failed in a way the journal had to rescue."""
         self._rescues: set[asyncio.Task[None]] = set()
@@ -353,7 +354,11 @@ class MigrationTransport:
         self._closed = True
         for consumer in list(self._consumers):
             await consumer.close()
-        tasks = [*self._tasks, *self._replayers.values()]
+        tasks: list[asyncio.Future[Any]] = [
+            *self._tasks,
+            *self._replayers.values(),
+            *self._limit_lookups.values(),
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -565,17 +570,30 @@ class MigrationTransport:
             await self._journal(primary, topic, maybe)
 
     async def _limit(self, side: Transport, topic: str) -> int | None:
-        """``topic``'s max event bytes on ``side`` (cached ``LIMIT_TTL`` s; None: unknown)."""
+        """``topic``'s max event bytes on ``side`` (None: unknown). Never holds a publish
+        for a side that is down: a known value is returned even when stale (refreshed in the
+        background after ``LIMIT_TTL`` s); the first lookup waits at most 1 s."""
         key = (id(side), topic)
         now = time.monotonic()
         cached = self._limits.get(key)
-        if cached is not None and cached[1] > now:
+        if cached is not None:
+            if cached[1] <= now and key not in self._limit_lookups:
+                task = asyncio.ensure_future(self._look_up_limit(side, topic))
+                self._limit_lookups[key] = task
+                task.add_done_callback(lambda _: self._limit_lookups.pop(key, None))
             return cached[0]
+        try:
+            return await asyncio.wait_for(self._look_up_limit(side, topic), 1.0)
+        except TimeoutError:
+            self._limits[key] = (None, now + LIMIT_TTL)  # the write itself will tell
+            return None
+
+    async def _look_up_limit(self, side: Transport, topic: str) -> int | None:
         try:
             limit: int | None = (await side.describe_topic(topic)).spec.max_event_bytes
         except EventBusError:
             limit = None  # the write itself will say what is wrong
-        self._limits[key] = (limit, now + LIMIT_TTL)
+        self._limits[(id(side), topic)] = (limit, time.monotonic() + LIMIT_TTL)
         return limit
 
     async def _check_room(

@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import itertools
 import logging
 import threading
 from collections import deque
@@ -205,10 +206,7 @@ class AsyncRunner:
                 while queue:
                     record = queue[0]
                     if not released or id(record) not in released:
-                        try:
-                            await self._process(sub, record, acks)
-                        except Exception as exc:  # a transport failure settling it
-                            await self._lost_in_lane(record, exc)
+                        await self._handle_head(sub, queue, acks)
                     queue.popleft()
                     if released and id(record) in released:
                         released.discard(id(record))  # uncounted when it was released
@@ -276,6 +274,26 @@ class AsyncRunner:
         self.stats.released += len(records)
         await self._leases.release(records)
 
+    async def _handle_head(
+        self, sub: AsyncSubscription, queue: deque[Record], acks: list[Record]
+    ) -> None:
+        """Handle the first record of a lane; if it was given back instead, what waits behind
+        it in the lane goes back too (it would otherwise run before the record comes again)."""
+        record = queue[0]
+        try:
+            await self._process(sub, record, acks)
+        except Exception as exc:  # a transport failure settling it
+            await self._lost_in_lane(record, exc)
+        if self._released and id(record) in self._released:
+            await self._release_rest(queue)
+
+    async def _release_rest(self, queue: deque[Record]) -> None:
+        """Give back the records behind the head of a lane (none of them started)."""
+        rest = [r for r in itertools.islice(queue, 1, None) if id(r) not in self._released]
+        if rest and self._leases is not None:
+            with contextlib.suppress(Exception):  # they come back after the visibility timeout
+                await self._release(rest)
+
     async def _lost_in_lane(self, record: Record, exc: Exception) -> None:
         """Settling ``record`` failed: log it and give it back, so the lane goes on and the
         record is delivered again (un-acked; not lost)."""
@@ -303,14 +321,16 @@ class AsyncRunner:
             epoch = leases.lease_epoch
             if epoch == self._epoch_checked:
                 continue  # no lease can have ended since the last scan
-            lost = [
-                record
-                for queue in list(lanes.values())
-                for record in queue
-                if id(record) not in running
-                and id(record) not in released
-                and not leases.holds(record)
-            ]
+            lost: list[Record] = []
+            for queue in list(lanes.values()):
+                for i, record in enumerate(queue):
+                    rid = id(record)
+                    if rid not in running and rid not in released and not leases.holds(record):
+                        # this one and everything behind it in its lane, to keep key order
+                        lost += [
+                            r for r in itertools.islice(queue, i, None) if id(r) not in released
+                        ]
+                        break
             if lost:
                 log.info("releasing %d queued events this member no longer holds", len(lost))
                 try:

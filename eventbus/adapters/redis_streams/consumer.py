@@ -322,11 +322,18 @@ class RedisConsumer:
                 held = await self._held(check)
             except GroupNotFoundError:
                 held = set()  # the read re-creates the group
+            just_cleared: set[str] = set()
             for o in check:
                 if o.key in held:
                     o.held_until = now + HOLD_RECHECK
                 else:
                     o.clear = True
+                    if o.held_until:
+                        # it was held back: what the previous owner released is claimed by
+                        # the next sweep, before any newer entry of the same keys is read
+                        o.swept_at = 0.0
+                        just_cleared.add(o.key)
+            return [o for o in owned if o.clear and o.key not in just_cleared]
         return [o for o in owned if o.clear]
 
     async def _held(self, streams: Sequence[_Owned]) -> set[str]:

@@ -68,7 +68,9 @@ def _record_dev_server(state_dir: Path, kind: str, url: str) -> subprocess.Popen
     in the entry's workdir (what ``pid_alive(pid, workdir)`` checks)."""
     workdir = state_dir / f"eventbus-{kind}-fake"
     workdir.mkdir(parents=True, exist_ok=True)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], cwd=workdir)
+    # a stand-in for the server's process, killed by the test: it waits for nothing
+    stand_in = [sys.executable, "-c", "import time; time.sleep(300)"]  # allowed: see above
+    sleeper = subprocess.Popen(stand_in, cwd=workdir)
     state_file = state_dir / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     port = int(url.rsplit(":", 1)[1].split("/")[0])

@@ -114,7 +114,16 @@ def test_interrupted_copies_are_journaled(redis_url: str, kafka_url: str, tmp_pa
             await m.advance(topic)
             await m.cutover(group, topic)
             await traffic()
-            await m.advance(topic)
+        finally:
+            await m.close()
+
+    async def settle(then_advance: bool) -> None:
+        # after the producers stop: what they would publish in target-only is on Kafka alone
+        m = await Migration.open(name, redis_url, kafka_url)
+        try:
+            await wait_for_empty_journal(m, topic)  # copies to Redis of the last publishes
+            if then_advance:
+                await m.advance(topic)
         finally:
             await m.close()
 
@@ -122,8 +131,10 @@ def test_interrupted_copies_are_journaled(redis_url: str, kafka_url: str, tmp_pa
         workers.start()
         with producing(url, topic, tally, count=2):
             asyncio.run(asyncio.wait_for(operate(), 100))
+        asyncio.run(asyncio.wait_for(settle(then_advance=False), 60))
+        both = held(name, redis_url, kafka_url, topic, 2)
+        asyncio.run(asyncio.wait_for(settle(then_advance=True), 60))
         _finish(workers, tally, history)
-    both = held(name, redis_url, kafka_url, topic, 2)
     both.assert_same_events()
     on_kafka = {e[0] for entries in both.target.values() for e in entries}
     assert set(interrupted) <= on_kafka

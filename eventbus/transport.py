@@ -50,6 +50,7 @@ __all__ = [
     "TopicInfo",
     "Transport",
     "TransportConsumer",
+    "TrimsFinished",
     "offset_key",
     "parse_offset",
     "record_size",
@@ -404,6 +405,22 @@ class ConditionalAppend(Protocol):
         """Append ``record`` to ``partition`` if its last record is at ``last`` (None: the
         partition is empty), atomically. Returns the new position, or None (nothing written)
         when the partition's last record is another one."""
+        ...
+
+
+@runtime_checkable
+class TrimsFinished(Protocol):
+    """Optional: delete what one group has finished from a topic only that group reads (the
+    migration's journal, whose replayed copies would otherwise stay forever). Found by type;
+    memory, Redis and Kafka implement it."""
+
+    async def trim_finished(self, topic: str, group: str, partitions: Sequence[int]) -> int:
+        """In each of ``partitions``, delete the records before the first one ``group`` has
+        not finished (not yet delivered, or delivered and not acked): nothing the group still
+        needs is removed. Other groups' progress is not consulted. A partition where the group
+        has no position is left alone. Returns how many records were deleted where the
+        transport can tell (Kafka: the offsets passed, an upper bound). Raises
+        TopicNotFoundError."""
         ...
 
 

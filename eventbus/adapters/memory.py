@@ -488,6 +488,29 @@ class MemoryTransport:
                 if any(t == topic for t, _ in state.positions)
             )
 
+    async def trim_finished(self, topic: str, group: str, partitions: Sequence[int]) -> int:
+        """Drop records before the group's first unfinished one (see TrimsFinished)."""
+        self._check()
+        dropped = 0
+        with self._broker.lock:
+            target = self._broker.topic(topic)
+            state = self._broker.groups.get(group)
+            if state is None:
+                return 0
+            for p in partitions:
+                position = state.positions.get((topic, p))
+                if position is None or not 0 <= p < len(target.partitions):
+                    continue
+                pending = state.pending.get((topic, p))
+                bound = min(position, min(pending)) if pending else position
+                part = target.partitions[p]
+                drop = sum(1 for stored in part.records if stored.offset < bound)
+                if drop:
+                    part.bytes -= sum(stored.size for stored in part.records[:drop])
+                    del part.records[:drop]
+                    dropped += drop
+        return dropped
+
     async def append_if_last(
         self,
         topic: str,

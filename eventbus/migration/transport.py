@@ -97,6 +97,7 @@ from eventbus.transport import (
     TopicInfo,
     Transport,
     TransportConsumer,
+    TrimsFinished,
     offset_key,
     record_size,
 )
@@ -127,6 +128,9 @@ CHECK_DELAY = 2.0
 """Seconds after a copy write failed before the secondary is checked for what it may have
 written anyway: a request already on the wire when the client gave up can still be appended.
 (Records still queued in the client expire with the write, see ``copy_writer``.)"""
+
+TRIM_EVERY = 5.0
+"""Seconds between deletions of replayed copies from a journal (where the primary can)."""
 
 
 def copy_writer(url: str, transport: Transport, timeout: float) -> Transport:
@@ -925,6 +929,10 @@ class JournalReplayer:
         self._writers: dict[int, FencedWriter] = {}
         self._held: list[Record] | None = None
         """A fetched batch whose copy failed: tried again before anything else."""
+        self._to_trim: set[int] = set()
+        """Journal partitions with replayed copies not yet deleted."""
+        self._trimmed_at = 0.0
+        self._acked_at = 0.0
         self._held_since = 0.0
 
     def _hold(self) -> float:
@@ -961,6 +969,7 @@ class JournalReplayer:
         else:
             batch = await self._consumer.fetch(500, timeout)
             if not batch:
+                await self._trim()
                 return 0
             self._held_since = time.monotonic()
         try:
@@ -970,13 +979,40 @@ class JournalReplayer:
             for partition, records in sorted(parts.items()):
                 await self._copy(partition, records, retry=retry)
             await self._consumer.ack(batch)
+            self._to_trim.update(parts)
+            self._acked_at = time.monotonic()
         except BaseException:
             # keep the batch and try it again, before anything newer (handing it back to
             # the group could let newer entries of its partitions overtake it)
             self._held = batch
             raise
         self._held = None
+        await self._trim()
         return len(batch)
+
+    async def _trim(self, *, closing: bool = False) -> None:
+        """Delete replayed copies from the journal partitions this member replayed, at most
+        every ``TRIM_EVERY`` s and once more when it closes (only what the replayer group has
+        finished goes; see TrimsFinished). A failure only delays it, to the next try."""
+        primary = self.primary
+        now = time.monotonic()
+        if not self._to_trim or not isinstance(primary, TrimsFinished):
+            return
+        if not closing and now - self._trimmed_at < TRIM_EVERY:
+            return
+        self._trimmed_at = now
+        parts = sorted(self._to_trim)
+        if closing or now - self._acked_at > 1.0:  # else a Kafka commit may still be on its way
+            self._to_trim.clear()
+        name = journal_topic(self.name, self.topic)
+        try:
+            await asyncio.wait_for(
+                primary.trim_finished(name, replayer_group(self.name), parts), 30.0
+            )
+        except (EventBusError, TimeoutError) as exc:
+            if not closing:
+                self._to_trim.update(parts)
+            log.warning("migration %s: could not trim the journal %s: %s", self.name, name, exc)
 
     async def _writer_for(self, partition: int) -> FencedWriter:
         writer = self._writers.get(partition)
@@ -1031,7 +1067,8 @@ class JournalReplayer:
                 await writer.close()
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
-            await consumer.close()
+            await consumer.close()  # commits what was acked, so the trim can delete it
+            await self._trim(closing=True)
 
 
 def _maybe_due(record: Record, now: int, fenced: bool, retry: bool = False) -> int:

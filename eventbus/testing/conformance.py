@@ -33,6 +33,7 @@ import eventbus
 from eventbus.errors import EventTooLargeError, TopicNotFoundError
 from eventbus.sync import Delivery, EventBus, Subscription
 from eventbus.topics import TopicSpec
+from eventbus.transport import TrimsFinished
 
 __all__ = ["ConformanceSuite", "drain", "unique", "wait_until"]
 
@@ -500,6 +501,35 @@ class ConformanceSuite:
         assert info.lag + info.pending == 6
         assert info.pending in (0, 3)
         sub.close()
+
+    def test_trim_finished_keeps_what_the_group_still_needs(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        """TrimsFinished deletes only what the group finished: 4 acked events go; 3 delivered
+        but un-acked and 3 not delivered stay. A group without a position trims nothing."""
+        transport = bus.aio.transport
+        if not isinstance(transport, TrimsFinished):
+            pytest.skip("the transport does not implement TrimsFinished")
+        topic = make_topic(partitions=1)
+        group = unique("g")
+        bus.publish_many(topic, list(range(10)))
+        sub = self.subscribe(bus, topic, group)
+        drain(sub, 4, self.deadline)
+        drain(sub, 3, self.deadline, ack=False)
+        wait_until(lambda: bus.describe_group(group).backlog == 6, self.deadline, "acks to land")
+
+        def trim(who: str) -> int:
+            work = transport.trim_finished(topic, who, [0])
+            return asyncio.run_coroutine_threadsafe(work, bus._portal.loop).result(self.deadline)
+
+        trim(unique("nobody"))
+        assert [r.event.data for r in bus.replay(topic)] == list(range(10))
+        trim(group)
+        assert [r.event.data for r in bus.replay(topic)] == list(range(4, 10))
+        sub.close()
+        again = self.subscribe(bus, topic, group)
+        assert sorted(d.event.data for d in drain(again, 6, self.deadline)) == list(range(4, 10))
+        again.close()
 
     def test_backlog_is_the_same_number_everywhere(
         self, bus: EventBus, make_topic: Callable[..., str]

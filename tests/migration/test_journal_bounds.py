@@ -14,7 +14,7 @@ import pytest
 
 import eventbus
 from eventbus.migration import Migration
-from eventbus.migration.transport import JournalFullError
+from eventbus.migration.transport import JournalFullError, journal_topic
 from tests.migration.procs import migrate_url
 from tests.migration.scenario import ProcessWorkers, Tally, producing, wait_for_empty_journal
 from tests.migration.test_topologies import _finish, _traffic, _with_history
@@ -83,8 +83,8 @@ def test_restarted_producer_journals_behind_its_earlier_copies(
 @pytest.mark.timeout(60)
 def test_full_journal_refuses_publishes(redis_url: str, kafka_url: str) -> None:
     """With ``journal_limit=50`` and copies waiting for the backfill, publishes are refused
-    once 50 wait, saying why and what to do; after the backfill the journal drains and
-    publishing works again."""
+    once 50 wait, saying why and what to do; after the backfill the journal drains,
+    publishing works again, and the replayed copies are deleted from the journal."""
     name, topic = f"m-{uuid.uuid4().hex[:6]}", f"t-{uuid.uuid4().hex[:6]}"
     with eventbus.connect(redis_url) as admin:
         admin.create_topic(topic, partitions=2)
@@ -117,6 +117,11 @@ def test_full_journal_refuses_publishes(redis_url: str, kafka_url: str) -> None:
                     except JournalFullError:
                         assert time.monotonic() < deadline, "still refused after the drain"
                         await asyncio.sleep(0.1)  # allowed: polling interval of a condition
+                journal = journal_topic(name, topic)
+                deadline = time.monotonic() + 30
+                while (await m.source.describe_topic(journal)).count:
+                    assert time.monotonic() < deadline, "replayed copies stay in the journal"
+                    await asyncio.sleep(0.1)  # allowed: polling interval of a condition
         finally:
             await m.close()
 

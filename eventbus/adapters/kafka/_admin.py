@@ -456,6 +456,25 @@ class KafkaAdmin:
         result = await self._wait(futures[group], f"read offsets of group {group!r}")
         return list(result.topic_partitions or [])
 
+    async def trim_finished(self, topic: str, group: str, partitions: Iterable[int]) -> int:
+        """DeleteRecords below the group's committed offsets (see TrimsFinished): the
+        committed offset is the group's lowest record not yet acked."""
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        if not wanted:
+            return 0
+        marks = await self.watermarks(topic, [tp.partition for tp in wanted])
+        cuts = [
+            TopicPartition(topic, tp.partition, tp.offset)
+            for tp in await self.committed(group, wanted)
+            if tp.topic == topic and tp.offset > marks.get(tp.partition, (0, 0))[0]
+        ]
+        if not cuts:
+            return 0
+        futures = self._client.delete_records(cuts, request_timeout=self.timeout)
+        for tp, future in futures.items():
+            await self._wait(future, f"delete records of {topic!r} [{tp.partition}]")
+        return sum(tp.offset - marks[tp.partition][0] for tp in cuts)
+
     async def describe_group(self, group: str) -> GroupInfo:
         desc = await self._describe(group)
         offsets = await self.committed(group, None)

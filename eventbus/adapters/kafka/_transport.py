@@ -284,6 +284,10 @@ class KafkaTransport:
         committed). ``pending`` is 0: Kafka does not track delivered, un-acked records."""
         return await self._admin_client().describe_group(group)
 
+    async def trim_finished(self, topic: str, group: str, partitions: Sequence[int]) -> int:
+        """Delete the records below the group's committed offsets (see TrimsFinished)."""
+        return await self._admin_client().trim_finished(topic, group, partitions)
+
     async def reset_group(
         self, group: str, topic: str, to: ResetTarget
     ) -> dict[int, tuple[Offset | None, Offset | None]]:

@@ -11,7 +11,7 @@ count of undelivered entries, ``pending`` the group's PEL size, ``backlog`` thei
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,14 @@ from eventbus.transport import (
 if TYPE_CHECKING:
     from eventbus.adapters.redis_streams.transport import RedisTransport, TopicMeta
 
-__all__ = ["count_after", "describe_group", "ensure_group", "reset_group", "start_id"]
+__all__ = [
+    "count_after",
+    "describe_group",
+    "ensure_group",
+    "reset_group",
+    "start_id",
+    "trim_finished",
+]
 
 COUNT_PAGE = 10_000
 # GroupPartition.delivered / lowest_pending are new in the contract: fill them where present.
@@ -284,3 +291,40 @@ async def _drop_pending(t: RedisTransport, key: str, group: str) -> None:
         if not rows:
             return
         await t.client.xack(key, group, *(r["message_id"] for r in rows))
+
+
+def _id_after(entry_id: str) -> str:
+    ms, _, seq = entry_id.partition("-")
+    m, n = int(ms), int(seq or 0)
+    return f"{m}-{n + 1}" if n < layout.MAX_SEQ else f"{m + 1}-0"
+
+
+async def trim_finished(
+    t: RedisTransport, topic: str, group: str, partitions: Sequence[int]
+) -> int:
+    """XTRIM MINID each partition stream at the group's first unfinished entry: its lowest
+    pending id, else the entry after its last-delivered id (see TrimsFinished). Not atomic,
+    and it need not be: that bound only moves forward while the group runs."""
+    meta = await t.meta(topic)
+    parts = [p for p in partitions if 0 <= p < meta.partitions]
+    keys = [layout.stream_key(topic, p) for p in parts]
+    infos = await t.xinfo_groups(keys, f"trim {topic!r}")
+    bounds: dict[str, str] = {}
+    for key, reply in zip(keys, infos, strict=True):
+        found = next((g for g in reply if layout.text(g["name"]) == group), None)
+        if found is None:
+            continue
+        bounds[key] = _id_after(layout.text(found["last-delivered-id"]))
+        if int(found.get("pending") or 0):
+            with t.edge(f"trim {topic!r}"):
+                summary = await t.client.xpending(key, group)
+            lowest = summary.get("min")
+            if lowest is not None:
+                bounds[key] = layout.text(lowest)
+    if not bounds:
+        return 0
+    with t.edge(f"trim {topic!r}"):
+        pipe = t.client.pipeline(transaction=False)
+        for key, bound in bounds.items():
+            pipe.xtrim(key, minid=bound, approximate=False)
+        return sum(int(n) for n in await pipe.execute())

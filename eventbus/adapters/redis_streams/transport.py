@@ -618,6 +618,13 @@ class RedisTransport:
         self._check()
         return sorted(await self.groups_of(await self.meta(topic, fresh=True)))
 
+    async def trim_finished(self, topic: str, group: str, partitions: Sequence[int]) -> int:
+        """Trim what ``group`` has finished (see TrimsFinished)."""
+        from eventbus.adapters.redis_streams.groups import trim_finished
+
+        self._check()
+        return await trim_finished(self, topic, group, partitions)
+
     async def append_if_last(
         self,
         topic: str,

@@ -21,7 +21,7 @@ from eventbus.event import Codec, Event, JsonCodec
 from eventbus.partitioning import partition_for_key
 from eventbus.runner import AsyncRunner, RunnerStats
 from eventbus.sync import Delivery, EventBus, Runner, Subscription, connect
-from eventbus.topics import Plan, TopicSpec
+from eventbus.topics import Plan, StreamLayout, TopicSpec
 from eventbus.transport import Capabilities, GroupInfo, Position, TopicInfo
 
 try:
@@ -47,6 +47,7 @@ __all__ = [
     "Replayed",
     "Runner",
     "RunnerStats",
+    "StreamLayout",
     "Subscription",
     "TopicInfo",
     "TopicSpec",

@@ -43,11 +43,13 @@ from eventbus.event import (
     decode_record,
     encode_event,
     new_event_id,
+    raw_event,
 )
 from eventbus.observability import instruments
 from eventbus.topics import Plan, TopicSpec, plan
 from eventbus.transport import (
     ConsumerOptions,
+    EntrySample,
     GroupInfo,
     Offset,
     Outgoing,
@@ -597,7 +599,8 @@ class AsyncEventBus:
 
         A :class:`Position` start reads only its partition; a mapping reads the partitions it
         names. Undecodable records are yielded as raw events unless ``model`` is given, when
-        they raise SerializationError."""
+        they raise SerializationError (entries that do not fit their topic's stream layout as
+        well: raw events, with their fields as the data)."""
         self._check()
         info = await self.transport.describe_topic(topic)
         cursors = _replay_cursors(start, len(info.partitions))
@@ -635,8 +638,9 @@ class AsyncEventBus:
                 if len(done) == len(cursors) and not follow:
                     return
                 continue
-            event = decode_record(record, self.codec, model)
-            yield Replayed(event, topic, p, record.offset, record.timestamp_ms)
+            yield Replayed(
+                _replayed(record, self.codec, model), topic, p, record.offset, record.timestamp_ms
+            )
 
     # admin ----------------------------------------------------------------------------------
     async def create_topic(self, spec: TopicSpec | str, **fields: Any) -> TopicSpec:
@@ -659,6 +663,21 @@ class AsyncEventBus:
         self._check()
         await self.transport.alter_topic(spec)
 
+    async def sample_entries(
+        self, topic: str, count: int = 200
+    ) -> list[tuple[Offset, dict[bytes, bytes]]]:
+        """The newest ``count`` entries of a stream topic's partition 0 (oldest first), fields
+        exactly as stored: what ``eventbus topics adopt`` proposes a
+        :class:`~eventbus.topics.StreamLayout` from. Raises UnsupportedError on transports
+        without stream entries (Kafka, memory), TopicNotFoundError."""
+        self._check()
+        if not isinstance(self.transport, EntrySample):
+            raise UnsupportedError(
+                f"{self.transport.capabilities.transport} has no stream entries to sample; "
+                "stream layouts are adopted from Redis streams"
+            )
+        return await self.transport.sample_entries(topic, count)
+
     async def delete_topic(self, name: str) -> None:
         self._check()
         await self.transport.delete_topic(name)
@@ -671,7 +690,8 @@ class AsyncEventBus:
         names = set(await self.transport.list_topics())
         scope = names if delete_missing else names & {s.name for s in wanted}
         actual = {name: (await self.transport.describe_topic(name)).spec for name in scope}
-        return plan(actual, wanted, delete_missing=delete_missing)
+        stores_layout = self.transport.capabilities.stream_layout
+        return plan(actual, wanted, delete_missing=delete_missing, stores_layout=stores_layout)
 
     async def apply(
         self,
@@ -751,6 +771,14 @@ def _dead_letter_topic(topic: str, dead_letter: str | bool | None) -> str | None
     return str(dead_letter)
 
 
+def _replayed(record: Record, codec: Codec, model: type[BaseModel] | None) -> Event:
+    """A replayed record's event; an entry that does not fit its topic's stream layout is a
+    raw event (its fields as the data) unless ``model`` is given."""
+    if record.decode_error is not None and model is None:
+        return raw_event(record)
+    return decode_record(record, codec, model)
+
+
 def _merge(current: TopicSpec, desired: TopicSpec) -> TopicSpec:
     """Desired spec, keeping the server's retention where the desired one leaves it unset."""
     return desired.model_copy(
@@ -758,6 +786,7 @@ def _merge(current: TopicSpec, desired: TopicSpec) -> TopicSpec:
             "retention_ms": desired.retention_ms or current.retention_ms,
             "retention_bytes": desired.retention_bytes or current.retention_bytes,
             "config": {**current.config, **desired.config},
+            "layout": desired.layout or current.layout,
         }
     )
 

@@ -303,7 +303,9 @@ def decode_record(record: Record, codec: Codec, model: type[BaseModel] | None = 
     """The event a record carries. With ``model``, ``data`` is validated into it.
 
     Raises SerializationError (with the reason) when an eventbus record's bytes do not decode,
-    or when ``model`` is given and the data does not validate, or the record is raw."""
+    or when ``model`` is given and the data does not validate, or the record is raw, or the
+    transport marked it undecodable (``Record.decode_error``: an entry that does not fit its
+    topic's stream layout)."""
     headers = record.headers
     key = _text(record.key) if record.key is not None else None
     event_id = headers.get(H_ID)
@@ -355,6 +357,16 @@ def _validate(model: type[BaseModel], data: Any) -> BaseModel:
 
 
 def _raw_event(record: Record, key: str | None, model: type[BaseModel] | None) -> Event:
+    if record.decode_error is not None:  # an entry that does not fit its topic's layout
+        raise SerializationError(record.decode_error)
+    return raw_event(record, key, model)
+
+
+def raw_event(
+    record: Record, key: str | None = None, model: type[BaseModel] | None = None
+) -> Event:
+    """``record`` as a raw event (id ``"<topic>/<partition>/<offset>"``, no type, its value
+    decoded as JSON when it is). Raises SerializationError when ``model`` is given."""
     if model is not None:
         raise SerializationError(
             f"record {record.topic}/{record.partition}/{record.offset} was not written by "

@@ -337,6 +337,11 @@ class EventBus:
     def alter_topic(self, spec: TopicSpec) -> None:
         self._portal.call(self._bus.alter_topic(spec))
 
+    def sample_entries(
+        self, topic: str, count: int = 200
+    ) -> list[tuple[Offset, dict[bytes, bytes]]]:
+        return self._portal.call(self._bus.sample_entries(topic, count))
+
     def delete_topic(self, name: str) -> None:
         self._portal.call(self._bus.delete_topic(name))
 

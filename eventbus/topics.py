@@ -12,9 +12,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["FOREVER", "Change", "Plan", "TopicSpec", "parse_duration_ms", "parse_size", "plan"]
+__all__ = [
+    "FOREVER",
+    "Change",
+    "Plan",
+    "StreamLayout",
+    "TopicSpec",
+    "parse_duration_ms",
+    "parse_size",
+    "plan",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)?\s*$")
@@ -60,12 +69,105 @@ def parse_size(value: str | int) -> int:
     return int(number) * base ** _POWER[unit.upper()] if unit else int(number)
 
 
+_LAYOUT_FIELDS = ("type", "data", "key", "id", "time")
+_NATIVE_FIELDS = ("_eb", "_k", "_v")
+
+
+class StreamLayout(BaseModel):
+    """How the entries of a Redis stream shared with services that do not use eventbus map to
+    an event: which entry field holds the type, the data, the key, the id and the time.
+
+    Set as ``TopicSpec.layout`` (or proposed by ``eventbus topics adopt``), it makes eventbus
+    write entries in the fields those services read and read theirs as events. Example: the
+    entries of ``XADD tasks * type TaskCreated payload {"task_id":1}`` fit
+    ``StreamLayout(type="type", data="payload")``.
+
+    * ``type``: the field holding the event type (``None``: no type field).
+    * ``data``: the field holding the data as JSON. ``None`` makes the layout *flat*: the
+      fields no other setting names form the data object (values as strings); eventbus then
+      writes a dict's items as fields (strings as they are, other values as JSON).
+    * ``key``, ``id``, ``time``: the fields holding the key, the event id and the time
+      (epoch milliseconds or ISO 8601 on read; written as ``time_format`` says).
+    * ``extras_prefix``: eventbus keeps the rest of its envelope (headers no setting names,
+      the key when ``key`` is unset, a marker) in fields with this prefix, which other
+      readers can ignore.
+
+    An entry with no ``id`` field gets a deterministic id, the same on every read: a UUIDv5
+    of the topic and the entry id (see ``eventbus.adapters.redis_streams.layout_codec``).
+    The layout needs the JSON codec. Raises ValueError when two settings name the same field,
+    a name is empty or starts with ``extras_prefix``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str | None = None
+    data: str | None = None
+    key: str | None = None
+    id: str | None = None
+    time: str | None = None
+    time_format: Literal["iso", "ms"] = "iso"
+    """How eventbus writes ``time``: ISO 8601 (``2024-05-01T12:00:00.123000+00:00``) or epoch
+    milliseconds (``1714564800123``). Reading accepts both."""
+    extras_prefix: str = "_eb."
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamLayout:
+        prefix = self.extras_prefix
+        if not prefix:
+            raise ValueError(
+                "extras_prefix is empty: eventbus needs a prefix for the fields it keeps for "
+                "itself (the default is '_eb.')"
+            )
+        if prefix in _NATIVE_FIELDS:
+            raise ValueError(
+                f"extras_prefix {prefix!r} is a field of eventbus's own entry format; use "
+                "another prefix, such as '_eb.'"
+            )
+        seen: dict[str, str] = {}
+        for setting in _LAYOUT_FIELDS:
+            name = getattr(self, setting)
+            if name is None:
+                continue
+            if not name:
+                raise ValueError(
+                    f"layout field {setting!r} is empty: name an entry field, or leave it out"
+                )
+            if name in seen:
+                raise ValueError(
+                    f"layout fields {seen[name]!r} and {setting!r} both name the entry field "
+                    f"{name!r}: each field can hold one thing"
+                )
+            if name.startswith(prefix):
+                raise ValueError(
+                    f"layout field {setting!r} = {name!r} starts with extras_prefix "
+                    f"{prefix!r}, where eventbus keeps its own fields: rename one of them"
+                )
+            if name in _NATIVE_FIELDS:
+                raise ValueError(
+                    f"layout field {setting!r} = {name!r} is a field of eventbus's own entry "
+                    "format; a layout cannot use it"
+                )
+            seen[name] = setting
+        return self
+
+    def mapped(self) -> dict[str, str]:
+        """Entry field -> setting (``type``, ``data``, ``key``, ``id``, ``time``) it holds."""
+        return {
+            name: setting
+            for setting in _LAYOUT_FIELDS
+            if (name := getattr(self, setting)) is not None
+        }
+
+
 class TopicSpec(BaseModel):
     """What a topic should look like, on any transport.
 
     ``retention_ms`` / ``retention_bytes`` of ``None`` keep events until deleted (or the
     server's default on Kafka); ``retention_bytes`` is per partition, as on Kafka.
     ``dead_letter`` and ``groups`` document intent for tooling; the server does not store them.
+    ``layout`` declares how a Redis stream shared with non-eventbus services maps to events
+    (see :class:`StreamLayout`); transports whose ``Capabilities.stream_layout`` is false
+    (Kafka) accept and ignore it. A spec without one keeps the layout a topic has.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -79,6 +181,7 @@ class TopicSpec(BaseModel):
     dead_letter: str | None = None
     groups: tuple[str, ...] = ()
     config: dict[str, str] = Field(default_factory=dict)
+    layout: StreamLayout | None = None
 
     @field_validator("name", "dead_letter")
     @classmethod
@@ -152,7 +255,7 @@ class Plan:
         return bool(self.changes)
 
 
-def _diff(actual: TopicSpec, desired: TopicSpec) -> Change | None:
+def _diff(actual: TopicSpec, desired: TopicSpec, stores_layout: bool) -> Change | None:
     fields: dict[str, tuple[Any, Any]] = {}
     for name in _COMPARED:
         want = getattr(desired, name)
@@ -164,6 +267,11 @@ def _diff(actual: TopicSpec, desired: TopicSpec) -> Change | None:
     for key, want in desired.config.items():
         if actual.config.get(key) != want:
             fields[f"config.{key}"] = (actual.config.get(key), want)
+    if stores_layout and desired.layout is not None and desired.layout != actual.layout:
+        fields["layout"] = (
+            None if actual.layout is None else actual.layout.model_dump(exclude_defaults=True),
+            desired.layout.model_dump(exclude_defaults=True),
+        )
     if not fields:
         return None
     warnings: list[str] = []
@@ -184,6 +292,11 @@ def _diff(actual: TopicSpec, desired: TopicSpec) -> Change | None:
     if "cleanup_policy" in fields:
         destructive = True
         warnings.append(f"{desired.name}: changing the cleanup policy changes what is retained")
+    if "layout" in fields:
+        warnings.append(
+            f"{desired.name}: the layout decides the fields new entries are written in and how "
+            "every entry is read; services reading the stream directly must expect them"
+        )
     return Change("update", desired.name, fields, destructive, tuple(warnings), desired)
 
 
@@ -192,11 +305,15 @@ def plan(
     desired: Iterable[TopicSpec],
     *,
     delete_missing: bool = False,
+    stores_layout: bool = True,
 ) -> Plan:
     """Changes that take topics from ``actual`` (name -> spec read back) to ``desired``.
 
     With ``delete_missing``, topics in ``actual`` but not in ``desired`` are deleted
-    (destructive). Raises ValueError when ``desired`` names a topic twice."""
+    (destructive). ``stores_layout`` (the transport's ``Capabilities.stream_layout``) false
+    leaves layouts out of the comparison (a transport that ignores them reports none), and a
+    desired spec without a layout never removes one. Raises ValueError when ``desired`` names
+    a topic twice."""
     changes: list[Change] = []
     seen: set[str] = set()
     for spec in desired:
@@ -206,7 +323,7 @@ def plan(
         current = actual.get(spec.name)
         if current is None:
             changes.append(Change("create", spec.name, spec=spec))
-        elif (change := _diff(current, spec)) is not None:
+        elif (change := _diff(current, spec, stores_layout)) is not None:
             changes.append(change)
     if delete_missing:
         for name in sorted(set(actual) - seen):

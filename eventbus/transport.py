@@ -37,6 +37,7 @@ from eventbus.topics import TopicSpec
 __all__ = [
     "Capabilities",
     "ConsumerOptions",
+    "EntrySample",
     "GroupInfo",
     "GroupMember",
     "GroupPartition",
@@ -149,7 +150,12 @@ class Record:
     attempt: int = 1
     """Delivery count: 1 on first delivery, more after redelivery (from the server or a header)."""
     raw_fields: dict[str, bytes] | None = None
-    """For entries written by other clients (for example a plain Redis XADD): their fields."""
+    """For entries written by other clients (for example a plain Redis XADD): their fields.
+    Names are decoded as UTF-8 with ``surrogateescape`` on topics with a stream layout, so
+    ``name.encode("utf-8", "surrogateescape")`` gives back the exact bytes."""
+    decode_error: str | None = None
+    """Why this record cannot be read as an event (an entry that does not fit its topic's
+    stream layout); decoding raises SerializationError with it, so consumers dead-letter it."""
 
     @property
     def position(self) -> Position:
@@ -186,6 +192,9 @@ class Capabilities:
     partitions_can_grow: bool = True
     partitions_can_shrink: bool = False
     """Topics can lose partitions in place (no transport can: recreate the topic)."""
+    stream_layout: bool = False
+    """Topics store a :class:`~eventbus.topics.StreamLayout` and read and write entries in
+    it (Redis; memory keeps it in the spec). Elsewhere a layout is accepted and ignored."""
     budget_fetch: bool = False
     """The consumer has ``fetch_budget`` (an atomic claim up to a weight budget), used by
     :mod:`eventbus.batching`; see ``eventbus.batching.BudgetFetcher`` for its contract."""
@@ -431,6 +440,19 @@ class TopicGroups(Protocol):
 
     async def topic_groups(self, topic: str) -> list[str]:
         """Names of the groups with positions on ``topic`` (sorted)."""
+        ...
+
+
+@runtime_checkable
+class EntrySample(Protocol):
+    """Optional: the exact fields of a topic's newest entries, for proposing a stream layout
+    (``eventbus topics adopt``). Found by type; Redis implements it."""
+
+    async def sample_entries(
+        self, topic: str, count: int
+    ) -> list[tuple[Offset, dict[bytes, bytes]]]:
+        """Up to ``count`` newest entries of partition 0 (oldest first): id and fields as
+        stored. Raises TopicNotFoundError."""
         ...
 
 

@@ -74,6 +74,7 @@ CAPABILITIES = Capabilities(
     reset_active_group=True,
     auto_create_topics=False,
     atomic_dead_letter=True,
+    stream_layout=True,  # kept in the spec (no foreign writers to read)
 )
 
 TP = tuple[str, int]
@@ -455,6 +456,8 @@ class MemoryTransport:
                     "and recreate it instead"
                 )
             target.partitions.extend(_Partition() for _ in range(spec.partitions - have))
+            if spec.layout is None and target.spec.layout is not None:  # a spec without keeps it
+                spec = spec.model_copy(update={"layout": target.spec.layout})
             target.spec = spec
             for state in self._broker.groups.values():
                 if any(tp[0] == spec.name for tp in state.positions):

@@ -9,6 +9,8 @@ Format::
         retention_bytes: 1GiB    # KiB/MiB/GiB = 1024^n bytes, KB/MB/GB = 1000^n
         cleanup_policy: delete
         max_event_bytes: 1MiB
+        layout: {type: type, data: payload, key: task_id}   # Redis streams shared with
+                                                             # other services (StreamLayout)
         dead_letter: tasks.dlq
         groups: [workers, auditors]
         config: {segment.ms: "3600000"}
@@ -98,10 +100,13 @@ def _entry_spec(path: Path, index: int, entry: Any) -> TopicSpec:
 
 
 def _reason(err: Any) -> str:
+    if err.get("type") == "extra_forbidden" and err.get("loc", ())[:1] == ("layout",):
+        return "unknown layout field; use type, data, key, id, time, time_format, extras_prefix"
     if err.get("type") == "extra_forbidden":
         return (
             "unknown field; use name, partitions, retention (or retention_ms), "
-            "retention_bytes, cleanup_policy, max_event_bytes, dead_letter, groups, config"
+            "retention_bytes, cleanup_policy, max_event_bytes, dead_letter, groups, config, "
+            "layout"
         )
     if err.get("type") == "missing":
         return "required"

@@ -1,4 +1,5 @@
-"""``eventbus topics``: list, describe, create, delete, and plan/apply a declarative file."""
+"""``eventbus topics``: list, describe, create, delete, plan/apply a declarative file, and
+adopt a Redis stream other services write (a stream layout)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from eventbus.cli._common import (
     open_bus,
     parse_kv,
     progress,
+    resolve_url,
     usage_error,
     warn,
 )
@@ -32,7 +34,8 @@ from eventbus.transport import TopicInfo
 __all__ = ["app", "change_json", "topic_json"]
 
 app = typer.Typer(
-    help="List, inspect, create and delete topics; plan and apply a topics file.",
+    help="List, inspect, create and delete topics; plan and apply a topics file; adopt a "
+    "Redis stream other services write.",
     no_args_is_help=True,
 )
 
@@ -171,6 +174,9 @@ def _print_topic(info: TopicInfo) -> None:
     settings.add_row("cleanup policy", spec.cleanup_policy)
     for key, value in sorted(spec.config.items()):
         settings.add_row(f"config {key}", value)
+    if spec.layout is not None:
+        mapped = ", ".join(f"{k}={v}" for k, v in spec.layout.model_dump().items() if v)
+        settings.add_row("stream layout", mapped + ("" if spec.layout.data else ", flat data"))
     parts = Table(title="partitions")
     for col in ("partition", "first", "last", "events"):
         parts.add_column(col, justify="right")
@@ -477,3 +483,194 @@ def apply(
             emit_json(_plan_json(result, applied=True))
         else:
             typer.echo(f"applied {len(done)} change(s)")
+
+
+# adopt --------------------------------------------------------------------------------------
+
+NONE_FIELD = "-"
+
+
+def _field_option(setting: str, what: str, none: str = "none") -> Any:
+    return typer.Option(
+        f"--{setting}-field",
+        help=f"Entry field holding {what} (instead of the proposal's); {NONE_FIELD} for {none}.",
+        show_default=False,
+    )
+
+
+@app.command(
+    epilog="Examples:  eventbus topics adopt tasks --dry-run\n\n"
+    "eventbus topics adopt tasks --type-field type --data-field payload --key-field task_id "
+    "--yes\n\nExit codes: 0 written (or --dry-run), 1 error or not confirmed, 2 usage error "
+    "(also: not a Redis URL)."
+)
+def adopt(
+    name: Annotated[str, typer.Argument(help="The Redis stream (topic) other services write.")],
+    sample: Annotated[
+        int, typer.Option("--sample", min=1, max=100_000, help="Newest entries to look at.")
+    ] = 200,
+    type_field: Annotated[str | None, _field_option("type", "the event type")] = None,
+    data_field: Annotated[
+        str | None, _field_option("data", "the data as JSON", "flat data")
+    ] = None,
+    key_field: Annotated[str | None, _field_option("key", "the key")] = None,
+    id_field: Annotated[str | None, _field_option("id", "the event id")] = None,
+    time_field: Annotated[str | None, _field_option("time", "the time")] = None,
+    time_format: Annotated[
+        str | None,
+        typer.Option(help="How eventbus writes the time field: iso or ms (epoch milliseconds)."),
+    ] = None,
+    extras_prefix: Annotated[
+        str | None,
+        typer.Option(help="Prefix of the fields eventbus keeps for itself (default _eb.)."),
+    ] = None,
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
+    url: UrlOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Declare how a Redis stream written by other services maps to events.
+
+    Looks at the stream's newest entries, proposes a stream layout (which field holds the
+    type, the data as JSON, the key, the id, the time) and, once confirmed, stores it on the
+    topic (one partition: the stream itself). Then eventbus reads those services' entries as
+    events and writes its own in their fields. --*-field options override the proposal;
+    --yes skips the question, --dry-run stops after showing. Redis only."""
+    from eventbus.cli._adopt import propose
+
+    resolved = resolve_url(url)
+    scheme = resolved.partition("://")[0].lower()
+    if scheme not in ("redis", "rediss"):
+        usage_error(
+            f"topics adopt works on Redis streams (redis:// or rediss:// URLs), not {scheme}://: "
+            "Kafka records carry their key and envelope themselves, and memory topics have no "
+            "other writers"
+        )
+    overrides = {
+        "type": type_field,
+        "data": data_field,
+        "key": key_field,
+        "id": id_field,
+        "time": time_field,
+    }
+    if time_format is not None and time_format not in ("iso", "ms"):
+        usage_error(f"--time-format: {time_format!r} is not iso or ms")
+    with open_bus(resolved, resolved=True) as bus:
+        info = bus.describe_topic(name)  # unknown topic: clear error before anything else
+        entries = [fields for _, fields in bus.sample_entries(name, sample)]
+        prefix = extras_prefix or (info.spec.layout.extras_prefix if info.spec.layout else None)
+        proposal = propose(entries, **({"extras_prefix": prefix} if prefix else {}))
+        if not proposal.sampled and all(v is None for v in overrides.values()):
+            fail(
+                f"stream {name!r} has no entries written by other services to learn from: "
+                "name the fields with --type-field, --data-field (- for flat), --key-field, "
+                "--id-field, --time-field"
+            )
+        layout = _overridden(proposal.layout, overrides, time_format)
+        proposal.layout = layout
+        current = info.spec.layout
+        if output is Output.table:
+            _print_proposal(name, proposal, entries, current)
+        if dry_run:
+            if output is Output.json:
+                emit_json(_adopt_json(name, proposal, entries, current, applied=False))
+            else:
+                typer.echo("dry run: nothing was changed")
+            return
+        if current == layout:
+            if output is Output.json:
+                emit_json(_adopt_json(name, proposal, entries, current, applied=False))
+            else:
+                typer.echo(f"topic {name} already has this layout; nothing to change")
+            return
+        confirm_or_refuse(
+            f"Store this layout on topic {name!r}? eventbus will read and write its entries "
+            "in these fields",
+            yes=yes,
+            what="store a layout",
+        )
+        bus.alter_topic(info.spec.model_copy(update={"layout": layout}))
+        if output is Output.json:
+            emit_json(_adopt_json(name, proposal, entries, current, applied=True))
+        else:
+            typer.echo(f"stored the layout on topic {name}")
+
+
+def _overridden(proposed: Any, overrides: dict[str, str | None], time_format: str | None) -> Any:
+    from pydantic import ValidationError
+
+    from eventbus.topics import StreamLayout
+
+    fields = proposed.model_dump()
+    for setting, value in overrides.items():
+        if value is not None:
+            fields[setting] = None if value == NONE_FIELD else value
+    if time_format is not None:
+        fields["time_format"] = time_format
+    try:
+        return StreamLayout(**fields)
+    except ValidationError as exc:
+        usage_error(
+            "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            + " (check the --*-field options)"
+        )
+
+
+def _misfits(layout: Any, entries: list[dict[bytes, bytes]]) -> dict[str, int]:
+    from eventbus.cli._adopt import fits
+
+    out: dict[str, int] = {}
+    for fields in entries:
+        reason = fits(layout, fields)
+        if reason is not None:
+            out[reason] = out.get(reason, 0) + 1
+    return out
+
+
+def _adopt_json(
+    name: str, proposal: Any, entries: list[dict[bytes, bytes]], current: Any, *, applied: bool
+) -> dict[str, Any]:
+    return {
+        "topic": name,
+        **proposal.as_json(),
+        "current_layout": None if current is None else current.model_dump(),
+        "misfits": _misfits(proposal.layout, entries),
+        "applied": applied,
+    }
+
+
+def _print_proposal(
+    name: str, proposal: Any, entries: list[dict[bytes, bytes]], current: Any
+) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    fields = Table(title=f"fields of {name} ({proposal.sampled} entries sampled)")
+    for col in ("field", "present", "JSON object", "role", "example"):
+        fields.add_column(col, justify="right" if col in ("present", "JSON object") else "left")
+    roles = proposal.roles()
+    for f in proposal.fields:
+        fields.add_row(
+            escape(f.name),
+            str(f.present),
+            str(f.json_objects),
+            roles.get(f.name, ""),
+            escape(f.example),
+        )
+    layout = Table(title="proposed layout", show_header=False)
+    layout.add_column("setting")
+    layout.add_column("field")
+    for setting, value in proposal.layout.model_dump().items():
+        shown = "(flat: the other fields)" if setting == "data" and value is None else value
+        layout.add_row(setting, escape("-" if shown is None else str(shown)))
+    out = console()
+    out.print(fields)
+    out.print(layout)
+    if proposal.native:
+        typer.echo(f"{proposal.native} sampled entries are eventbus's own (readable as they are)")
+    if current is not None:
+        typer.echo(f"current layout: {current.model_dump()}")
+    for reason, count in _misfits(proposal.layout, entries).items():
+        warn(f"{count} sampled entries do not fit ({reason}): they would be dead-lettered")
+    for note in proposal.notes:
+        typer.echo(f"note: {note}")

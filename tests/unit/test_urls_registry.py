@@ -71,6 +71,7 @@ def test_public_api_is_curated() -> None:
             "Replayed",
             "Runner",
             "RunnerStats",
+            "StreamLayout",
             "Subscription",
             "TopicInfo",
             "TopicSpec",

@@ -182,11 +182,12 @@ async def _claim_new(
         saturated = saturated or bool(int(full))
         for owned, last_id in zip(streams, lasts, strict=True):
             last[owned.key] = layout.text(last_id)
+        decode = c._t.decoder(topic)
         for index, entries in claims:
             owned = streams[int(index) - 1]
             for entry_id, flat in entries:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                record = layout.decode_entry(topic, owned.partition, entry_id, fields, 1)
+                record = decode(topic, owned.partition, entry_id, fields, 1)
                 out.append(record)
                 left -= _weight(record, header)
             if entries:

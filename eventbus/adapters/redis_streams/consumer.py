@@ -243,7 +243,8 @@ class RedisConsumer:
         replies = await self._t.pipeline(build, "redeliver nacked entries") if claims else []
         out: list[Record] = []
         for ((topic, p, _), attempt), reply in zip(claims, replies, strict=True):
-            out += [layout.decode_entry(topic, p, i, f, attempt) for i, f in reply if f]
+            decode = self._t.decoder(topic)
+            out += [decode(topic, p, i, f, attempt) for i, f in reply if f]
         return out
 
     async def _sweeps(self, budget: int) -> list[Record]:
@@ -298,11 +299,12 @@ class RedisConsumer:
                 owned.key, self._group, self._name, min_idle, chosen
             )
         out = []
+        decode = self._t.decoder(owned.topic)
         for entry_id, fields in claimed:
             if not fields:  # trimmed while pending: nothing to deliver
                 continue
             attempt = ids[layout.text(entry_id)] + 1
-            out.append(layout.decode_entry(owned.topic, owned.partition, entry_id, fields, attempt))
+            out.append(decode(owned.topic, owned.partition, entry_id, fields, attempt))
         return out
 
     async def _readable(self) -> list[_Owned]:
@@ -409,11 +411,12 @@ class RedisConsumer:
             return []
         items = reply.items() if isinstance(reply, dict) else reply or []
         out: list[Record] = []
+        decode = self._t.decoder(topic)
         for key, entries in items:
             owned = keys[layout.text(key)]
             if entries and isinstance(entries[0], list) and len(entries) == 1:
                 entries = entries[0]  # RESP3 shape: [[entries]]
-            out += [layout.decode_entry(topic, owned.partition, i, f, 1) for i, f in entries]
+            out += [decode(topic, owned.partition, i, f, 1) for i, f in entries]
             if entries:
                 self._seen[(topic, owned.partition)] = layout.text(entries[-1][0])
         return out

@@ -22,9 +22,11 @@ from redis.exceptions import NoScriptError
 
 from eventbus.adapters.redis_streams import layout, scripts
 from eventbus.adapters.redis_streams.errors import edge
+from eventbus.adapters.redis_streams.layout_codec import codec_for
 from eventbus.adapters.redis_streams.settings import RedisSettings
 from eventbus.errors import (
     ClosedError,
+    ConfigurationError,
     EventTooLargeError,
     InvalidPositionError,
     OperationTimeoutError,
@@ -33,7 +35,7 @@ from eventbus.errors import (
     UnsupportedError,
 )
 from eventbus.partitioning import partition_for_key
-from eventbus.topics import TopicSpec
+from eventbus.topics import StreamLayout, TopicSpec
 from eventbus.transport import (
     Capabilities,
     ConsumerOptions,
@@ -65,6 +67,7 @@ CAPABILITIES = Capabilities(
     atomic_dead_letter=True,
     partitions_can_grow=True,
     budget_fetch=True,  # RedisConsumer.fetch_budget (batching.py)
+    stream_layout=True,  # layout_codec.py
 )
 
 PUBLISH_CHUNK = 1000
@@ -95,6 +98,8 @@ class TopicMeta:
     created_ms: int | None = None
     adopted: bool = False
     """A plain stream without metadata, used as a one-partition topic."""
+    layout: StreamLayout | None = None
+    """How entries map to events on a stream shared with other clients (layout_codec.py)."""
 
     def streams(self) -> list[str]:
         return [layout.stream_key(self.name, p) for p in range(self.partitions)]
@@ -108,6 +113,7 @@ class TopicMeta:
             max_event_bytes=self.max_event_bytes,
             cleanup_policy="compact" if self.cleanup_policy == "compact" else "delete",
             config=dict(self.config),
+            layout=self.layout,
         )
 
     @classmethod
@@ -123,6 +129,7 @@ class TopicMeta:
             cleanup_policy=fields.get("cleanup_policy", "delete"),
             config=json.loads(fields.get("config", "{}") or "{}"),
             created_ms=int(created) if created else None,
+            layout=_parse_layout(name, fields.get("layout", "")),
         )
 
     @classmethod
@@ -135,6 +142,7 @@ class TopicMeta:
             cleanup_policy=spec.cleanup_policy,
             config=dict(spec.config),
             created_ms=created_ms,
+            layout=spec.layout,
         )
 
     def fields(self) -> list[str]:
@@ -147,6 +155,7 @@ class TopicMeta:
             "config", json.dumps(dict(self.config), sort_keys=True),
             "created_ms", "" if self.created_ms is None else str(self.created_ms),
             "format", "1",
+            "layout", "" if self.layout is None else self.layout.model_dump_json(),
         ]  # fmt: skip
 
     def minid(self) -> str:
@@ -154,6 +163,18 @@ class TopicMeta:
         if self.retention_ms is None:
             return ""
         return f"{max(0, int(time.time() * 1000) - self.retention_ms)}-0"
+
+
+def _parse_layout(topic: str, stored: str) -> StreamLayout | None:
+    if not stored:
+        return None
+    try:
+        return StreamLayout.model_validate_json(stored)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"topic {topic!r} has an unreadable stream layout in {layout.meta_key(topic)!r} "
+            f"({exc}); set it again with `eventbus topics adopt {topic}`"
+        ) from None
 
 
 def _check_spec(spec: TopicSpec) -> None:
@@ -184,6 +205,8 @@ class RedisTransport:
         )
         self._client: Client = None
         self._meta_cache: dict[str, tuple[TopicMeta, float]] = {}
+        self._layouts: dict[str, StreamLayout] = {}
+        """Topics with a layout, as last loaded: readers decode by it without a lookup."""
         self._round_robin: dict[str, itertools.count[int]] = {}
         self._closed = False
         self._scripts: dict[str, Any] = {}
@@ -262,7 +285,24 @@ class RedisTransport:
                 "(create_topic / eventbus topics create), or add ?auto_create=true to the URL"
             )
         self._meta_cache[topic] = (found, time.monotonic() + self.settings.metadata_ttl)
+        if found.layout is not None:
+            self._layouts[topic] = found.layout
+        elif self._layouts:
+            self._layouts.pop(topic, None)
         return found
+
+    def decoder(self, topic: str) -> Any:
+        """The entry decoder of ``topic``: ``layout.decode_entry``, or its layout's (as last
+        loaded: consumers load the topic when they join, publishers every metadata_ttl)."""
+        found = self._layouts.get(topic)
+        return layout.decode_entry if found is None else codec_for(found).decode
+
+    def encoder(self, meta: TopicMeta) -> Callable[[Outgoing], list[bytes]]:
+        """Entry fields of a record for ``meta``'s topic (its layout's when it has one)."""
+        if meta.layout is None:
+            return layout.encode_fields
+        codec, name = codec_for(meta.layout), meta.name
+        return lambda record: codec.encode(record, name)
 
     async def _load_meta(self, topic: str) -> TopicMeta | None:
         if not _NAME.match(topic):
@@ -333,6 +373,9 @@ class RedisTransport:
         meta = await self.meta(topic, create=self.settings.auto_create)
         self.check_sizes(meta, records)
         parts = [self.partition_of(meta, r) for r in records]
+        encoded = None
+        if meta.layout is not None:  # all encoded first: a record that cannot be, fails alone
+            encoded = list(map(self.encoder(meta), records))
         positions: list[Position] = []
         for start in range(0, len(records), PUBLISH_CHUNK):
             # redis-py finishes a command even when cancelled, so wait_for alone may
@@ -345,20 +388,30 @@ class RedisTransport:
                 )
             chunk = records[start : start + PUBLISH_CHUNK]
             chunk_parts = parts[start : start + PUBLISH_CHUNK]
-            ids = await self._append(meta, chunk, chunk_parts)
+            ids = await self._append(
+                meta,
+                chunk,
+                chunk_parts,
+                None if encoded is None else encoded[start : start + PUBLISH_CHUNK],
+            )
             positions += [Position(p, i.decode()) for p, i in zip(chunk_parts, ids, strict=True)]
         return positions
 
     async def _append(
-        self, meta: TopicMeta, records: Sequence[Outgoing], parts: Sequence[int]
+        self,
+        meta: TopicMeta,
+        records: Sequence[Outgoing],
+        parts: Sequence[int],
+        encoded: Sequence[list[bytes]] | None = None,
     ) -> list[bytes]:
-        if not self.settings.cluster:
+        if encoded is None and not self.settings.cluster:
             return await self._append_packed(meta, records, parts)
         used = sorted(set(parts))
         index = {p: i + 1 for i, p in enumerate(used)}
         args: list[Any] = [meta.minid()]
-        for record, p in zip(records, parts, strict=True):
-            fields = layout.encode_fields(record)
+        if encoded is None:
+            encoded = [layout.encode_fields(record) for record in records]
+        for fields, p in zip(encoded, parts, strict=True):
             args += [index[p], len(fields) // 2, *fields]
         keys = [layout.stream_key(meta.name, p) for p in used]
         try:
@@ -465,7 +518,17 @@ class RedisTransport:
             entries = await self.client.xrange(
                 layout.stream_key(topic, partition), low, "+", count=limit
             )
-        return [layout.decode_entry(topic, partition, i, f, 1) for i, f in entries]
+        decode = self.decoder(topic)
+        return [decode(topic, partition, i, f, 1) for i, f in entries]
+
+    async def sample_entries(
+        self, topic: str, count: int
+    ) -> list[tuple[Offset, dict[bytes, bytes]]]:
+        """The newest ``count`` entries of partition 0, oldest first (see EntrySample)."""
+        await self.meta(topic, fresh=True)  # TopicNotFoundError for a missing stream
+        with self.edge(f"sample {topic!r}"):
+            entries = await self.client.xrevrange(topic, "+", "-", count=max(1, count))
+        return [(layout.text(i), dict(f)) for i, f in reversed(entries)]
 
     def check_partition(self, meta: TopicMeta, partition: int) -> None:
         if not 0 <= partition < meta.partitions:
@@ -543,6 +606,8 @@ class RedisTransport:
                 "recreate it instead"
             )
         meta = TopicMeta.from_spec(spec, current.created_ms or int(time.time() * 1000))
+        if meta.layout is None and current.layout is not None:  # a spec without one keeps it
+            meta = dataclasses.replace(meta, layout=current.layout)
         with self.edge(f"alter topic {spec.name!r}"):
             await self.script("CREATE_TOPIC")(
                 keys=[layout.meta_key(spec.name), *meta.streams()],
@@ -640,12 +705,11 @@ class RedisTransport:
         self.check_sizes(meta, [record])
         key = layout.stream_key(topic, partition)
         expected = "" if last is None else layout.id_of(last, topic)
+        fields = self.encoder(meta)(record)
 
         async def run() -> Any:
             with self.edge(f"append to {topic!r}"):
-                return await self.script("APPEND_IF_LAST")(
-                    keys=[key], args=[expected, *layout.encode_fields(record)]
-                )
+                return await self.script("APPEND_IF_LAST")(keys=[key], args=[expected, *fields])
 
         try:
             reply = await self.with_timeout(run(), timeout, f"append to {topic!r}")

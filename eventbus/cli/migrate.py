@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -258,6 +259,19 @@ def backfill(
     source: FromOption,
     target: ToOption,
     output: OutputOption = Output.table,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="After the history, keep copying what services outside eventbus write to "
+            "the source (a legacy producer's XADD), in both dual stages, until Ctrl-C/SIGTERM "
+            "or the topic leaves them.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float,
+        typer.Option(help="With --follow: seconds between looks for new events.", min=0.05),
+    ] = 1.0,
 ) -> None:
     """Copy the source's history into the target, in order, resumably (run it again after
     any interruption: each event ends up on the target exactly once). On a terminal it shows
@@ -271,6 +285,12 @@ def backfill(
         for t in (topic, f"{topic}.dlq"):
             if t in state.topics:
                 total += (await m.source.describe_topic(t)).count
+        if follow:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            return await m.follow(topic, interval=interval, stop=stop)
         with _backfill_bar(topic, total, enabled=output is Output.table) as advance:
             return await m.backfill(topic, progress=advance)
 

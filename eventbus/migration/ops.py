@@ -175,24 +175,31 @@ async def _copy_partition(
     progress: Progress | None,
     written: Written | None = None,
     limit: int | None = None,
+    reached: dict[int, Offset] | None = None,
 ) -> int:
     """Copy the records of one partition that ``keep`` selects, in order, through ``writer``.
 
     Batches are written one at a time, in order (the next starts only after the previous
     landed), while the next batch is read and built. A copy larger than ``limit`` (the
     receiving topic's max event bytes) stops the copy before its batch is written, naming the
-    event and the way out. Returns how many records were copied."""
+    event and the way out. Returns how many records were copied; ``reached[p]`` is set to the
+    last offset read once everything selected up to it has landed."""
     copier = _Copier(topic, kind, writer, progress, written, limit)
+    last_read: Offset | None = None
     try:
         async with contextlib.aclosing(_pages(side, topic, p, start, inclusive)) as pages:
             async for page in pages:
                 copier.add(page, keep)
+                if page:
+                    last_read = page[-1].offset
                 if copier.full():
                     await copier.flush()
         await copier.flush()
         await copier.land()
     finally:
         copier.abandon()
+    if reached is not None and last_read is not None:
+        reached[p] = last_read
     return copier.copied
 
 
@@ -738,6 +745,90 @@ class Migration:
         await self.control.save(state, expected_version=version)
         # the dual-written tail waited in the journal: the producers' replayers move it now
         # ('eventbus migrate drain' moves it when no producer is running)
+        return copied
+
+    async def follow(
+        self,
+        topic: str,
+        *,
+        interval: float = 1.0,
+        stop: asyncio.Event | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Keep copying to the target what services outside eventbus write to the source (a
+        legacy producer's ``XADD``): the events without the migration's marks, which neither
+        dual-write nor the journal copies. It first runs the backfill where that has not
+        finished, then looks for new such events every ``interval`` seconds, in
+        ``dual-source-primary`` and ``dual-target-primary``, until ``stop`` is set or the
+        topic leaves those stages. Copies land in source order per partition, exactly once
+        (the same fenced writer and resume scan as the backfill, so a follow and a backfill
+        never run at once). Returns how many events it copied.
+
+        Per-key order between such an event and dual-written events of the same key may
+        differ on the target (a copy lands up to ``interval`` later); keep legacy and
+        eventbus producers on different keys where that matters. Raises ConfigurationError
+        outside the dual stages."""
+        copied = 0
+        rounds = 0
+        reached: dict[int, Offset] = {}
+        while stop is None or not stop.is_set():
+            mig = (await self.control.require()).topic(topic)
+            following = mig.stage == "dual-target-primary" and not mig.reverse_pending
+            if mig.stage == "dual-source-primary" and not mig.backfill_done:
+                copied += await self.backfill(topic, progress=progress)
+                continue
+            if mig.stage != "dual-source-primary" and not following:
+                if rounds:
+                    return copied  # the topic moved on: following ends with it
+                raise ConfigurationError(
+                    f"{topic} is {mig.stage}; follow runs in dual-source-primary and "
+                    "dual-target-primary (after the backfill)"
+                )
+            copied += await self._follow_round(topic, mig, reached, progress)
+            rounds += 1
+            if stop is None:
+                await asyncio.sleep(interval)  # allowed: the pace of a poll loop
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+        return copied
+
+    async def _follow_round(
+        self,
+        topic: str,
+        mig: TopicMigration,
+        reached: dict[int, Offset],
+        progress: Progress | None,
+    ) -> int:
+        """One pass of :meth:`follow` over every partition, after what it read last."""
+        tid = transactional_id("backfill", self.name, topic)
+        writer = await open_fenced_writer(self.target, tid, topic=topic)
+        copied = 0
+        try:
+            limit = (await self.target.describe_topic(topic)).spec.max_event_bytes
+            for p in range(mig.partitions):
+                after = reached[p] if p in reached else await self._resume_point(topic, p, mig)
+                copied += await _copy_partition(
+                    self.source,
+                    topic,
+                    p,
+                    after,
+                    inclusive=after is None,
+                    keep=lambda r: H_GEN not in r.headers and H_COPY not in r.headers,
+                    kind="backfill",
+                    writer=writer,
+                    progress=progress,
+                    limit=limit,
+                    reached=reached,
+                )
+        finally:
+            await writer.close()
+        if copied:
+            state = await self.control.require()
+            version = state.version
+            state.topic(topic).backfilled += copied
+            with contextlib.suppress(ConfigurationError):  # a count only: never worth a retry
+                await self.control.save(state, expected_version=version)
         return copied
 
     async def _resume_point(self, topic: str, p: int, mig: TopicMigration) -> Offset | None:

@@ -21,6 +21,10 @@ Options (URL query or the ``options`` mapping; the mapping wins):
   raising TopicNotFoundError.
 - ``connect_timeout`` (5): seconds ``connect()`` and metadata requests wait.
 - ``client_id`` (eventbus).
+- ``envelope`` (eventbus): ``cloudevents`` writes the CloudEvents Kafka binding in binary
+  content mode, ``cloudevents-structured`` in structured mode; CloudEvents of either mode are
+  read back as events whatever this says (``_cloudevents``).
+- ``ce_source`` (/eventbus): the CloudEvents ``source`` of events published without one.
 - any other key is a librdkafka setting (``security_protocol`` or ``security.protocol``);
   ``options["config"]`` passes a mapping of librdkafka settings verbatim. They override the
   defaults of every client this transport creates.

@@ -101,6 +101,7 @@ from confluent_kafka import (
 )
 
 from eventbus.adapters.kafka._admin import to_ms
+from eventbus.adapters.kafka._cloudevents import from_kafka
 from eventbus.adapters.kafka._errors import kafka_error, translate
 from eventbus.errors import (
     AuthenticationError,
@@ -253,13 +254,14 @@ def decode_metadata(text: str | None) -> tuple[int, dict[int, int]]:
 
 
 def to_record(msg: Any, attempt: int = 1) -> Record:
-    """A Record from a librdkafka message (tombstones read as empty bytes)."""
+    """A Record from a librdkafka message (tombstones read as empty bytes). A CloudEvent
+    (binary or structured) comes back in eventbus's layout (see ``_cloudevents``)."""
     raw = msg.headers()
     headers = dict(raw) if raw else {}
     if None in headers.values():  # a header without a value (allowed by Kafka)
         headers = {k: (v if v is not None else b"") for k, v in headers.items()}
     _, timestamp = msg.timestamp()
-    return Record(
+    record = Record(
         topic=msg.topic(),
         partition=msg.partition(),
         offset=msg.offset(),
@@ -269,6 +271,9 @@ def to_record(msg: Any, attempt: int = 1) -> Record:
         timestamp_ms=max(0, timestamp),
         attempt=attempt,
     )
+    if headers and "eb-id" not in headers:  # not eventbus's layout: maybe a CloudEvent
+        return from_kafka(record)
+    return record
 
 
 @dataclass(eq=False, slots=True)

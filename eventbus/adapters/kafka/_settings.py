@@ -9,6 +9,11 @@ Query options (and the same keys in the ``options`` mapping given to ``from_url`
 - ``auto_create=true``: publishing to an unknown topic creates it (1 partition).
 - ``connect_timeout=5``: seconds ``connect()`` and metadata look-ups wait for the cluster.
 - ``client_id=name``: the client id the broker logs.
+- ``envelope=eventbus|cloudevents|cloudevents-structured``: how published events are laid out
+  (default ``eventbus``: ``eb-`` headers; ``cloudevents``: CloudEvents Kafka binding, binary
+  content mode; ``cloudevents-structured``: structured content mode). Reading accepts all
+  three whatever this says. See ``_cloudevents``.
+- ``ce_source=/eventbus``: the CloudEvents ``source`` of events published without one.
 - anything else is a librdkafka setting, with ``_`` or ``.`` between words, for example
   ``security_protocol=SASL_SSL``, ``sasl_mechanism=SCRAM-SHA-512``,
   ``ssl_ca_location=/etc/ca.pem``. ``options["config"]`` (a mapping) passes librdkafka settings
@@ -28,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from eventbus._urls import query_options, redact, split
+from eventbus.adapters.kafka._cloudevents import DEFAULT_SOURCE, ENVELOPES, check_source
 from eventbus.errors import ConfigurationError
 
 __all__ = ["KafkaSettings"]
@@ -38,7 +44,7 @@ handlers; the NullHandler keeps Python's last-resort handler from printing them 
 when the application configured no logging (a broker that is down logs a line per retry)."""
 _LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 _SECRET_WORDS = ("password", "secret", "token", "jaas")
-_OWN_KEYS = {"auto_create", "connect_timeout", "client_id", "config"}
+_OWN_KEYS = {"auto_create", "connect_timeout", "client_id", "config", "envelope", "ce_source"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -68,6 +74,15 @@ def _float(name: str, value: Any) -> float:
     return number
 
 
+def _envelope(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ENVELOPES:
+        raise ConfigurationError(
+            f"option envelope={value!r} is not an envelope: use one of {', '.join(ENVELOPES)}"
+        )
+    return text
+
+
 def _librdkafka_key(key: str) -> str:
     return key.replace("_", ".")
 
@@ -85,13 +100,19 @@ class KafkaSettings:
     client_id: str = "eventbus"
     config: Mapping[str, str] = field(default_factory=dict)
     """librdkafka settings given by the user (security, SASL, TLS, tuning), applied last."""
+    envelope: str = "eventbus"
+    """How published events are laid out: ``eventbus``, ``cloudevents`` (binary content mode)
+    or ``cloudevents-structured``."""
+    ce_source: str = DEFAULT_SOURCE
+    """The CloudEvents ``source`` of events published without one."""
 
     def __repr__(self) -> str:
         shown = {k: ("***" if _is_secret(k) else v) for k, v in self.config.items()}
         return (
             f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, scheme={self.scheme!r}, "
             f"auto_create={self.auto_create!r}, connect_timeout={self.connect_timeout!r}, "
-            f"client_id={self.client_id!r}, config={shown!r})"
+            f"client_id={self.client_id!r}, config={shown!r}, envelope={self.envelope!r}, "
+            f"ce_source={self.ce_source!r})"
         )
 
     __str__ = __repr__
@@ -149,6 +170,8 @@ class KafkaSettings:
             connect_timeout=_float("connect_timeout", merged.get("connect_timeout", 5.0)),
             client_id=str(merged.get("client_id", "eventbus")),
             config=config,
+            envelope=_envelope(merged.get("envelope", "eventbus")),
+            ce_source=check_source(merged.get("ce_source", DEFAULT_SOURCE)),
         )
 
     def base_config(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from eventbus.adapters.kafka._admin import KafkaAdmin, TopicMeta
+from eventbus.adapters.kafka._cloudevents import writer
 from eventbus.adapters.kafka._consumer import KafkaConsumer
 from eventbus.adapters.kafka._errors import CredentialWatch
 from eventbus.adapters.kafka._producer import PolledProducer, producer_config
@@ -80,6 +81,8 @@ class KafkaTransport:
         self._reader: KafkaReader | None = None
         self._consumers: weakref.WeakSet[KafkaConsumer] = weakref.WeakSet()
         self._closed = False
+        self._envelope = writer(settings.envelope, settings.ce_source)
+        """Translates records to the CloudEvents binding (None: eventbus's own layout)."""
         self._watch = CredentialWatch(self._where)
         """``error_cb`` of the admin client, the producers and the reader: notices a refused
         login, which librdkafka reports nowhere else (consumers watch their own)."""
@@ -174,6 +177,8 @@ class KafkaTransport:
         if not records:
             self._admin_client()
             return []
+        if self._envelope is not None:  # before the size checks: they count what is written
+            records = self._envelope(records)
         meta = await self._meta_for_publish(topic)
         limit = meta.max_event_bytes
         for record in records:

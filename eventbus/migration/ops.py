@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -128,6 +129,11 @@ COPY_BATCH_BYTES = 8 * 1024 * 1024
 transaction's commit costs a round trip, so batches span several reads."""
 CHECKPOINT_EVERY = 1.0
 """Seconds between backfill checkpoints (a lower bound for the resume scan, so rarer is safe)."""
+
+FOLLOW_CHECKPOINT_EVERY = 10.0
+"""Seconds between the checkpoints a follow saves (each is a control-record write)."""
+
+log = logging.getLogger("eventbus.migration")
 
 Written = Callable[[Offset, Offset], Awaitable[None]]
 """Called after each batch lands: (its last source offset, that copy's target offset)."""
@@ -306,6 +312,7 @@ class Migration:
         """What ``drain`` writes copies to the source with (see ``copy_writer``)."""
         self.target_writer = target_writer or target
         self.control = ControlStore(source, name)
+        self._follow_saved: dict[tuple[str, int], float] = {}
 
     @classmethod
     async def open(cls, name: str, source_url: str, target_url: str) -> Migration:
@@ -784,7 +791,11 @@ class Migration:
                     f"{topic} is {mig.stage}; follow runs in dual-source-primary and "
                     "dual-target-primary (after the backfill)"
                 )
-            copied += await self._follow_round(topic, mig, reached, progress)
+            try:
+                copied += await self._follow_round(topic, mig, reached, progress)
+            except EventBusError as exc:  # fenced by a cutover's catch-up, a side away: retry
+                log.warning("migration %s: follow of %s: %s; trying again", self.name, topic, exc)
+                reached.clear()  # resume from what the target holds
             rounds += 1
             if stop is None:
                 await asyncio.sleep(interval)  # allowed: the pace of a poll loop
@@ -799,15 +810,37 @@ class Migration:
         mig: TopicMigration,
         reached: dict[int, Offset],
         progress: Progress | None,
+        *,
+        catch_up: bool = False,
     ) -> int:
-        """One pass of :meth:`follow` over every partition, after what it read last."""
+        """One pass of :meth:`follow` over every partition, after what it read last.
+        ``catch_up`` (a cutover's): every landed batch is checkpointed, so a running follow
+        sees that it was copied."""
         tid = transactional_id("backfill", self.name, topic)
         writer = await open_fenced_writer(self.target, tid, topic=topic)
         copied = 0
         try:
+            # after the fence: a cutover's catch-up (another copier) may have copied past
+            # what this one read last; its checkpoint says so
+            mig = (await self.control.require()).topic(topic)
             limit = (await self.target.describe_topic(topic)).spec.max_event_bytes
             for p in range(mig.partitions):
-                after = reached[p] if p in reached else await self._resume_point(topic, p, mig)
+                checkpoint = mig.backfill_checkpoint.get(p)
+                if p in reached and (
+                    checkpoint is None
+                    or offset_key(_offset(checkpoint[0])) <= offset_key(reached[p])
+                ):
+                    after: Offset | None = reached[p]
+                else:
+                    after = await self._resume_point(topic, p, mig)
+
+                async def written(source: Offset, target: Offset, p: int = p) -> None:
+                    # a lower bound for the resume scan of a cutover's catch-up or a restart
+                    saved = self._follow_saved.get((topic, p), 0.0)
+                    if catch_up or time.monotonic() - saved >= FOLLOW_CHECKPOINT_EVERY:
+                        await self._checkpoint(topic, p, source, target)
+                        self._follow_saved[(topic, p)] = time.monotonic()
+
                 copied += await _copy_partition(
                     self.source,
                     topic,
@@ -818,6 +851,7 @@ class Migration:
                     kind="backfill",
                     writer=writer,
                     progress=progress,
+                    written=written,
                     limit=limit,
                     reached=reached,
                 )
@@ -830,6 +864,19 @@ class Migration:
             with contextlib.suppress(ConfigurationError):  # a count only: never worth a retry
                 await self.control.save(state, expected_version=version)
         return copied
+
+    async def _catch_up(self, topics: Sequence[str]) -> None:
+        """Before a group's positions are translated to the target (its members paused):
+        copy what services outside eventbus wrote to each topic that declares a stream
+        layout (the shared streams :meth:`follow` serves), so every event the group handled
+        on the source is on the target and is not handled there again."""
+        state = await self.control.require()
+        for t in topics:
+            if (await self.source.describe_topic(t)).spec.layout is None:
+                continue
+            mig = state.topic(t)
+            if mig.stage.startswith("dual") and not mig.reverse_pending:
+                await self._follow_round(t, mig, {}, None, catch_up=True)
 
     async def _resume_point(self, topic: str, p: int, mig: TopicMigration) -> Offset | None:
         """The last source offset already copied to the target (None: nothing yet)."""
@@ -1244,6 +1291,8 @@ class Migration:
         """After the members paused: translate every topic's positions and set them on the
         new side. Raises before setting anything when a check fails."""
         await self._await_paused(group, wait)
+        if to == "target":
+            await self._catch_up(topics)
         old_side = "source" if to == "target" else "target"
         old, new = (self.source, self.target) if to == "target" else (self.target, self.source)
         try:

@@ -130,9 +130,6 @@ transaction's commit costs a round trip, so batches span several reads."""
 CHECKPOINT_EVERY = 1.0
 """Seconds between backfill checkpoints (a lower bound for the resume scan, so rarer is safe)."""
 
-FOLLOW_CHECKPOINT_EVERY = 10.0
-"""Seconds between the checkpoints a follow saves (each is a control-record write)."""
-
 log = logging.getLogger("eventbus.migration")
 
 Written = Callable[[Offset, Offset], Awaitable[None]]
@@ -312,7 +309,6 @@ class Migration:
         """What ``drain`` writes copies to the source with (see ``copy_writer``)."""
         self.target_writer = target_writer or target
         self.control = ControlStore(source, name)
-        self._follow_saved: dict[tuple[str, int], float] = {}
 
     @classmethod
     async def open(cls, name: str, source_url: str, target_url: str) -> Migration:
@@ -815,7 +811,9 @@ class Migration:
     ) -> int:
         """One pass of :meth:`follow` over every partition, after what it read last.
         ``catch_up`` (a cutover's): every landed batch is checkpointed, so a running follow
-        sees that it was copied."""
+        sees that it was copied. A follow saves nothing (its control-record writes would race
+        the operator's commands), so a restarted follow's first resume scan starts at the last
+        checkpoint of the backfill or of a catch-up."""
         tid = transactional_id("backfill", self.name, topic)
         writer = await open_fenced_writer(self.target, tid, topic=topic)
         copied = 0
@@ -835,11 +833,10 @@ class Migration:
                     after = await self._resume_point(topic, p, mig)
 
                 async def written(source: Offset, target: Offset, p: int = p) -> None:
-                    # a lower bound for the resume scan of a cutover's catch-up or a restart
-                    saved = self._follow_saved.get((topic, p), 0.0)
-                    if catch_up or time.monotonic() - saved >= FOLLOW_CHECKPOINT_EVERY:
+                    # only a catch-up writes the control record: a follow's writes would
+                    # race the operator's commands, which expect the version they read
+                    if catch_up:
                         await self._checkpoint(topic, p, source, target)
-                        self._follow_saved[(topic, p)] = time.monotonic()
 
                 copied += await _copy_partition(
                     self.source,
@@ -857,12 +854,6 @@ class Migration:
                 )
         finally:
             await writer.close()
-        if copied:
-            state = await self.control.require()
-            version = state.version
-            state.topic(topic).backfilled += copied
-            with contextlib.suppress(ConfigurationError):  # a count only: never worth a retry
-                await self.control.save(state, expected_version=version)
         return copied
 
     async def _catch_up(self, topics: Sequence[str]) -> None:

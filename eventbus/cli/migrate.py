@@ -182,6 +182,14 @@ def advance(
             "(it gets nothing new). Repeatable.",
         ),
     ] = None,
+    ignore_legacy_writers: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-legacy-writers",
+            help="To target-only: go on although a service outside eventbus wrote to the "
+            "source within the last minute (what it writes from now on stays there).",
+        ),
+    ] = False,
     yes: YesOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Run the checks only; change nothing.")
@@ -194,14 +202,26 @@ def advance(
     --yes skips the question, --dry-run stops after the checks."""
 
     async def job(m: Migration) -> tuple[MigrationState, bool]:
-        state = await m.advance(topic, wait=wait, abandon=abandon or [], dry_run=True)
+        state = await m.advance(
+            topic,
+            wait=wait,
+            abandon=abandon or [],
+            dry_run=True,
+            ignore_legacy_writers=ignore_legacy_writers,
+        )
         step = _step(state, topic, +1)
         if dry_run:
             return state, False
         if output is Output.table:
             console().print(f"will move {step}")
         confirm_or_refuse(f"move {step}?", yes=yes, what="advance the topic")
-        return await m.advance(topic, wait=wait, abandon=abandon or []), True
+        moved = await m.advance(
+            topic,
+            wait=wait,
+            abandon=abandon or [],
+            ignore_legacy_writers=ignore_legacy_writers,
+        )
+        return moved, True
 
     state, changed = _run(name, source, target, job)
     if not changed:

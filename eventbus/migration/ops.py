@@ -130,6 +130,10 @@ transaction's commit costs a round trip, so batches span several reads."""
 CHECKPOINT_EVERY = 1.0
 """Seconds between backfill checkpoints (a lower bound for the resume scan, so rarer is safe)."""
 
+LEGACY_QUIET = 60.0
+"""Seconds without writes from services outside eventbus that advancing a topic with a
+stream layout to target-only wants (see ``Migration.advance``)."""
+
 log = logging.getLogger("eventbus.migration")
 
 Written = Callable[[Offset, Offset], Awaitable[None]]
@@ -455,6 +459,7 @@ class Migration:
         wait: float = 30.0,
         abandon: Sequence[str] = (),
         dry_run: bool = False,
+        ignore_legacy_writers: bool = False,
     ) -> MigrationState:
         """Move ``topic`` to its next stage, after every live producer follows the current
         one and the next stage's preconditions hold (raises ConfigurationError saying which
@@ -464,7 +469,12 @@ class Migration:
         server, or in a live member's heartbeat) has not been cut over to the target, naming
         each, unless it is listed in ``abandon`` (it then gets nothing new: the source
         receives no more events of the topic). ``dry_run``: run the checks that change
-        nothing and return the state unchanged."""
+        nothing and return the state unchanged.
+
+        To ``target-only`` a topic with a stream layout (shared with services outside
+        eventbus) is also refused while such a service wrote to the source within the last
+        ``LEGACY_QUIET`` seconds, unless ``ignore_legacy_writers``; what they wrote before is
+        copied to the target first."""
         state = await self.control.require()
         self._refuse_companion(state, topic)
         mig = state.topic(topic)
@@ -476,6 +486,8 @@ class Migration:
         if nxt == "target-only":
             for t in family:
                 await self._require_no_group_left(state, t, abandon)
+                if not ignore_legacy_writers:
+                    await self._require_legacy_writers_gone(t)
         if dry_run:
             return state
         for t in family:
@@ -498,6 +510,8 @@ class Migration:
                 state, mig = await self._finish_reverse_backfill(t, state, mig)
                 await self._require_groups_on(state, t, "target")
                 await self._require_empty_journal(t, self.target)
+                await self._catch_up([t])  # the last of what legacy producers wrote
+                state = await self.control.require()
         return await self._set_stage(state, topic, nxt)
 
     async def rollback(
@@ -855,6 +869,31 @@ class Migration:
         finally:
             await writer.close()
         return copied
+
+    async def _require_legacy_writers_gone(self, topic: str) -> None:
+        """To target-only, for a topic with a stream layout (a stream shared with services
+        outside eventbus): refuse while such a service still writes to the source, that is
+        while one of the last ``LEGACY_QUIET`` seconds' entries lacks the migration's marks
+        (after target-only nobody would copy what it writes)."""
+        if (await self.source.describe_topic(topic)).spec.layout is None:
+            return
+        since = datetime.now(UTC) - timedelta(seconds=LEGACY_QUIET)
+        info = await self.source.describe_topic(topic)
+        for part in info.partitions:
+            async with contextlib.aclosing(
+                _pages(self.source, topic, part.partition, since, True)
+            ) as pages:
+                async for page in pages:
+                    for r in page:
+                        if H_GEN not in r.headers and H_COPY not in r.headers:
+                            raise ConfigurationError(
+                                f"{topic}: a service outside eventbus still writes to the "
+                                f"source (event {event_id(r)} at {r.offset}, within the last "
+                                f"{LEGACY_QUIET:.0f} s); after target-only nobody copies what "
+                                "it writes. Retire it (or move it onto eventbus), wait "
+                                f"{LEGACY_QUIET:.0f} s and advance again, or pass "
+                                "--ignore-legacy-writers to leave its events behind"
+                            )
 
     async def _catch_up(self, topics: Sequence[str]) -> None:
         """Before a group's positions are translated to the target (its members paused):

@@ -7,7 +7,8 @@ moves the topic through every stage while everybody runs, with ``follow`` copyin
 legacy producer writes. Checked: the eventbus workers handle every event of both kinds,
 typed, each once; the legacy consumer reads every eventbus event published while it ran,
 in its own fields; Kafka ends up with every event keyed as the layout says; verify passes
-while the legacy producer still writes.
+while the legacy producer still writes; ``target-only`` is refused until the legacy
+producer has been quiet for ``LEGACY_QUIET``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import redis
 from pydantic import BaseModel
 
 import eventbus
-from eventbus.migration import Migration
+from eventbus.errors import ConfigurationError
+from eventbus.migration import Migration, ops
 from eventbus.topics import StreamLayout
 from tests.migration.procs import migrate_url
 from tests.migration.scenario import wait_for_empty_journal
@@ -110,8 +112,9 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 @pytest.mark.timeout(240)
 def test_legacy_and_eventbus_services_share_a_stream_through_every_stage(
-    redis_url: str, kafka_url: str
+    redis_url: str, kafka_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(ops, "LEGACY_QUIET", 2.0)  # the default, a minute, is long for a test
     name, topic = f"m-{uuid.uuid4().hex[:6]}", f"t-{uuid.uuid4().hex[:6]}"
     group, readers = f"svc-{uuid.uuid4().hex[:6]}", f"legacy-{uuid.uuid4().hex[:6]}"
     with eventbus.connect(redis_url) as admin:
@@ -186,7 +189,18 @@ def test_legacy_and_eventbus_services_share_a_stream_through_every_stage(
                     _wait, lambda: set(reader.seen) >= expected, 30, "the legacy reader"
                 )
                 await asyncio.to_thread(reader.halt)
-                await m.advance(topic, abandon=[readers])  # target-only
+                # target-only waits until the legacy producer has been quiet for a while
+                with pytest.raises(ConfigurationError, match="outside eventbus still writes"):
+                    await m.advance(topic, abandon=[readers])
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        await m.advance(topic, abandon=[readers])  # target-only
+                        break
+                    except ConfigurationError as exc:
+                        assert "outside eventbus" in str(exc), exc
+                        assert time.monotonic() < deadline, "still refused"
+                        await asyncio.sleep(0.2)  # allowed: polling interval of a condition
                 await asyncio.wait_for(follow, 30)  # it ends with the dual stages
                 for n in range(len(published), len(published) + 20):
                     data = {"origin": "eventbus", "n": n}

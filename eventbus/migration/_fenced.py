@@ -178,6 +178,10 @@ class TransactionalWriter:
     ) -> None:
         from confluent_kafka import KafkaException, Producer
 
+        from eventbus.adapters.kafka._cloudevents import writer
+
+        # copies are laid out as the target URL's publishes are (envelope=cloudevents...)
+        self._envelope = writer(settings.envelope, settings.ce_source)
         config: dict[str, Any] = {
             "acks": "all",
             "linger.ms": 5,
@@ -212,6 +216,8 @@ class TransactionalWriter:
         record's position), aborted (and invisible to committed reads) when it raises."""
         if not records:
             return None
+        if self._envelope is not None:
+            records = self._envelope(records)
         return await asyncio.to_thread(self._run, self._write, topic, list(records), timeout)
 
     async def close(self) -> None:

@@ -37,7 +37,12 @@ from eventbus.errors import (
     TopicExistsError,
 )
 from eventbus.event import H_ID
-from eventbus.migration._fenced import FencedWriter, open_fenced_writer, transactional_id
+from eventbus.migration._fenced import (
+    FencedError,
+    FencedWriter,
+    open_fenced_writer,
+    transactional_id,
+)
 from eventbus.migration.control import (
     MAX_SKIP_RANGES,
     STAGES,
@@ -788,39 +793,52 @@ class Migration:
         copied = 0
         rounds = 0
         reached: dict[int, Offset] = {}
-        while stop is None or not stop.is_set():
-            mig = (await self.control.require()).topic(topic)
-            following = mig.stage == "dual-target-primary" and not mig.reverse_pending
-            if mig.stage == "dual-source-primary" and not mig.backfill_done:
-                copied += await self.backfill(topic, progress=progress)
-                continue
-            if mig.stage != "dual-source-primary" and not following:
-                if rounds:
-                    return copied  # the topic moved on: following ends with it
-                raise ConfigurationError(
-                    f"{topic} is {mig.stage}; follow runs in dual-source-primary and "
-                    "dual-target-primary (after the backfill)"
-                )
-            try:
-                copied += await self._follow_round(topic, mig, reached, progress)
-            except EventBusError as exc:  # fenced by a cutover's catch-up, a side away: retry
-                log.warning("migration %s: follow of %s: %s; trying again", self.name, topic, exc)
-                reached.clear()  # resume from what the target holds
-            rounds += 1
-            if stop is None:
-                await asyncio.sleep(interval)  # allowed: the pace of a poll loop
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        writer: FencedWriter | None = None  # kept across rounds: each opening fences others
+        try:
+            while stop is None or not stop.is_set():
+                mig = (await self.control.require()).topic(topic)
+                if mig.stage == "dual-source-primary" and not mig.backfill_done:
+                    copied += await self.backfill(topic, progress=progress)
+                    continue
+                if mig.stage != "dual-source-primary" and (
+                    mig.stage != "dual-target-primary" or mig.reverse_pending
+                ):
+                    if rounds:
+                        return copied  # the topic moved on: following ends with it
+                    raise ConfigurationError(
+                        f"{topic} is {mig.stage}; follow runs in dual-source-primary and "
+                        "dual-target-primary (after the backfill)"
+                    )
+                try:
+                    if writer is None:
+                        tid = transactional_id("backfill", self.name, topic)
+                        writer = await open_fenced_writer(self.target, tid, topic=topic)
+                    copied += await self._follow_round(topic, reached, progress, writer=writer)
+                except EventBusError as exc:  # fenced by a cutover's catch-up, a side away
+                    log.warning("migration %s: follow of %s: %s; again", self.name, topic, exc)
+                    reached.clear()  # resume from what the target holds
+                    if writer is not None:
+                        with contextlib.suppress(EventBusError):
+                            await writer.close()
+                    writer = None
+                rounds += 1
+                if stop is None:
+                    await asyncio.sleep(interval)  # allowed: the pace of a poll loop
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+        finally:
+            if writer is not None:
+                await writer.close()
         return copied
 
     async def _follow_round(
         self,
         topic: str,
-        mig: TopicMigration,
         reached: dict[int, Offset],
         progress: Progress | None,
         *,
+        writer: FencedWriter,
         catch_up: bool = False,
     ) -> int:
         """One pass of :meth:`follow` over every partition, after what it read last.
@@ -828,46 +846,40 @@ class Migration:
         sees that it was copied. A follow saves nothing (its control-record writes would race
         the operator's commands), so a restarted follow's first resume scan starts at the last
         checkpoint of the backfill or of a catch-up."""
-        tid = transactional_id("backfill", self.name, topic)
-        writer = await open_fenced_writer(self.target, tid, topic=topic)
         copied = 0
-        try:
-            # after the fence: a cutover's catch-up (another copier) may have copied past
-            # what this one read last; its checkpoint says so
-            mig = (await self.control.require()).topic(topic)
-            limit = (await self.target.describe_topic(topic)).spec.max_event_bytes
-            for p in range(mig.partitions):
-                checkpoint = mig.backfill_checkpoint.get(p)
-                if p in reached and (
-                    checkpoint is None
-                    or offset_key(_offset(checkpoint[0])) <= offset_key(reached[p])
-                ):
-                    after: Offset | None = reached[p]
-                else:
-                    after = await self._resume_point(topic, p, mig)
+        # a cutover's catch-up (another copier) may have copied past what this one
+        # read last; its checkpoint says so (and it fenced this writer)
+        mig = (await self.control.require()).topic(topic)
+        limit = (await self.target.describe_topic(topic)).spec.max_event_bytes
+        for p in range(mig.partitions):
+            checkpoint = mig.backfill_checkpoint.get(p)
+            if p in reached and (
+                checkpoint is None or offset_key(_offset(checkpoint[0])) <= offset_key(reached[p])
+            ):
+                after: Offset | None = reached[p]
+            else:
+                after = await self._resume_point(topic, p, mig)
 
-                async def written(source: Offset, target: Offset, p: int = p) -> None:
-                    # only a catch-up writes the control record: a follow's writes would
-                    # race the operator's commands, which expect the version they read
-                    if catch_up:
-                        await self._checkpoint(topic, p, source, target)
+            async def written(source: Offset, target: Offset, p: int = p) -> None:
+                # only a catch-up writes the control record: a follow's writes would
+                # race the operator's commands, which expect the version they read
+                if catch_up:
+                    await self._checkpoint(topic, p, source, target)
 
-                copied += await _copy_partition(
-                    self.source,
-                    topic,
-                    p,
-                    after,
-                    inclusive=after is None,
-                    keep=lambda r: H_GEN not in r.headers and H_COPY not in r.headers,
-                    kind="backfill",
-                    writer=writer,
-                    progress=progress,
-                    written=written,
-                    limit=limit,
-                    reached=reached,
-                )
-        finally:
-            await writer.close()
+            copied += await _copy_partition(
+                self.source,
+                topic,
+                p,
+                after,
+                inclusive=after is None,
+                keep=lambda r: H_GEN not in r.headers and H_COPY not in r.headers,
+                kind="backfill",
+                writer=writer,
+                progress=progress,
+                written=written,
+                limit=limit,
+                reached=reached,
+            )
         return copied
 
     async def _require_legacy_writers_gone(self, topic: str) -> None:
@@ -905,8 +917,19 @@ class Migration:
             if (await self.source.describe_topic(t)).spec.layout is None:
                 continue
             mig = state.topic(t)
-            if mig.stage.startswith("dual") and not mig.reverse_pending:
-                await self._follow_round(t, mig, {}, None, catch_up=True)
+            if not mig.stage.startswith("dual") or mig.reverse_pending:
+                continue
+            for attempt in range(5):  # a running follow may fence this writer once
+                tid = transactional_id("backfill", self.name, t)
+                writer = await open_fenced_writer(self.target, tid, topic=t)
+                try:
+                    await self._follow_round(t, {}, None, writer=writer, catch_up=True)
+                    break
+                except FencedError:
+                    if attempt == 4:
+                        raise
+                finally:
+                    await writer.close()
 
     async def _resume_point(self, topic: str, p: int, mig: TopicMigration) -> Offset | None:
         """The last source offset already copied to the target (None: nothing yet)."""

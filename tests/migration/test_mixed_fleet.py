@@ -29,6 +29,7 @@ import eventbus
 from eventbus.errors import ConfigurationError
 from eventbus.migration import Migration, ops
 from eventbus.topics import StreamLayout
+from tests.kafka.test_cloudevents import _kcat, consume_raw
 from tests.migration.procs import migrate_url
 from tests.migration.scenario import wait_for_empty_journal
 
@@ -112,9 +113,11 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 @pytest.mark.timeout(240)
 def test_legacy_and_eventbus_services_share_a_stream_through_every_stage(
-    redis_url: str, kafka_url: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, kafka_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ops, "LEGACY_QUIET", 2.0)  # the default, a minute, is long for a test
+    # Kafka consumers outside eventbus (Dapr, Knative, Spring) read CloudEvents headers
+    kafka_url += ("&" if "?" in kafka_url else "?") + "envelope=cloudevents&ce_source=/fleet"
     name, topic = f"m-{uuid.uuid4().hex[:6]}", f"t-{uuid.uuid4().hex[:6]}"
     group, readers = f"svc-{uuid.uuid4().hex[:6]}", f"legacy-{uuid.uuid4().hex[:6]}"
     with eventbus.connect(redis_url) as admin:
@@ -224,13 +227,32 @@ def test_legacy_and_eventbus_services_share_a_stream_through_every_stage(
     assert not twice, f"handled more than once: {list(twice)[:5]}"
     assert set(handled) == expected
 
-    async def kafka_side() -> list[tuple[str, str]]:
-        async with eventbus.connect_async(kafka_url) as kafka:
-            events = []
-            async for replayed in kafka.replay(topic):
-                events.append(replayed.event)
-            return [(e.data["origin"], e.key or "") for e in events if e.data["origin"] == "legacy"]
+    _check_kafka_side(kafka_url, kafka_bootstrap, topic, len(legacy.sent), len(expected))
 
-    legacy_on_kafka = asyncio.run(kafka_side())
-    assert len(legacy_on_kafka) == len(legacy.sent)
-    assert {key for _, key in legacy_on_kafka} == {"L0", "L1", "L2"}, "keyed as the layout says"
+
+def _check_kafka_side(
+    kafka_url: str, bootstrap: str, topic: str, legacy_count: int, total: int
+) -> None:
+    """Kafka holds every event once, legacy ones keyed as the layout says, each a CloudEvent
+    (backfilled, copied, journaled or published there) to kcat and to a plain consumer."""
+
+    async def legacy_keys() -> list[str]:
+        async with eventbus.connect_async(kafka_url) as kafka:
+            return [
+                r.event.key or ""
+                async for r in kafka.replay(topic)
+                if r.event.data["origin"] == "legacy"
+            ]
+
+    keys = asyncio.run(legacy_keys())
+    assert len(keys) == legacy_count
+    assert set(keys) == {"L0", "L1", "L2"}, "keyed as the layout says"
+    rows = _kcat(bootstrap, topic)
+    assert len(rows) == total
+    for row in rows:
+        headers = dict(zip(row["headers"][::2], row["headers"][1::2], strict=True))
+        assert headers["ce_specversion"] == "1.0" and headers["ce_type"] == "TaskCreated"
+        assert headers["ce_id"] and headers["content-type"] == "application/json"
+        assert json.loads(row["payload"])["origin"] in ("legacy", "eventbus")
+    raw = consume_raw(bootstrap, topic, total)
+    assert len({dict(m.headers())["ce_id"] for m in raw}) == total, "each once, own ce_id"

@@ -202,6 +202,7 @@ class LayoutCodec:
             )
         event_id = values.get("id") or headers.get(H_ID)
         headers[H_ID] = event_id or entry_uuid(topic, partition, offset).encode()
+        headers.setdefault(H_CONTENT_TYPE, JSON_TYPE)  # the data is JSON (checked, or built)
         return Record(
             topic=topic,
             partition=partition,

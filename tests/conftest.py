@@ -29,3 +29,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         servers.provision(log=say)
     except servers.ServerError as exc:  # the tests that need it say so again, one by one
         say(f"could not provision the test servers: {exc}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The observability tests install an OpenTelemetry SDK as the process-wide provider,
+    which cannot be taken back: run them last, so no other test sees trace headers."""
+    items.sort(key=lambda item: item.path.name == "test_observability.py")

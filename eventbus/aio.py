@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Generator,
     Iterable,
     Mapping,
-    Sequence,
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +27,6 @@ from eventbus.errors import (
     ClosedError,
     ConfigurationError,
     InvalidPositionError,
-    SerializationError,
     TopicExistsError,
     UnsupportedError,
 )
@@ -46,6 +41,14 @@ from eventbus.event import (
     raw_event,
 )
 from eventbus.observability import instruments
+from eventbus.subscription import (
+    DEFAULT_TIMEOUT,
+    AsyncDelivery,
+    AsyncSubscription,
+    Start,
+    default_consumer_name,
+    parse_start,
+)
 from eventbus.topics import Plan, TopicSpec, plan
 from eventbus.transport import (
     ConsumerOptions,
@@ -58,7 +61,6 @@ from eventbus.transport import (
     ResetTarget,
     TopicInfo,
     Transport,
-    TransportConsumer,
     offset_key,
 )
 
@@ -71,249 +73,10 @@ __all__ = [
     "AsyncEventBus",
     "AsyncSubscription",
     "Replayed",
-    "call_handler",
-    "default_consumer_name",
     "Start",
     "connect_async",
-    "dead_letter_headers",
     "parse_start",
 ]
-
-Start = Literal["earliest", "latest"] | datetime | Position | str
-"""Where reading starts: an end of the topic, a time, a position, or any of these as text."""
-
-DEFAULT_TIMEOUT = 30.0
-
-
-def parse_start(value: Start | None) -> Literal["earliest", "latest"] | datetime | Position:
-    """Normalise a start: ``"earliest"``, ``"latest"``, a datetime (naive means UTC), a
-    :class:`Position`, or text of either (ISO time, ``"p:offset"``). Raises
-    InvalidPositionError for anything else."""
-    if value is None or value == "earliest":
-        return "earliest"
-    if value == "latest":
-        return "latest"
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, Position):
-        return value
-    text = str(value).strip()
-    if ":" in text and text.split(":", 1)[0].isdigit():
-        return Position.parse(text)
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidPositionError(
-            f"{value!r} is not a start: use earliest, latest, an ISO time such as "
-            "2026-01-31T12:00:00Z, or PARTITION:OFFSET"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-def default_consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-
-
-def dead_letter_headers(
-    record: Record, reason: BaseException | str, attempts: int, group: str | None
-) -> dict[str, bytes]:
-    """The headers a dead-lettered copy carries: why, after how many attempts, from where."""
-    text = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
-    headers = {
-        "eb-dlq-reason": text[:2000].encode("utf-8", errors="replace"),
-        "eb-dlq-attempts": str(attempts).encode(),
-        "eb-dlq-source": f"{record.topic}/{record.partition}/{record.offset}".encode(),
-        "eb-dlq-time": datetime.now(UTC).isoformat().encode(),
-    }
-    if group is not None:
-        headers["eb-dlq-group"] = group.encode()
-    return headers
-
-
-class AsyncDelivery:
-    """One event handed to a group member. Ack it when done, or nack it to get it again.
-
-    ``attempt`` is 1 on first delivery and grows with each redelivery."""
-
-    __slots__ = ("_acked", "_subscription", "event", "record")
-
-    def __init__(self, subscription: AsyncSubscription, record: Record, event: Event) -> None:
-        self._subscription = subscription
-        self.record = record
-        self.event = event
-        self._acked = False
-
-    @property
-    def topic(self) -> str:
-        return self.record.topic
-
-    @property
-    def partition(self) -> int:
-        return self.record.partition
-
-    @property
-    def position(self) -> Position:
-        return self.record.position
-
-    @property
-    def attempt(self) -> int:
-        return self.record.attempt
-
-    async def ack(self) -> None:
-        """Mark the event done for the group; it is not delivered to the group again."""
-        if not self._acked:
-            self._acked = True
-            await self._subscription.consumer.ack([self.record])
-            self._subscription.count("acked", 1, self.record.topic)
-
-    async def nack(self, delay: float = 0.0) -> None:
-        """Give the event back; it is delivered again no sooner than ``delay`` seconds."""
-        if not self._acked:
-            self._acked = True
-            await self._subscription.consumer.nack(self.record, delay)
-            self._subscription.count("nacked", 1, self.record.topic)
-
-    async def dead_letter(self, reason: BaseException | str) -> None:
-        """Send the event to the subscription's dead-letter topic with ``reason`` and ack it."""
-        if not self._acked:
-            self._acked = True
-            await self._subscription.send_to_dead_letter(self.record, reason, self.attempt)
-
-    def __repr__(self) -> str:
-        return f"<AsyncDelivery {self.topic} {self.position} attempt={self.attempt}>"
-
-
-class AsyncSubscription:
-    """A group member's stream of deliveries: ``async for delivery in subscription``.
-
-    Records that cannot be decoded (or do not validate as ``model``) never reach the caller:
-    they go to the dead-letter topic with the reason and are acked, and reading goes on."""
-
-    def __init__(
-        self,
-        bus: AsyncEventBus,
-        topics: tuple[str, ...],
-        group: str,
-        consumer: TransportConsumer,
-        model: type[BaseModel] | None,
-        dead_letter: str | None,
-        batch_size: int,
-    ) -> None:
-        self.bus = bus
-        self.topics = topics
-        self.group = group
-        self.consumer = consumer
-        self.model = model
-        self.dead_letter_topic = dead_letter
-        self.batch_size = batch_size
-        self._buffer: list[AsyncDelivery] = []
-        self._closed = False
-        self._system = bus.transport.capabilities.transport
-
-    def count(self, name: str, amount: int, topic: str) -> None:
-        """Report ``amount`` to the metric ``name`` for this subscription's group."""
-        instruments().count(name, amount, self._system, topic, self.group)
-
-    async def fetch(
-        self, max_records: int | None = None, timeout: float = 1.0
-    ) -> list[AsyncDelivery]:
-        """Up to ``max_records`` deliveries, waiting up to ``timeout`` s for the first."""
-        if self._closed:
-            raise ClosedError("this subscription is closed")
-        if self._buffer:
-            n = max_records or self.batch_size
-            out, self._buffer = self._buffer[:n], self._buffer[n:]
-            return out
-        records = await self.consumer.fetch(max_records or self.batch_size, timeout)
-        return await self._decode_all(records)
-
-    async def _decode_all(self, records: list[Record]) -> list[AsyncDelivery]:
-        out: list[AsyncDelivery] = []
-        codec, model = self.bus.codec, self.model
-        self.note_fetched(records)
-        for record in records:
-            try:
-                event = decode_record(record, codec, model)
-            except SerializationError as exc:
-                await self.send_to_dead_letter(record, exc, record.attempt)
-                continue
-            out.append(AsyncDelivery(self, record, event))
-        return out
-
-    async def ack(self, deliveries: Iterable[AsyncDelivery]) -> None:
-        """Ack many deliveries in one call to the server (cheaper than one ack each)."""
-        records = []
-        for delivery in deliveries:
-            if not delivery._acked:
-                delivery._acked = True
-                records.append(delivery.record)
-        if records:
-            await self.consumer.ack(records)
-            self.count_records("acked", records)
-
-    def count_records(self, name: str, records: Sequence[Record]) -> None:
-        """Add each topic's number of ``records`` to the metric ``name`` (one call per topic)."""
-        if not records or not instruments().enabled:
-            return
-        topic = records[0].topic
-        if all(r.topic == topic for r in records):
-            self.count(name, len(records), topic)
-            return
-        per_topic: dict[str, int] = {}
-        for record in records:
-            per_topic[record.topic] = per_topic.get(record.topic, 0) + 1
-        for name_of_topic, amount in per_topic.items():
-            self.count(name, amount, name_of_topic)
-
-    def note_fetched(self, records: list[Record]) -> None:
-        """Count deliveries (and redeliveries) for the metrics."""
-        if records and instruments().enabled:
-            self.count_records("consumed", records)
-            self.count_records("redelivered", [r for r in records if r.attempt > 1])
-
-    async def send_to_dead_letter(
-        self, record: Record, reason: BaseException | str, attempts: int
-    ) -> None:
-        """Move ``record`` to the dead-letter topic (acking it); nack it if there is none."""
-        if self.dead_letter_topic is None:
-            # nowhere to put it: give it back rather than lose it
-            await self.consumer.nack(record, 1.0)
-            return
-        await self.bus.ensure_topic(self.dead_letter_topic)
-        headers = dead_letter_headers(record, reason, attempts, self.group)
-        await self.consumer.dead_letter(record, self.dead_letter_topic, headers)
-        self.count("dead_lettered", 1, record.topic)
-
-    def __aiter__(self) -> AsyncSubscription:
-        return self
-
-    async def __anext__(self) -> AsyncDelivery:
-        while not self._closed:
-            if not self._buffer:
-                self._buffer = await self.fetch(timeout=0.5)
-            if self._buffer:
-                return self._buffer.pop(0)
-        raise StopAsyncIteration
-
-    async def close(self) -> None:
-        """Leave the group: acked events are committed, the rest go back to the group."""
-        if not self._closed:
-            self._closed = True
-            self._buffer.clear()
-            await self.consumer.close()
-
-    async def kill(self) -> None:
-        """Stop as a crashed process would (for tests and drills): nothing is committed."""
-        self._closed = True
-        await self.consumer.kill()
-
-    async def __aenter__(self) -> AsyncSubscription:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -849,19 +612,3 @@ def connect_async(
     connection errors surface when it connects."""
     transport = open_transport(url, options)
     return AsyncEventBus(transport, codec=codec, source=source, publish_timeout=publish_timeout)
-
-
-async def call_handler(
-    handler: Callable[[Any], Any],
-    delivery: Any,
-    run_sync: Callable[..., Awaitable[Any]],
-    is_async: bool | None = None,
-) -> None:
-    """Call a sync or async handler with a delivery; sync ones run via ``run_sync``.
-    ``is_async`` saves the per-call check when the caller knows it."""
-    if is_async if is_async is not None else asyncio.iscoroutinefunction(handler):
-        await handler(delivery)
-    else:
-        result = await run_sync(handler, delivery)
-        if asyncio.iscoroutine(result):
-            await result

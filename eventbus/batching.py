@@ -52,33 +52,29 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from eventbus.aio import AsyncDelivery, AsyncEventBus, AsyncSubscription
 from eventbus.errors import ClosedError, ConfigurationError, SerializationError, UnsupportedError
 from eventbus.event import Event, decode_record
+from eventbus.subscription import AsyncDelivery, AsyncSubscription
 from eventbus.transport import Record, offset_key
 
 if TYPE_CHECKING:
-    from eventbus._portal import Portal
-    from eventbus.sync import Delivery, EventBus
+    from eventbus.aio import AsyncEventBus
 
 __all__ = [
     "BUDGET_FETCH_FLAG",
     "AsyncBatchSubscription",
     "Batch",
-    "BatchSubscription",
     "BudgetFetcher",
-    "SyncBatch",
     "Weight",
     "subscribe_batches",
-    "subscribe_batches_sync",
 ]
 
 Weight = str | Callable[[Event], float]
@@ -175,11 +171,9 @@ class Batch:
 
     async def ack(self) -> None:
         """Ack every delivery of the batch not settled yet, in one call to the transport."""
-        open_ = [d for d in self.deliveries if not _settled(d)]
+        open_ = [d for d in self.deliveries if d.claim()]
         if not open_:
             return
-        for d in open_:
-            _mark_settled(d)
         sub = self.subscription.inner
         records = [d.record for d in open_]
         await sub.consumer.ack(records)
@@ -193,15 +187,6 @@ class Batch:
 
     def __repr__(self) -> str:
         return f"<Batch {len(self)} items weight={self.weight:g}/{self.budget:g}>"
-
-
-def _settled(delivery: AsyncDelivery) -> bool:
-    return bool(delivery._acked)
-
-
-def _mark_settled(delivery: AsyncDelivery) -> None:
-    # AsyncDelivery has no public "settled" setter; a batch ack settles many in one call.
-    delivery._acked = True
 
 
 class AsyncBatchSubscription:
@@ -543,110 +528,3 @@ async def subscribe_batches(
         hold_limit=max_lease / 2,
         fetcher=fetcher,
     )
-
-
-# the blocking API ----------------------------------------------------------------------------
-class SyncBatch:
-    """A batch for the blocking API (twin of :class:`Batch`; deliveries are sync ones)."""
-
-    __slots__ = ("_inner", "_portal", "deliveries")
-
-    def __init__(self, inner: Batch, portal: Portal) -> None:
-        from eventbus.sync import Delivery
-
-        self._inner = inner
-        self._portal = portal
-        self.deliveries: list[Delivery] = [Delivery(d, portal) for d in inner.deliveries]
-
-    @property
-    def weight(self) -> float:
-        return self._inner.weight
-
-    @property
-    def weights(self) -> list[float]:
-        return self._inner.weights
-
-    @property
-    def budget(self) -> float:
-        return self._inner.budget
-
-    @property
-    def oversize(self) -> bool:
-        return self._inner.oversize
-
-    @property
-    def events(self) -> list[Event]:
-        return self._inner.events
-
-    def __len__(self) -> int:
-        return len(self.deliveries)
-
-    def __iter__(self) -> Iterator[Delivery]:
-        return iter(self.deliveries)
-
-    def ack(self) -> None:
-        """Ack every delivery of the batch not settled yet."""
-        self._portal.call(self._inner.ack())
-
-    def nack(self, delay: float = 0.0) -> None:
-        """Give back every delivery not settled yet (again after ``delay`` s)."""
-        self._portal.call(self._inner.nack(delay))
-
-    def __repr__(self) -> str:
-        return f"<SyncBatch {len(self)} items weight={self.weight:g}/{self.budget:g}>"
-
-
-class BatchSubscription:
-    """Budgeted batches for the blocking API: ``for batch in subscription``; close to leave."""
-
-    def __init__(self, inner: AsyncBatchSubscription, portal: Portal) -> None:
-        self._inner = inner
-        self._portal = portal
-
-    @property
-    def aio(self) -> AsyncBatchSubscription:
-        return self._inner
-
-    def fetch(self, max_wait: float | None = None) -> SyncBatch | None:
-        """The next batch, or None when nothing came within ``max_wait`` s."""
-        batch = self._portal.call(self._inner.fetch(max_wait))
-        return None if batch is None else SyncBatch(batch, self._portal)
-
-    def __iter__(self) -> Iterator[SyncBatch]:
-        return self
-
-    def __next__(self) -> SyncBatch:
-        try:
-            return SyncBatch(self._portal.call(_next(self._inner)), self._portal)
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    def close(self) -> None:
-        """Leave the group: acked items are committed, the rest go back to the group."""
-        self._portal.call(self._inner.close())
-
-    def kill(self) -> None:
-        """Stop as a crashed process would (tests and drills): nothing is committed."""
-        self._portal.call(self._inner.kill())
-
-    def __enter__(self) -> BatchSubscription:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-async def _next(sub: AsyncIterator[Batch]) -> Batch:
-    return await sub.__anext__()
-
-
-def subscribe_batches_sync(
-    bus: EventBus, topics: str | Sequence[str], **settings: Any
-) -> BatchSubscription:
-    """The blocking twin of :func:`subscribe_batches` (same settings), run on the bus's loop
-    thread: ``for batch in subscribe_batches_sync(bus, "prompts", group=..., ...)``."""
-    portal: Portal = bus._portal
-    inner = portal.call(subscribe_batches(bus.aio, topics, **settings))
-    return BatchSubscription(inner, portal)

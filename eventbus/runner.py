@@ -32,19 +32,22 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from eventbus.aio import AsyncDelivery, AsyncEventBus, AsyncSubscription, call_handler
 from eventbus.errors import SerializationError
 from eventbus.event import decode_record
 from eventbus.observability import instruments
+from eventbus.subscription import AsyncDelivery, AsyncSubscription
 from eventbus.transport import LeasedConsumer, Record
 
-__all__ = ["AsyncRunner", "RunnerStats", "backoff_delay"]
+if TYPE_CHECKING:
+    from eventbus.aio import AsyncEventBus
+
+__all__ = ["AsyncRunner", "RunnerStats", "backoff_delay", "call_handler"]
 
 log = logging.getLogger("eventbus.runner")
 
@@ -436,8 +439,7 @@ class AsyncRunner:
                 record.attempt = attempt
                 continue
             self._running.discard(rid)
-            if not delivery._acked:
-                delivery._acked = True
+            if delivery.claim():
                 acks.append(record)
                 if self._ack_ready is not None:
                     self._ack_ready.set()
@@ -548,3 +550,19 @@ async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+async def call_handler(
+    handler: Callable[[Any], Any],
+    delivery: Any,
+    run_sync: Callable[..., Awaitable[Any]],
+    is_async: bool | None = None,
+) -> None:
+    """Call a sync or async handler with a delivery; sync ones run via ``run_sync``.
+    ``is_async`` saves the per-call check when the caller knows it."""
+    if is_async if is_async is not None else asyncio.iscoroutinefunction(handler):
+        await handler(delivery)
+    else:
+        result = await run_sync(handler, delivery)
+        if asyncio.iscoroutine(result):
+            await result

@@ -7,32 +7,35 @@ the semantics are the async ones by construction. Safe to call from many threads
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from eventbus._portal import Portal
 from eventbus._registry import open_transport
-from eventbus.aio import (
-    DEFAULT_TIMEOUT,
-    AsyncDelivery,
-    AsyncEventBus,
-    AsyncSubscription,
-    Replayed,
-    Start,
-)
+from eventbus.aio import AsyncEventBus, Replayed
+from eventbus.batching import AsyncBatchSubscription, Batch, subscribe_batches
 from eventbus.event import Codec, Event
 from eventbus.runner import AsyncRunner, RunnerStats
+from eventbus.subscription import DEFAULT_TIMEOUT, AsyncDelivery, AsyncSubscription, Start
 from eventbus.topics import Plan, TopicSpec
 from eventbus.transport import Capabilities, GroupInfo, Offset, Outgoing, Position, TopicInfo
 
-if TYPE_CHECKING:
-    from eventbus.batching import BatchSubscription
+_T = TypeVar("_T")
 
-__all__ = ["Delivery", "EventBus", "Runner", "Subscription", "connect"]
+__all__ = [
+    "BatchSubscription",
+    "Delivery",
+    "EventBus",
+    "Runner",
+    "Subscription",
+    "SyncBatch",
+    "connect",
+    "subscribe_batches_sync",
+]
 
 
 class Delivery:
@@ -271,8 +274,6 @@ class EventBus:
         **settings: Any,
     ) -> BatchSubscription:
         """Blocking twin of :meth:`AsyncEventBus.subscribe_batches`."""
-        from eventbus.batching import subscribe_batches_sync
-
         names = [topics] if isinstance(topics, str) else list(topics)
         return subscribe_batches_sync(
             self, names, group=group, budget=budget, weight=weight, **settings
@@ -373,7 +374,7 @@ class EventBus:
         return self._portal.call(self._bus.reset_group(group, topic, to))
 
 
-async def _next(agen: AsyncIterator[Replayed]) -> Replayed:
+async def _next(agen: AsyncIterator[_T]) -> _T:
     return await agen.__anext__()
 
 
@@ -397,3 +398,104 @@ def connect(
     return EventBus(
         url, codec=codec, source=source, publish_timeout=publish_timeout, options=options
     )
+
+
+# budgeted batches (twins of eventbus.batching) ------------------------------------------------
+class SyncBatch:
+    """A batch for the blocking API (twin of :class:`Batch`; deliveries are sync ones)."""
+
+    __slots__ = ("_inner", "_portal", "deliveries")
+
+    def __init__(self, inner: Batch, portal: Portal) -> None:
+        self._inner = inner
+        self._portal = portal
+        self.deliveries: list[Delivery] = [Delivery(d, portal) for d in inner.deliveries]
+
+    @property
+    def weight(self) -> float:
+        return self._inner.weight
+
+    @property
+    def weights(self) -> list[float]:
+        return self._inner.weights
+
+    @property
+    def budget(self) -> float:
+        return self._inner.budget
+
+    @property
+    def oversize(self) -> bool:
+        return self._inner.oversize
+
+    @property
+    def events(self) -> list[Event]:
+        return self._inner.events
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+    def __iter__(self) -> Iterator[Delivery]:
+        return iter(self.deliveries)
+
+    def ack(self) -> None:
+        """Ack every delivery of the batch not settled yet."""
+        self._portal.call(self._inner.ack())
+
+    def nack(self, delay: float = 0.0) -> None:
+        """Give back every delivery not settled yet (again after ``delay`` s)."""
+        self._portal.call(self._inner.nack(delay))
+
+    def __repr__(self) -> str:
+        return f"<SyncBatch {len(self)} items weight={self.weight:g}/{self.budget:g}>"
+
+
+class BatchSubscription:
+    """Budgeted batches for the blocking API: ``for batch in subscription``; close to leave."""
+
+    def __init__(self, inner: AsyncBatchSubscription, portal: Portal) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def aio(self) -> AsyncBatchSubscription:
+        return self._inner
+
+    def fetch(self, max_wait: float | None = None) -> SyncBatch | None:
+        """The next batch, or None when nothing came within ``max_wait`` s."""
+        batch = self._portal.call(self._inner.fetch(max_wait))
+        return None if batch is None else SyncBatch(batch, self._portal)
+
+    def __iter__(self) -> Iterator[SyncBatch]:
+        return self
+
+    def __next__(self) -> SyncBatch:
+        try:
+            return SyncBatch(self._portal.call(_next(self._inner)), self._portal)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Leave the group: acked items are committed, the rest go back to the group."""
+        self._portal.call(self._inner.close())
+
+    def kill(self) -> None:
+        """Stop as a crashed process would (tests and drills): nothing is committed."""
+        self._portal.call(self._inner.kill())
+
+    def __enter__(self) -> BatchSubscription:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def subscribe_batches_sync(
+    bus: EventBus, topics: str | Sequence[str], **settings: Any
+) -> BatchSubscription:
+    """The blocking twin of :func:`eventbus.batching.subscribe_batches` (same settings), run
+    on the bus's loop thread: ``for batch in subscribe_batches_sync(bus, "prompts", ...)``."""
+    portal: Portal = bus._portal
+    inner = portal.call(subscribe_batches(bus.aio, topics, **settings))
+    return BatchSubscription(inner, portal)

@@ -30,13 +30,8 @@ from typing import Any
 import pytest
 
 import eventbus
-from eventbus.batching import (
-    BatchSubscription,
-    SyncBatch,
-    subscribe_batches,
-    subscribe_batches_sync,
-)
-from eventbus.sync import EventBus
+from eventbus.batching import subscribe_batches
+from eventbus.sync import BatchSubscription, EventBus, SyncBatch, subscribe_batches_sync
 from eventbus.testing.conformance import unique, wait_until
 
 __all__ = ["BatchingSuite", "Ledger"]

@@ -18,7 +18,7 @@ import pytest
 import eventbus
 from eventbus.adapters.kafka._consumer import (
     _BUFFER_CAP,
-    _METADATA_BUDGET,
+    METADATA_BUDGET,
     CommitMetadata,
     KafkaConsumer,
     _Partition,
@@ -64,7 +64,7 @@ def test_metadata_over_budget_keeps_the_lowest_done_ranges(
     base = 10**12
     ranges = [(base + 2 * i + 1, base + 2 * i + 2) for i in range(3000)]
     text = encode_metadata(base + 6001, {base: 2}, ranges)
-    assert len(text) <= _METADATA_BUDGET + len(f"eb1 {base + 6001} ")
+    assert len(text) <= METADATA_BUDGET + len(f"eb1 {base + 6001} ")
     kept = parse_metadata(text).done
     assert 0 < len(kept) < len(ranges)
     assert list(kept) == ranges[: len(kept)], "the lowest ranges, exactly"

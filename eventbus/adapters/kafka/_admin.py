@@ -24,7 +24,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import confluent_kafka.admin as _kafka_admin
@@ -38,6 +38,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from eventbus.adapters.kafka._errors import CredentialWatch, kafka_error, translate
+from eventbus.adapters.kafka._metadata import decode_metadata, to_ms
 from eventbus.errors import (
     GroupActiveError,
     GroupNotFoundError,
@@ -74,13 +75,6 @@ _SLICE = 0.25
 T = TypeVar("T")
 K: Any = _kafka_admin
 """confluent_kafka.admin, untyped: its re-exports carry no type information."""
-
-
-def to_ms(when: datetime) -> int:
-    """Milliseconds since the epoch; a naive datetime is taken as UTC."""
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
 
 
 class TopicMeta:
@@ -178,8 +172,6 @@ def _group_partition(
     backlog = _backlog(committed, marks)
     if committed is None:
         return GroupPartition(topic, partition, None, lag, backlog=backlog)
-    from eventbus.adapters.kafka._consumer import decode_metadata
-
     high, _ = decode_metadata(metadata)
     if high > committed:
         return GroupPartition(

@@ -40,7 +40,7 @@ synchronously on revoke and on ``close``. A failed commit (say, ``REBALANCE_IN_P
 during a rebalance) is sent again with the next one while the partition is still ours.
 
 Commit metadata, ``"eb1 <high> <offset>:<count>,... <gap>+<length>,..."`` (at most
-``_METADATA_BUDGET`` characters after the high offset): every offset in ``[committed, high)``
+``METADATA_BUDGET`` characters after the high offset): every offset in ``[committed, high)``
 was delivered at least once; the listed counts say how often where that is not once (0 for a
 record released before it ran); the last field lists the offsets in that range already done
 (acked, or nonexistent), as ranges: the first ``gap`` is the absolute start offset, each later
@@ -78,7 +78,6 @@ keep flowing.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import concurrent.futures
 import contextlib
 import heapq
@@ -88,7 +87,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -100,9 +99,17 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from eventbus.adapters.kafka._admin import to_ms
 from eventbus.adapters.kafka._cloudevents import from_kafka
 from eventbus.adapters.kafka._errors import kafka_error, translate
+from eventbus.adapters.kafka._metadata import (
+    METADATA_BUDGET,
+    CommitMetadata,
+    decode_metadata,
+    encode_metadata,
+    encode_metadata_checked,
+    parse_metadata,
+    to_ms,
+)
 from eventbus.errors import (
     AuthenticationError,
     ClosedError,
@@ -124,8 +131,6 @@ log = logging.getLogger("eventbus.kafka")
 T = TypeVar("T")
 PublishFn = Callable[[str, Sequence[Outgoing]], Awaitable[list[Position]]]
 
-_METADATA_BUDGET = 3500
-"""Characters of commit metadata we use (Kafka's offset.metadata.max.bytes defaults to 4096)."""
 _BUFFER_CAP = 500
 """Records fetched but not handed out above which the keepalive pauses the partitions."""
 _ACK_COMMIT_EVERY = 0.005
@@ -154,103 +159,6 @@ _RETRY_ON_CLOSE = _RETRY_ON_REVOKE | {
 """Commit errors the final commit waits out: the group moved to a new generation (another
 member left) and this member rejoins while it polls; partitions it no longer owns after that
 are dropped by the rebalance callbacks those polls serve, so the retry commits only its own."""
-
-Ranges = tuple[tuple[int, int], ...]
-"""Sorted, disjoint half-open offset ranges ``[start, end)``."""
-
-
-@dataclass(frozen=True, slots=True)
-class CommitMetadata:
-    """What eventbus commit metadata says about the offsets at and above the committed one."""
-
-    high: int = -1
-    """Every offset in ``[committed, high)`` was delivered at least once (-1: not ours)."""
-    counts: Mapping[int, int] = field(default_factory=dict)
-    """Deliveries so far of the offsets where that is not 1."""
-    done: Ranges = ()
-    """Offsets already done (acked or nonexistent): never hand them out again."""
-
-    def is_done(self, offset: int) -> bool:
-        i = bisect.bisect_right(self.done, offset, key=lambda r: r[0]) - 1
-        return i >= 0 and offset < self.done[i][1]
-
-
-def encode_metadata(
-    high: int, counts: Mapping[int, int], done: Iterable[tuple[int, int]] = ()
-) -> str:
-    """Commit metadata recording delivery counts and done offsets above the committed one
-    (see the module docstring); the lowest done ranges first, within the budget."""
-    return _encode(high, counts, done)[0]
-
-
-def _encode(
-    high: int, counts: Mapping[int, int], done: Iterable[tuple[int, int]]
-) -> tuple[str, bool]:
-    """``(metadata, complete)``: ``complete`` is false when some done ranges did not fit."""
-    budget = _METADATA_BUDGET
-    ranges: list[str] = []
-    previous_end = 0
-    complete = True
-    for start, end in done:  # first: a missing one means a record handled twice
-        if end <= start:
-            continue
-        item = f"{start - previous_end}+{end - start}"
-        if len(item) + 1 > budget:
-            complete = False
-            break
-        budget -= len(item) + 1
-        ranges.append(item)
-        previous_end = end
-    parts: list[str] = []
-    for offset in sorted(o for o, c in counts.items() if c != 1):
-        item = f"{offset}:{counts[offset]}"
-        if len(item) + 1 > budget:
-            break
-        budget -= len(item) + 1
-        parts.append(item)
-    text = f"eb1 {high} {','.join(parts)}"
-    if ranges:
-        text += " " + ",".join(ranges)
-    return text.rstrip(), complete
-
-
-def parse_metadata(text: str | None) -> CommitMetadata:
-    """Commit metadata read back; empty (``high`` -1) for anything not ours. A malformed done
-    field reads as "nothing known done" (the records are delivered again, never skipped)."""
-    if not text or not text.startswith("eb1 "):
-        return CommitMetadata()
-    fields = text.split(" ")
-    try:
-        high = int(fields[1])
-        counts = {}
-        for item in fields[2].split(",") if len(fields) > 2 and fields[2] else []:
-            offset, _, count = item.partition(":")
-            counts[int(offset)] = int(count)
-    except (ValueError, IndexError):
-        return CommitMetadata()
-    return CommitMetadata(high, counts, _parse_ranges(fields[3]) if len(fields) > 3 else ())
-
-
-def _parse_ranges(text: str) -> Ranges:
-    out: list[tuple[int, int]] = []
-    end = 0
-    try:
-        for item in text.split(",") if text else []:
-            gap, sep, length = item.partition("+")
-            start = end + int(gap)
-            if not sep or int(gap) < 0 or int(length) < 1:
-                return ()
-            end = start + int(length)
-            out.append((start, end))
-    except ValueError:
-        return ()
-    return tuple(out)
-
-
-def decode_metadata(text: str | None) -> tuple[int, dict[int, int]]:
-    """``(high, counts)`` from commit metadata; ``(-1, {})`` for anything not ours."""
-    meta = parse_metadata(text)
-    return meta.high, dict(meta.counts)
 
 
 def to_record(msg: Any, attempt: int = 1) -> Record:
@@ -389,7 +297,9 @@ class _Partition:
         # keep what the previous owner recorded for offsets we have not fetched again yet
         counts = {o: c for o, c in self.prior.counts.items() if o >= self.high}
         counts.update((o, c) for o, c in self.counts.items() if o >= offset)
-        text, complete = _encode(max(self.high, self.prior.high), counts, self.done_ranges(offset))
+        text, complete = encode_metadata_checked(
+            max(self.high, self.prior.high), counts, self.done_ranges(offset)
+        )
         if not complete and not self.overflow_logged:
             self.overflow_logged = True
             log.warning(
@@ -398,7 +308,7 @@ class _Partition:
                 "delivers some of them again",
                 self.key[0],
                 self.key[1],
-                _METADATA_BUDGET,
+                METADATA_BUDGET,
             )
         commit = (offset, text)
         return None if commit == self.sent and not force else commit

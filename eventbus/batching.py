@@ -61,8 +61,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from eventbus.errors import ClosedError, ConfigurationError, SerializationError, UnsupportedError
-from eventbus.event import Event, decode_record
-from eventbus.subscription import AsyncDelivery, AsyncSubscription
+from eventbus.event import Event
+from eventbus.subscription import AsyncDelivery, AsyncSubscription, lane_of
 from eventbus.transport import Record, offset_key
 
 if TYPE_CHECKING:
@@ -119,14 +119,6 @@ class _Held:
     @property
     def record(self) -> Record:
         return self.delivery.record
-
-
-def _lane(record: Record) -> object:
-    """Items of one lane keep their order: one key in one partition (a keyless item is its
-    own lane, as in the runner)."""
-    if record.key is not None:
-        return (record.topic, record.partition, record.key)
-    return (record.topic, record.partition, record.offset)
 
 
 class Batch:
@@ -254,17 +246,17 @@ class AsyncBatchSubscription:
         now = time.monotonic()
         out: list[_Held] = []
         for record in records:
-            try:
-                event = decode_record(record, sub.bus.codec, sub.model)
-            except SerializationError as exc:
-                await sub.send_to_dead_letter(record, exc, record.attempt)
+            delivery = sub.decode(record)
+            if isinstance(delivery, SerializationError):
+                await sub.send_to_dead_letter(record, delivery, record.attempt)
                 continue
+            event = delivery.event
             try:
                 weight = self._weigh(record, event)
             except Exception as exc:
                 await sub.send_to_dead_letter(record, f"no weight: {exc}", record.attempt)
                 continue
-            out.append(_Held(AsyncDelivery(sub, record, event), weight, _lane(record), now))
+            out.append(_Held(delivery, weight, lane_of(record), now))
         return out
 
     def _merge(self, items: list[_Held]) -> None:

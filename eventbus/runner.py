@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from eventbus.errors import SerializationError
-from eventbus.event import decode_record
 from eventbus.observability import instruments
-from eventbus.subscription import AsyncDelivery, AsyncSubscription
+from eventbus.subscription import AsyncDelivery, AsyncSubscription, lane_of
 from eventbus.transport import LeasedConsumer, Record
 
 if TYPE_CHECKING:
@@ -229,11 +228,7 @@ class AsyncRunner:
             records = await consumer.fetch(min(self.batch_size, limit - stats.in_flight), 0.25)
             sub.note_fetched(records)
             for record in records:
-                lane: object = (
-                    (record.topic, record.partition, record.key)
-                    if record.key is not None
-                    else (record.topic, record.partition, record.offset)
-                )
+                lane = lane_of(record)
                 stats.in_flight += 1
                 stats.in_flight_bytes += len(record.value)
                 if lane in lanes:
@@ -385,12 +380,10 @@ class AsyncRunner:
         sub.count_records("acked", records)
 
     async def _process(self, sub: AsyncSubscription, record: Record, acks: list[Record]) -> None:
-        try:
-            event = decode_record(record, self.bus.codec, self.model)
-        except SerializationError as exc:
-            await self._dead_letter(sub, record, exc, record.attempt)
+        delivery = sub.decode(record)
+        if isinstance(delivery, SerializationError):
+            await self._dead_letter(sub, record, delivery, record.attempt)
             return
-        delivery = AsyncDelivery(sub, record, event)
         attempt = record.attempt
         sem = self._semaphore()
         obs = instruments()
@@ -428,7 +421,7 @@ class AsyncRunner:
                     attempt,
                     self.max_attempts,
                     exc,
-                    extra=_fields(record, self.group, event.id, attempt),
+                    extra=_fields(record, self.group, delivery.event.id, attempt),
                 )
                 if await self._sleep_or_stop(
                     backoff_delay(attempt, self.backoff, self.max_backoff)

@@ -32,6 +32,7 @@ __all__ = [
     "Start",
     "dead_letter_headers",
     "default_consumer_name",
+    "lane_of",
     "parse_start",
 ]
 
@@ -84,6 +85,15 @@ def dead_letter_headers(
     if group is not None:
         headers["eb-dlq-group"] = group.encode()
     return headers
+
+
+def lane_of(record: Record) -> object:
+    """The ordering lane of a record: records of one key in one partition keep their order
+    (the runner and batches handle a lane one record at a time); a keyless record is a lane
+    of its own."""
+    if record.key is not None:
+        return (record.topic, record.partition, record.key)
+    return (record.topic, record.partition, record.offset)
 
 
 class AsyncDelivery:
@@ -194,17 +204,26 @@ class AsyncSubscription:
         records = await self.consumer.fetch(max_records or self.batch_size, timeout)
         return await self._decode_all(records)
 
+    def decode(self, record: Record) -> AsyncDelivery | SerializationError:
+        """The delivery of ``record``, or why it cannot be one (it does not decode, does not
+        validate as ``model``, or does not fit its topic's stream layout): the caller then
+        dead-letters it with that reason. The one place a record becomes an event, for
+        ``fetch``, the runner and batches."""
+        try:
+            event = decode_record(record, self.bus.codec, self.model)
+        except SerializationError as exc:
+            return exc
+        return AsyncDelivery(self, record, event)
+
     async def _decode_all(self, records: list[Record]) -> list[AsyncDelivery]:
         out: list[AsyncDelivery] = []
-        codec, model = self.bus.codec, self.model
         self.note_fetched(records)
         for record in records:
-            try:
-                event = decode_record(record, codec, model)
-            except SerializationError as exc:
-                await self.send_to_dead_letter(record, exc, record.attempt)
+            delivery = self.decode(record)
+            if isinstance(delivery, SerializationError):
+                await self.send_to_dead_letter(record, delivery, record.attempt)
                 continue
-            out.append(AsyncDelivery(self, record, event))
+            out.append(delivery)
         return out
 
     async def ack(self, deliveries: Iterable[AsyncDelivery]) -> None:

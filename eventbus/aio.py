@@ -17,7 +17,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -46,12 +46,12 @@ from eventbus.subscription import (
     AsyncDelivery,
     AsyncSubscription,
     Start,
+    SubscribeOptions,
     default_consumer_name,
     parse_start,
 )
 from eventbus.topics import Plan, TopicSpec, plan
 from eventbus.transport import (
-    ConsumerOptions,
     EntrySample,
     GroupInfo,
     Offset,
@@ -244,7 +244,7 @@ class AsyncEventBus:
         group: str,
         consumer: str | None = None,
         model: type[BaseModel] | None = None,
-        start: Literal["earliest", "latest"] | datetime = "earliest",
+        start: Start = "earliest",
         dead_letter: str | bool = True,
         visibility_timeout: float = 30.0,
         session_timeout: float = 10.0,
@@ -263,28 +263,38 @@ class AsyncEventBus:
         handler) does not get it redelivered. ``visibility_timeout`` is how long the group
         waits for a member that died or hangs; ``max_lease`` the longest a delivery is kept
         (then it is redelivered, and a warning logged). See docs/semantics.md, "Leases"."""
+        settings = SubscribeOptions(
+            consumer=consumer,
+            model=model,
+            start=start,
+            dead_letter=dead_letter,
+            visibility_timeout=visibility_timeout,
+            session_timeout=session_timeout,
+            batch_size=batch_size,
+            options=options,
+            max_lease=max_lease,
+        )
+        return await self.subscribe_with(topics, group, settings)
+
+    async def subscribe_with(
+        self, topics: str | Iterable[str], group: str, settings: SubscribeOptions
+    ) -> AsyncSubscription:
+        """:meth:`subscribe` with its settings in one object (what the runner and batches
+        use). Raises ConfigurationError without topics, and what ``subscribe`` raises."""
         self._check()
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if not names:
             raise ConfigurationError("subscribe needs at least one topic")
-        parsed = parse_start(start)
-        if isinstance(parsed, Position):
-            raise ConfigurationError(
-                "a new group starts at earliest, latest or a time; to start at a position, "
-                "use reset_group(group, topic, {partition: offset}) first"
-            )
-        opts = ConsumerOptions(
-            start=parsed,
-            visibility_timeout=visibility_timeout,
-            session_timeout=session_timeout,
-            max_lease=max_lease,
-            options=dict(options or {}),
-        )
         member = await self.transport.open_consumer(
-            names, group, consumer or default_consumer_name(), opts
+            names,
+            group,
+            settings.consumer or default_consumer_name(),
+            settings.consumer_options(),
         )
-        dlq = _dead_letter_topic(names[0], dead_letter)
-        sub = AsyncSubscription(self, names, group, member, model, dlq, batch_size)
+        dlq = _dead_letter_topic(names[0], settings.dead_letter)
+        sub = AsyncSubscription(
+            self, names, group, member, settings.model, dlq, settings.batch_size
+        )
         self._subscriptions.add(sub)
         return sub
 

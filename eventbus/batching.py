@@ -54,15 +54,20 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from eventbus.errors import ClosedError, ConfigurationError, SerializationError, UnsupportedError
 from eventbus.event import Event
-from eventbus.subscription import AsyncDelivery, AsyncSubscription, lane_of
+from eventbus.subscription import (
+    AsyncDelivery,
+    AsyncSubscription,
+    Start,
+    SubscribeOptions,
+    lane_of,
+)
 from eventbus.transport import Record, offset_key
 
 if TYPE_CHECKING:
@@ -469,7 +474,7 @@ async def subscribe_batches(
     max_wait: float = 1.0,
     consumer: str | None = None,
     model: type[BaseModel] | None = None,
-    start: Literal["earliest", "latest"] | datetime = "earliest",
+    start: Start = "earliest",
     dead_letter: str | bool = True,
     visibility_timeout: float = 30.0,
     session_timeout: float = 10.0,
@@ -489,10 +494,7 @@ async def subscribe_batches(
 
     Raises ConfigurationError for bad settings, and what ``subscribe`` raises."""
     _check_settings(budget, weight, max_items, max_wait, lookahead)
-    names = (topics,) if isinstance(topics, str) else tuple(topics)
-    sub = await bus.subscribe(
-        names,
-        group=group,
+    reading = SubscribeOptions(
         consumer=consumer,
         model=model,
         start=start,
@@ -502,6 +504,8 @@ async def subscribe_batches(
         options=options,
         max_lease=max_lease,
     )
+    names = (topics,) if isinstance(topics, str) else tuple(topics)
+    sub = await bus.subscribe_with(names, group, reading)
     try:
         fetcher = _fetcher(sub, weight, fast_path)
     except BaseException:

@@ -34,13 +34,19 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from eventbus.errors import SerializationError
 from eventbus.observability import instruments
-from eventbus.subscription import AsyncDelivery, AsyncSubscription, lane_of
+from eventbus.subscription import (
+    AsyncDelivery,
+    AsyncSubscription,
+    Start,
+    SubscribeOptions,
+    lane_of,
+)
 from eventbus.transport import LeasedConsumer, Record
 
 if TYPE_CHECKING:
@@ -89,7 +95,7 @@ class AsyncRunner:
         max_backoff: float = 10.0,
         dead_letter: str | bool = True,
         model: type[BaseModel] | None = None,
-        start: Literal["earliest", "latest"] = "earliest",
+        start: Start = "earliest",
         batch_size: int = 100,
         shutdown_timeout: float = 30.0,
         visibility_timeout: float = 30.0,
@@ -102,6 +108,18 @@ class AsyncRunner:
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
+        self.reading = SubscribeOptions(
+            consumer=consumer,
+            model=model,
+            start=start,
+            dead_letter=dead_letter,
+            visibility_timeout=visibility_timeout,
+            session_timeout=session_timeout,
+            batch_size=batch_size,
+            options=options,
+            max_lease=max_lease,
+        )
+        """How the runner's member reads (validated here, before it runs)."""
         if (max_outstanding is not None and max_outstanding < 1) or max_outstanding_bytes < 1:
             raise ValueError("max_outstanding and max_outstanding_bytes must be at least 1")
         self.bus = bus
@@ -109,20 +127,12 @@ class AsyncRunner:
         self._handler_is_async = asyncio.iscoroutinefunction(handler)
         self.topics = (topics,) if isinstance(topics, str) else topics
         self.group = group
-        self.consumer = consumer
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.dead_letter = dead_letter
-        self.model = model
-        self.start = start
         self.batch_size = batch_size
         self.shutdown_timeout = shutdown_timeout
-        self.visibility_timeout = visibility_timeout
-        self.session_timeout = session_timeout
-        self.max_lease = max_lease
-        self.options = options
         self._wrap = wrap
         # default: two batches (the next one is fetched while this one is handled; with one,
         # every handled event made room for a fetch of one: a round trip per event)
@@ -162,19 +172,7 @@ class AsyncRunner:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="eventbus-handler"
         )
-        sub = await self.bus.subscribe(
-            self.topics,
-            group=self.group,
-            consumer=self.consumer,
-            model=self.model,
-            start=self.start,
-            dead_letter=self.dead_letter,
-            visibility_timeout=self.visibility_timeout,
-            session_timeout=self.session_timeout,
-            max_lease=self.max_lease,
-            batch_size=self.batch_size,
-            options=self.options,
-        )
+        sub = await self.bus.subscribe_with(self.topics, self.group, self.reading)
         try:
             await self._loop_until_stopped(sub)
         finally:

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
-from eventbus.errors import ClosedError, InvalidPositionError, SerializationError
+from eventbus.errors import (
+    ClosedError,
+    ConfigurationError,
+    InvalidPositionError,
+    SerializationError,
+)
 from eventbus.event import Event, decode_record
 from eventbus.observability import instruments
-from eventbus.transport import Position, Record, TransportConsumer
+from eventbus.transport import ConsumerOptions, Position, Record, TransportConsumer
 
 if TYPE_CHECKING:
     from eventbus.aio import AsyncEventBus
@@ -30,6 +36,7 @@ __all__ = [
     "AsyncDelivery",
     "AsyncSubscription",
     "Start",
+    "SubscribeOptions",
     "dead_letter_headers",
     "default_consumer_name",
     "lane_of",
@@ -85,6 +92,55 @@ def dead_letter_headers(
     if group is not None:
         headers["eb-dlq-group"] = group.encode()
     return headers
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOptions:
+    """How a group member reads: the one set of settings shared by ``subscribe``, the runner
+    and budgeted batches, validated once, when it is made (see
+    :meth:`~eventbus.aio.AsyncEventBus.subscribe` for each setting's meaning).
+
+    Raises ConfigurationError for a setting out of range or a start that is not earliest,
+    latest or a time (a new group cannot start at a position: reset the group first)."""
+
+    consumer: str | None = None
+    model: type[BaseModel] | None = None
+    start: Start = "earliest"
+    dead_letter: str | bool = True
+    visibility_timeout: float = 30.0
+    session_timeout: float = 10.0
+    batch_size: int = 100
+    options: Mapping[str, str] | None = None
+    max_lease: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name in ("visibility_timeout", "session_timeout", "max_lease"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1, not {self.batch_size!r}")
+        if isinstance(self.start_at(), Position):
+            raise ConfigurationError(
+                "a new group starts at earliest, latest or a time; to start at a position, "
+                "use reset_group(group, topic, {partition: offset}) first"
+            )
+
+    def start_at(self) -> Literal["earliest", "latest"] | datetime | Position:
+        """``start`` normalised (see :func:`parse_start`)."""
+        return parse_start(self.start)
+
+    def consumer_options(self) -> ConsumerOptions:
+        """What the transport's ``open_consumer`` takes."""
+        start = self.start_at()
+        assert not isinstance(start, Position)  # refused when made
+        return ConsumerOptions(
+            start=start,
+            visibility_timeout=self.visibility_timeout,
+            session_timeout=self.session_timeout,
+            max_lease=self.max_lease,
+            options=dict(self.options or {}),
+        )
 
 
 def lane_of(record: Record) -> object:

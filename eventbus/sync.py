@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -238,7 +238,7 @@ class EventBus:
         group: str,
         consumer: str | None = None,
         model: type[BaseModel] | None = None,
-        start: Literal["earliest", "latest"] | datetime = "earliest",
+        start: Start = "earliest",
         dead_letter: str | bool = True,
         visibility_timeout: float = 30.0,
         session_timeout: float = 10.0,

@@ -2,7 +2,7 @@
 
 ``eventbus.testing.servers.start_kafka`` always formats a fresh data dir on new ports and has no
 restart; so here the broker is stopped keeping its work dir, and the same java command
-(``servers._java_argv`` with ``kafka.Kafka server.properties``) is started again on it.
+(``servers.java_argv`` with ``kafka.Kafka server.properties``) is started again on it.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ def start_again(server: servers.ServerProcess, timeout: float = 90.0) -> servers
     """Start the broker of ``server`` again on its work dir (same ports, same data)."""
     java = servers.require_tool("java", "to run Apache Kafka")
     workdir = server.workdir
-    argv = servers._java_argv(
+    argv = servers.java_argv(
         java,
         servers.kafka_classpath(),
         workdir,
         "768m",
         ["kafka.Kafka", str(workdir / "server.properties")],
     )
-    pid, popen = servers._spawn(argv, cwd=workdir, out_path=workdir / "kafka.out", detached=False)
+    pid, popen = servers.spawn(argv, cwd=workdir, out_path=workdir / "kafka.out", detached=False)
     again = servers.ServerProcess(
         kind="kafka",
         pid=pid,

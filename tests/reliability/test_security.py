@@ -137,7 +137,7 @@ def start_sasl_ssl_kafka(
              "-name", "server", cwd=workdir)  # fmt: skip
     (workdir / "logs").mkdir()
     log_path = workdir / "logs" / "server.log"
-    (workdir / "log4j2.xml").write_text(servers._LOG4J2_XML.format(log=log_path))
+    (workdir / "log4j2.xml").write_text(servers.kafka_server.LOG4J2_XML.format(log=log_path))
     sasl, plain, controller = servers.free_port(), servers.free_port(), servers.free_port()
     overrides = {
         "listeners": f"SASL_SSL://127.0.0.1:{sasl},PLAINTEXT://127.0.0.1:{plain},"
@@ -159,17 +159,17 @@ def start_sasl_ssl_kafka(
         "ssl.key.password": "storepw",
     }
     props = workdir / "server.properties"
-    props.write_text(servers._kafka_properties(workdir, plain, controller, overrides))
+    props.write_text(servers.kafka_properties(workdir, plain, controller, overrides))
     fmt = subprocess.run(
-        servers._java_argv(java, classpath, workdir, "256m", [
+        servers.java_argv(java, classpath, workdir, "256m", [
             "kafka.tools.StorageTool", "format", "-t", servers.kafka_cluster_id(), "-c",
             str(props), "--add-scram",
             f"SCRAM-SHA-512=[name=alice,password={PASSWORD}]"]),
         cwd=workdir, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
-    argv = servers._java_argv(java, classpath, workdir, "768m", ["kafka.Kafka", str(props)])
-    pid, popen = servers._spawn(argv, cwd=workdir, out_path=workdir / "kafka.out", detached=False)
+    argv = servers.java_argv(java, classpath, workdir, "768m", ["kafka.Kafka", str(props)])
+    pid, popen = servers.spawn(argv, cwd=workdir, out_path=workdir / "kafka.out", detached=False)
     server = servers.ServerProcess(
         kind="kafka", pid=pid, port=plain, url=f"kafka://127.0.0.1:{plain}", workdir=workdir,
         log_path=log_path, keep_workdir=True, _popen=popen,

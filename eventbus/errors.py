@@ -21,7 +21,8 @@ to do next, and never contains credentials (URLs are redacted before they are fo
     ├── SerializationError            data could not be encoded, or bytes not decoded
     ├── UnsupportedError              the transport lacks the capability (names the flag)
     ├── InvalidPositionError          a position that does not exist or does not parse
-    └── ClosedError                   the bus, consumer or transport was already closed
+    ├── ClosedError                   the bus, consumer or transport was already closed
+    └── FencedError                   a fenced writer was stopped by a newer one of its job
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "ConnectionFailedError",
     "EventBusError",
     "EventTooLargeError",
+    "FencedError",
     "GroupActiveError",
     "GroupNotFoundError",
     "InvalidPositionError",
@@ -108,3 +110,9 @@ class InvalidPositionError(EventBusError, ValueError):
 
 class ClosedError(EventBusError):
     """The object was closed; create a new one."""
+
+
+class FencedError(EventBusError):
+    """Another writer of the same job started (another backfill of the topic, or another
+    replayer of the journal partition): this one was fenced and stopped. Nothing of its
+    unfinished batch is visible on the target. (See ``eventbus.transport.FencedWrites``.)"""

@@ -37,7 +37,10 @@ from eventbus.topics import TopicSpec
 __all__ = [
     "Capabilities",
     "ConsumerOptions",
+    "CopyClients",
     "EntrySample",
+    "FencedWriter",
+    "FencedWrites",
     "GroupInfo",
     "GroupMember",
     "GroupPartition",
@@ -453,6 +456,56 @@ class EntrySample(Protocol):
     ) -> list[tuple[Offset, dict[bytes, bytes]]]:
         """Up to ``count`` newest entries of partition 0 (oldest first): id and fields as
         stored. Raises TopicNotFoundError."""
+        ...
+
+
+@runtime_checkable
+class FencedWriter(Protocol):
+    """Writes the batches of one job (a backfill, a journal partition's replay) so that
+    nothing of a batch the writer gave up on can land later. Made by ``FencedWrites``."""
+
+    fenced: bool
+    """True when earlier writers of the job are fenced and batches are atomic (Kafka)."""
+
+    async def write(
+        self, topic: str, records: Sequence[Outgoing], *, timeout: float
+    ) -> Position | None:
+        """Write ``records`` atomically where the transport allows; the position of the last
+        one (None for no records)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the writer (waiting for a write still running). Idempotent."""
+        ...
+
+
+@runtime_checkable
+class FencedWrites(Protocol):
+    """Optional: writers that fence the earlier writers of the same job (the migration's
+    backfill, journal replay and control record). Found by type; Kafka implements it with
+    one transactional id per job and one transaction per batch. Other transports get plain
+    publishes: their writes are single commands that landed or not before the writer gave
+    up (memory: in-process; Redis: executed as soon as read, never sent again)."""
+
+    async def fenced_writer(self, job_id: str, topic: str, *, timeout: float) -> FencedWriter:
+        """A writer of ``topic`` for the job ``job_id`` that has fenced every earlier writer
+        of the job when it is returned (open it before reading what is already there).
+        Writes are laid out as this transport's publishes are (its envelope). Raises
+        ConfigurationError when the transport is set up so that readers could see what a
+        fenced writer left unfinished."""
+        ...
+
+
+@runtime_checkable
+class CopyClients(Protocol):
+    """Optional: a client of its own for copies that must not land late (the migration's
+    dual-write copies). Found by type; Kafka implements it. Other transports are their own
+    copy client: a write that failed or timed out there is not sent again."""
+
+    def copy_client(self, timeout: float) -> Transport:
+        """A new, unconnected transport to the same server whose writes expire after
+        ``timeout`` seconds: when a write fails, nothing of it is still queued to land after
+        its replacement."""
         ...
 
 

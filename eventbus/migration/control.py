@@ -42,9 +42,12 @@ __all__ = [
     "GroupTopic",
     "Heartbeat",
     "MigrationState",
+    "Side",
     "Stage",
     "TopicMigration",
     "VerifyReport",
+    "is_dual",
+    "primary_side",
 ]
 
 Stage = Literal["source-only", "dual-source-primary", "dual-target-primary", "target-only"]
@@ -55,6 +58,20 @@ STAGES: tuple[Stage, ...] = (
     "target-only",
 )
 GroupStatus = Literal["source", "pausing-to-target", "target", "pausing-to-source"]
+Side = Literal["source", "target"]
+
+
+def primary_side(stage: Stage) -> Side:
+    """The side that is the primary of a topic at ``stage``: publishes go there first (and
+    succeed when it has the events), its copies go to the other side, and in a dual stage its
+    journal lives there. The source until ``dual-target-primary``, the target from then on.
+    Every place that asks "which side is primary" asks this."""
+    return "target" if stage in ("dual-target-primary", "target-only") else "source"
+
+
+def is_dual(stage: Stage) -> bool:
+    """Whether ``stage`` writes both sides (``dual-source-primary``, ``dual-target-primary``)."""
+    return stage in ("dual-source-primary", "dual-target-primary")
 
 
 class PartitionDiff(BaseModel):
@@ -142,6 +159,16 @@ class TopicMigration(BaseModel):
     reverse_pending: bool = False
     """Rolled back from ``target-only``: the events written meanwhile are on the target only,
     so copies to the source wait in the journal until ``backfill`` has copied them back."""
+
+    @property
+    def primary(self) -> Side:
+        """The side that is primary at the current stage (see :func:`primary_side`)."""
+        return primary_side(self.stage)
+
+    @property
+    def dual(self) -> bool:
+        """Whether the current stage writes both sides (see :func:`is_dual`)."""
+        return is_dual(self.stage)
 
 
 MAX_SKIP_RANGES = 20_000

@@ -13,7 +13,7 @@ from unittest import mock
 import eventbus
 from eventbus.adapters.memory import MemoryTransport
 from eventbus.errors import ConnectionFailedError
-from eventbus.migration import Migration, MigrationTransport, ops
+from eventbus.migration import Migration, MigrationTransport, copying
 from eventbus.migration.ops import event_id, scan
 from eventbus.transport import Outgoing, Position
 
@@ -43,7 +43,7 @@ class CrashAfterWrite(MemoryTransport):
 
 
 async def _crashing_backfill(trials: int) -> tuple[int, Counter[str]]:
-    with mock.patch.object(ops, "COPY_BATCH_RECORDS", 500):
+    with mock.patch.object(copying, "COPY_BATCH_RECORDS", 500):
         return await _crashing_backfill_batches(trials)
 
 

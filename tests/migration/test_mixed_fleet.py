@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 import eventbus
 from eventbus.errors import ConfigurationError
-from eventbus.migration import Migration, ops
+from eventbus.migration import Migration, stages
 from eventbus.topics import StreamLayout
 from tests.kafka.test_cloudevents import _kcat, consume_raw
 from tests.migration.procs import migrate_url
@@ -115,7 +115,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 def test_legacy_and_eventbus_services_share_a_stream_through_every_stage(
     redis_url: str, kafka_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ops, "LEGACY_QUIET", 2.0)  # the default, a minute, is long for a test
+    monkeypatch.setattr(stages, "LEGACY_QUIET", 2.0)  # the default, a minute, is long for a test
     # Kafka consumers outside eventbus (Dapr, Knative, Spring) read CloudEvents headers
     kafka_url += ("&" if "?" in kafka_url else "?") + "envelope=cloudevents&ce_source=/fleet"
     name, topic = f"m-{uuid.uuid4().hex[:6]}", f"t-{uuid.uuid4().hex[:6]}"

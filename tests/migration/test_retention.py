@@ -20,7 +20,7 @@ import pytest
 
 import eventbus
 from eventbus.errors import ConfigurationError, ConnectionFailedError
-from eventbus.migration import Migration, MigrationState, ops
+from eventbus.migration import Migration, MigrationState, cutover
 from eventbus.migration.ops import event_id
 from tests.migration.procs import migrate_url
 from tests.migration.scenario import ProcessWorkers, Tally, producing, wait_for_empty_journal
@@ -122,7 +122,7 @@ def test_failed_cutover_save_leaves_the_group_on_its_old_side(
             m.control.save = save  # type: ignore[method-assign]
             assert (await m.control.require()).groups[group].status == "source"
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(ops, "MAX_SKIP_RANGES", -1)
+                patch.setattr(cutover, "MAX_SKIP_RANGES", -1)
                 with pytest.raises(ConfigurationError, match="skip ranges"):
                     await m.cutover(group, topic)
             assert (await m.control.require()).groups[group].status == "source"

@@ -17,6 +17,11 @@ from eventbus.adapters.kafka._errors import CredentialWatch
 from eventbus.adapters.kafka._producer import PolledProducer, producer_config
 from eventbus.adapters.kafka._reader import KafkaReader
 from eventbus.adapters.kafka._settings import KafkaSettings
+from eventbus.adapters.kafka._transactional import (
+    TransactionalWriter,
+    check_isolation,
+    open_transactional_writer,
+)
 from eventbus.errors import (
     AuthenticationError,
     ClosedError,
@@ -202,6 +207,27 @@ class KafkaTransport:
         except TopicNotFoundError:
             self._admin_client().forget(topic)
             raise
+
+    async def fenced_writer(
+        self, job_id: str, topic: str, *, timeout: float
+    ) -> TransactionalWriter:
+        """A transactional writer for the job ``job_id`` (its ``transactional.id``): opening
+        it fences every earlier writer of the job, and each write is one transaction (see
+        ``_transactional`` and FencedWrites). Copies are laid out as this transport's
+        publishes are (its envelope)."""
+        check_isolation(self.settings)  # before anything is asked of the cluster
+        spec = (await self.describe_topic(topic)).spec
+        return await open_transactional_writer(
+            self.settings, job_id, batch_bytes=spec.max_event_bytes, timeout=timeout
+        )
+
+    def copy_client(self, timeout: float) -> KafkaTransport:
+        """A client of its own whose records expire after ``timeout`` s (librdkafka
+        ``message.timeout.ms``): a write that failed leaves nothing queued that could land
+        after its replacement (see CopyClients)."""
+        expire_ms = str(max(1000, int(timeout * 1000)))
+        config = {**self.settings.config, "message.timeout.ms": expire_ms}
+        return KafkaTransport(dataclasses.replace(self.settings, config=config))
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -1,0 +1,117 @@
+"""What the operator's steps share: saving the control record with retries, waiting for
+producers and for an empty journal, and the family of a topic (it and its dead-letter topic,
+which move stage together). Functions over a :class:`~eventbus.migration.ops.Migration`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from eventbus.errors import ConfigurationError
+from eventbus.migration.control import (
+    ControlConflictError,
+    GroupStatus,
+    MigrationState,
+    TopicMigration,
+)
+from eventbus.migration.journal import journal_backlog
+from eventbus.migration.marks import DLQ_SUFFIX, dead_letter_topic
+from eventbus.transport import Transport
+
+if TYPE_CHECKING:
+    from eventbus.migration.ops import Migration
+
+COPY_TIMEOUT = 5.0
+"""Seconds a copy write of ``drain`` may take (its records expire then, see ``copy_writer``)."""
+
+
+async def update(m: Migration, change: Callable[[MigrationState], None]) -> MigrationState:
+    """Apply ``change`` to the current state and save it; on a concurrent change, read
+    again and apply it again (for changes that do not depend on what else changed)."""
+    for attempt in range(5):
+        state = await m.control.require()
+        version = state.version
+        change(state)
+        try:
+            return await m.control.save(state, expected_version=version)
+        except ControlConflictError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def set_group_status(m: Migration, group: str, status: GroupStatus) -> None:
+    def change(s: MigrationState) -> None:
+        if group in s.groups:
+            s.groups[group].status = status
+
+    await update(m, change)
+
+
+async def await_producers(m: Migration, topic: str, generation: int, wait: float) -> None:
+    """Wait until every live producer of ``topic`` reported ``generation`` (or later) in a
+    heartbeat sent after the last change of the control record."""
+    deadline = time.monotonic() + wait
+    changed = (await m.control.require()).updated
+    while True:
+        live = await m.control.live_members(10.0)
+        behind = sorted(
+            m
+            for m, beat in live.items()
+            if beat.role == "producer"
+            and topic in beat.topics
+            and (beat.topics[topic] < generation or beat.time < changed)
+        )
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise ConfigurationError(
+                f"{topic}: producers {', '.join(behind)} have not acknowledged the current "
+                "stage yet; check they run with the migrate:// URL, then retry"
+            )
+        await asyncio.sleep(0.2)  # poll heartbeats
+
+
+async def require_empty_journal(
+    m: Migration, topic: str, primary: Transport, wait: float = 30.0
+) -> None:
+    """Wait (up to ``wait`` s) until no copy of ``topic`` waits in the journal."""
+    deadline = time.monotonic() + wait
+    while backlog := await journal_backlog(m.name, topic, primary):
+        if time.monotonic() > deadline:
+            raise ConfigurationError(
+                f"{topic}: {backlog} dual-write copies still wait in the journal; wait "
+                "until 'eventbus migrate status' shows a backlog of 0 (is the secondary "
+                "up? is a producer or 'eventbus migrate drain' replaying it?)"
+            )
+        await asyncio.sleep(0.2)  # poll the backlog
+
+
+def family(state: MigrationState, topic: str) -> list[str]:
+    """``topic`` and its dead-letter topic when that is migrated along (same stage)."""
+    dlq = dead_letter_topic(topic)
+    mig, companion = state.topics.get(topic), state.topics.get(dlq)
+    if mig is None or companion is None or companion.stage != mig.stage:
+        return [topic]
+    return [topic, dlq]
+
+
+def refuse_companion(state: MigrationState, topic: str) -> None:
+    if topic.endswith(DLQ_SUFFIX):
+        parent = topic[: -len(DLQ_SUFFIX)]
+        if parent in state.topics and family(state, parent) == [parent, topic]:
+            raise ConfigurationError(
+                f"{topic} is the dead-letter topic of {parent} and moves with it: run the "
+                f"command for {parent}"
+            )
+
+
+def require_no_reverse_backfill(topic: str, mig: TopicMigration) -> None:
+    if mig.reverse_pending:
+        raise ConfigurationError(
+            f"{topic}: the events written while it was target-only are not on the source "
+            "yet, and copies to the source wait behind them in the journal; run "
+            "'eventbus migrate backfill' (it copies them back) first"
+        )

@@ -456,16 +456,18 @@ class KafkaAdmin:
             return 0
         marks = await self.watermarks(topic, [tp.partition for tp in wanted])
         cuts = [
-            TopicPartition(topic, tp.partition, tp.offset)
+            (tp.partition, tp.offset)
             for tp in await self.committed(group, wanted)
             if tp.topic == topic and tp.offset > marks.get(tp.partition, (0, 0))[0]
         ]
         if not cuts:
             return 0
-        futures = self._client.delete_records(cuts, request_timeout=self.timeout)
-        for tp, future in futures.items():
-            await self._wait(future, f"delete records of {topic!r} [{tp.partition}]")
-        return sum(tp.offset - marks[tp.partition][0] for tp in cuts)
+        # a list of its own: confluent-kafka 2.6 empties (and frees) the list it is given
+        request = [TopicPartition(topic, p, offset) for p, offset in cuts]
+        futures = self._client.delete_records(request, request_timeout=self.timeout)
+        for future in list(futures.values()):
+            await self._wait(future, f"delete records of {topic!r}")
+        return sum(offset - marks[p][0] for p, offset in cuts)
 
     async def describe_group(self, group: str) -> GroupInfo:
         desc = await self._describe(group)

@@ -69,6 +69,9 @@ _MAPPED = {"retention.ms", "retention.bytes", "cleanup.policy", "max.message.byt
 _LEADERLESS = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
+    # metadata of a partition just created (or just moved) still settling on the broker
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError.FENCED_LEADER_EPOCH,
 }
 _SLICE = 0.25
 """Seconds one ``list_topics`` call waits for a usable broker before the watch is checked."""

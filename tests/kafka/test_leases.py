@@ -16,16 +16,15 @@ from typing import Any
 import pytest
 
 import eventbus
-from eventbus.adapters.kafka._consumer import (
-    _BUFFER_CAP,
+from eventbus.adapters.kafka._consumer import _BUFFER_CAP, KafkaConsumer
+from eventbus.adapters.kafka._metadata import (
     METADATA_BUDGET,
     CommitMetadata,
-    KafkaConsumer,
-    _Partition,
     decode_metadata,
     encode_metadata,
     parse_metadata,
 )
+from eventbus.adapters.kafka._partition import PartitionState
 from eventbus.partitioning import partition_for_key
 from eventbus.transport import Outgoing, Record
 from tests.kafka.conftest import SESSION, connected, fetch_until, make_topic, options, run, unique
@@ -70,7 +69,7 @@ def test_metadata_over_budget_keeps_the_lowest_done_ranges(
     assert list(kept) == ranges[: len(kept)], "the lowest ranges, exactly"
     # a partition whose acks do not fit logs it once and still commits what fits
     caplog.set_level(logging.WARNING, logger="eventbus.kafka")
-    state = _Partition(("t", 3), committed=0, high=0)
+    state = PartitionState(("t", 3), committed=0, high=0)
     now = time.monotonic()
     for offset in range(6000):
         state.deliver(Record("t", 3, offset, b""), now)
@@ -86,7 +85,7 @@ def test_metadata_over_budget_keeps_the_lowest_done_ranges(
 
 
 def test_position_keeps_what_the_previous_owner_recorded() -> None:
-    state = _Partition(("t", 0), committed=5, high=5)
+    state = PartitionState(("t", 0), committed=5, high=5)
     state.prior = parse_metadata("eb1 12 5:1 8+2,1+2")  # 8, 9, 11, 12 done; 5-7, 10 not
     assert state.position(force=True) == (5, "eb1 12  8+2,1+2")
     now = time.monotonic()
@@ -96,7 +95,7 @@ def test_position_keeps_what_the_previous_owner_recorded() -> None:
     state.release(6)  # given back unstarted: this delivery does not count (1 before it)
     assert state.position() == (6, "eb1 12  8+2,1+2")
     assert state.first_attempt(7) == 2 and state.first_attempt(10) == 2
-    fresh = _Partition(("t", 1), committed=0, high=0)
+    fresh = PartitionState(("t", 1), committed=0, high=0)
     fresh.deliver(Record("t", 1, 0, b""), now)
     fresh.deliver(Record("t", 1, 1, b""), now)
     fresh.release(0)

@@ -6,7 +6,7 @@ import pytest
 
 from eventbus.adapters.kafka import CAPABILITIES, KafkaSettings, KafkaTransport
 from eventbus.adapters.kafka._admin import _group_partition
-from eventbus.adapters.kafka._consumer import decode_metadata, encode_metadata
+from eventbus.adapters.kafka._metadata import decode_metadata, encode_metadata
 from eventbus.errors import ConfigurationError
 
 

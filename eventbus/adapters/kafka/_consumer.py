@@ -1,7 +1,7 @@
 """A group member over librdkafka's Consumer: one dedicated thread, leases, acks, commits.
 
 Threading: every call into the librdkafka consumer (subscribe, poll, pause, commit, rebalance
-callbacks, close) happens on one thread owned by the member (:class:`_Worker`). Coroutines send
+callbacks, close) happens on one thread owned by the member (:class:`Worker`). Coroutines send
 it small jobs and await their results through ``loop.call_soon_threadsafe``; the event loop is
 never blocked. ``ack``, ``nack``, ``release`` and ``holds`` only touch in-memory state (under a
 lock) and never wait for that thread.
@@ -77,18 +77,13 @@ keep flowing.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import heapq
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -99,17 +94,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from eventbus.adapters.kafka._cloudevents import from_kafka
 from eventbus.adapters.kafka._errors import kafka_error, translate
-from eventbus.adapters.kafka._metadata import (
-    METADATA_BUDGET,
-    CommitMetadata,
-    decode_metadata,
-    encode_metadata,
-    encode_metadata_checked,
-    parse_metadata,
-    to_ms,
-)
+from eventbus.adapters.kafka._metadata import encode_metadata, parse_metadata, to_ms
+from eventbus.adapters.kafka._partition import Lease, PartitionState, to_record
+from eventbus.adapters.kafka._worker import Worker
 from eventbus.errors import (
     AuthenticationError,
     ClosedError,
@@ -118,14 +106,7 @@ from eventbus.errors import (
 )
 from eventbus.transport import ConsumerOptions, Outgoing, Position, Record, offset_key
 
-__all__ = [
-    "CommitMetadata",
-    "KafkaConsumer",
-    "decode_metadata",
-    "encode_metadata",
-    "parse_metadata",
-    "to_record",
-]
+__all__ = ["KafkaConsumer"]
 
 log = logging.getLogger("eventbus.kafka")
 T = TypeVar("T")
@@ -161,234 +142,6 @@ member left) and this member rejoins while it polls; partitions it no longer own
 are dropped by the rebalance callbacks those polls serve, so the retry commits only its own."""
 
 
-def to_record(msg: Any, attempt: int = 1) -> Record:
-    """A Record from a librdkafka message (tombstones read as empty bytes). A CloudEvent
-    (binary or structured) comes back in eventbus's layout (see ``_cloudevents``)."""
-    raw = msg.headers()
-    headers = dict(raw) if raw else {}
-    if None in headers.values():  # a header without a value (allowed by Kafka)
-        headers = {k: (v if v is not None else b"") for k, v in headers.items()}
-    _, timestamp = msg.timestamp()
-    record = Record(
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        value=msg.value() or b"",
-        key=msg.key(),
-        headers=headers,
-        timestamp_ms=max(0, timestamp),
-        attempt=attempt,
-    )
-    if headers and "eb-id" not in headers:  # not eventbus's layout: maybe a CloudEvent
-        return from_kafka(record)
-    return record
-
-
-@dataclass(eq=False, slots=True)
-class _Lease:
-    """A record the application holds: the copy handed out, its attempt, since when."""
-
-    record: Record
-    offset: int
-    attempt: int
-    since: float
-    previous: Record | None = None
-    """The copy handed out before this one (released, nacked or expired), if any."""
-
-    def matches(self, record: Record) -> bool:
-        """``record`` is the copy this lease is for: the object handed out, or a copy of it
-        with the same attempt (but never the earlier copy of a released record, which has
-        the same attempt)."""
-        return record is self.record or (
-            record.attempt == self.attempt and record is not self.previous
-        )
-
-
-@dataclass(eq=False)
-class _Partition:
-    """What one member knows about one of its partitions."""
-
-    key: tuple[str, int]
-    committed: int
-    """The offset the group has committed (next to read), or -1."""
-    high: int = -1
-    """Next offset after the last record handed out or skipped, or -1 before the first."""
-    outstanding: set[int] = field(default_factory=set)
-    """Offsets handed out and not acked: leased, in the delay queue, or released."""
-    counts: dict[int, int] = field(default_factory=dict)
-    """Deliveries so far of outstanding offsets (a release takes one back)."""
-    leases: dict[int, _Lease] = field(default_factory=dict)
-    """The outstanding offsets the application holds."""
-    prior: CommitMetadata = field(default_factory=CommitMetadata)
-    """What the commit metadata said at assignment."""
-    sent: tuple[int, str] | None = None
-    """The last (offset, metadata) committed."""
-    overflow_logged: bool = False
-
-    def deliver(self, record: Record, now: float) -> Record:
-        """Hand ``record`` out (again) and lease it; returns the copy with its attempt."""
-        offset = record.offset
-        assert isinstance(offset, int)
-        previous: Record | None = None
-        if offset in self.outstanding:
-            attempt = self.counts.get(offset, 0) + 1
-            previous, record = record, replace(record, attempt=attempt)
-        else:  # fresh from librdkafka: nobody else has this object
-            attempt = self.first_attempt(offset)
-            record.attempt = attempt
-            self.outstanding.add(offset)
-            self.high = max(self.high, offset + 1)
-        self.counts[offset] = attempt
-        self.leases[offset] = _Lease(record, offset, attempt, now, previous)
-        return record
-
-    def skip(self, offset: int) -> None:
-        """A record the previous owner recorded as done: pass it without handing it out."""
-        self.high = max(self.high, offset + 1)
-
-    def release(self, offset: int) -> None:
-        """The application gives the record back unstarted: that delivery does not count."""
-        self.leases.pop(offset, None)
-        self.counts[offset] = max(0, self.counts.get(offset, 1) - 1)
-
-    def done(self, offset: int) -> None:
-        self.outstanding.discard(offset)
-        self.counts.pop(offset, None)
-        self.leases.pop(offset, None)
-
-    def held_until(self, max_lease: float) -> float | None:
-        """When the last lease the application holds ends, or None if it holds none."""
-        if not self.leases:
-            return None
-        return max(lease.since for lease in self.leases.values()) + max_lease
-
-    def first_attempt(self, offset: int) -> int:
-        if self.committed <= offset < self.prior.high:
-            return self.prior.counts.get(offset, 1) + 1
-        return 1
-
-    def done_ranges(self, commit: int) -> list[tuple[int, int]]:
-        """The done offsets in ``[commit, max(high, prior.high))``: in what was handed out,
-        all that is not outstanding (acked, skipped, or never existed); above it, what the
-        previous owner recorded and this member has not reached yet."""
-        out: list[tuple[int, int]] = []
-        start = commit
-        for offset in sorted(self.outstanding):
-            if offset > start:
-                out.append((start, offset))
-            start = offset + 1
-        if start < self.high:
-            out.append((start, self.high))
-        for begin, end in self.prior.done:
-            begin = max(begin, self.high, commit)
-            if begin >= end:
-                continue
-            if out and out[-1][1] == begin:
-                out[-1] = (out[-1][0], end)
-            else:
-                out.append((begin, end))
-        return out
-
-    def position(self, force: bool = False) -> tuple[int, str] | None:
-        """The commit to send now, or None when nothing changed (unless ``force``)."""
-        if self.high < 0:
-            return None
-        offset = min(self.outstanding) if self.outstanding else self.high
-        # keep what the previous owner recorded for offsets we have not fetched again yet
-        counts = {o: c for o, c in self.prior.counts.items() if o >= self.high}
-        counts.update((o, c) for o, c in self.counts.items() if o >= offset)
-        text, complete = encode_metadata_checked(
-            max(self.high, self.prior.high), counts, self.done_ranges(offset)
-        )
-        if not complete and not self.overflow_logged:
-            self.overflow_logged = True
-            log.warning(
-                "%s/%d: the commit metadata cannot list every acked record above the first "
-                "un-acked one (%d characters): if this partition moves, the next owner "
-                "delivers some of them again",
-                self.key[0],
-                self.key[1],
-                METADATA_BUDGET,
-            )
-        commit = (offset, text)
-        return None if commit == self.sent and not force else commit
-
-
-class _Worker:
-    """One thread running jobs in order; results come back as asyncio futures.
-
-    ``tick`` (optional) runs on the thread before every job and whenever it idled for the
-    seconds ``tick`` last returned (None: until the next job)."""
-
-    def __init__(self, name: str, tick: Callable[[], float | None] | None = None) -> None:
-        self._jobs: queue.Queue[
-            tuple[Callable[[], Any], asyncio.Future[Any] | concurrent.futures.Future[Any]] | None
-        ] = queue.Queue()
-        self._tick = tick
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get(timeout=self._run_tick())
-            except queue.Empty:
-                continue
-            if job is None:
-                return
-            fn, future = job
-            try:
-                result = fn()
-            except BaseException as exc:
-                self._settle(future, None, exc)
-            else:
-                self._settle(future, result, None)
-
-    def _run_tick(self) -> float | None:
-        if self._tick is None:
-            return None
-        try:
-            return self._tick()
-        except Exception as exc:  # the thread must go on serving jobs
-            log.warning("consumer keepalive failed (tried again in 1 s): %r", exc)
-            return 1.0
-
-    @staticmethod
-    def _settle(
-        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
-        result: Any,
-        exc: BaseException | None,
-    ) -> None:
-        if isinstance(future, concurrent.futures.Future):  # fire and forget
-            if exc is not None:
-                log.warning("background job failed: %r", exc)
-            return
-
-        def settle() -> None:
-            if future.done():
-                return
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            future.get_loop().call_soon_threadsafe(settle)
-
-    def submit(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on the thread without waiting for it (errors are logged)."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._jobs.put((fn, future))
-
-    async def run(self, fn: Callable[[], T]) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.put((fn, future))
-        return await future
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-
 class KafkaConsumer:
     """A TransportConsumer: one member of a Kafka consumer group (see the module docstring)."""
 
@@ -406,14 +159,14 @@ class KafkaConsumer:
         self._publish = publish
         self._where = where
         self._lock = threading.Lock()
-        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._parts: dict[tuple[str, int], PartitionState] = {}
         self._changed = threading.Condition(self._lock)
         """Notified (with the lock held) when an ack, nack, release, lease end or stop may end
         a revoke's wait."""
-        self._delayed: list[tuple[float, int, tuple[str, int], _Partition, Record]] = []
+        self._delayed: list[tuple[float, int, tuple[str, int], PartitionState, Record]] = []
         """Outstanding records to hand out again when due: nacked, released, lease ended."""
         self._seq = itertools.count()
-        self._buffer: deque[tuple[_Partition, Record]] = deque()
+        self._buffer: deque[tuple[PartitionState, Record]] = deque()
         """Fetched from librdkafka, not handed out yet (not delivered: tracked nowhere)."""
         self._revoking: set[tuple[str, int]] = set()
         self.lease_epoch = 0
@@ -442,7 +195,7 @@ class KafkaConsumer:
         self._closed = False
         self._commit_queued = False
         self._error: BaseException | None = None
-        self._worker = _Worker(
+        self._worker = Worker(
             f"eventbus-kafka-consumer-{config.get('client.id', '')}", tick=self._tick
         )
         self._consumer: Any = None
@@ -598,13 +351,13 @@ class KafkaConsumer:
             for tp in committed:
                 key = (tp.topic, tp.partition)
                 if tp.offset >= 0:
-                    state = _Partition(key, committed=tp.offset, high=tp.offset)
+                    state = PartitionState(key, committed=tp.offset, high=tp.offset)
                     state.prior = parse_metadata(tp.metadata)
                     state.sent = (tp.offset, tp.metadata or "")
                     offset = tp.offset
                 else:
                     offset = starts[key]
-                    state = _Partition(key, committed=offset, high=offset)
+                    state = PartitionState(key, committed=offset, high=offset)
                     state.sent = (offset, encode_metadata(offset, {}))
                     initial.append(TopicPartition(tp.topic, tp.partition, offset, state.sent[1]))
                 self._parts[key] = state
@@ -988,7 +741,7 @@ class KafkaConsumer:
 
     # -- leases -------------------------------------------------------------------------------
 
-    def _lease_of(self, record: Record) -> tuple[_Partition, _Lease] | None:
+    def _lease_of(self, record: Record) -> tuple[PartitionState, Lease] | None:
         """The partition and the lease ``record`` is for, if the application holds it (lock
         held by the caller)."""
         state = self._parts.get((record.topic, record.partition))

@@ -16,8 +16,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from eventbus.adapters.kafka._admin import to_ms
-from eventbus.adapters.kafka._consumer import _Worker, to_record
 from eventbus.adapters.kafka._errors import translate
+from eventbus.adapters.kafka._partition import to_record
+from eventbus.adapters.kafka._worker import Worker
 from eventbus.errors import InvalidPositionError, OperationTimeoutError
 from eventbus.transport import Offset, Record
 
@@ -52,7 +53,7 @@ class KafkaReader:
         }
         self._where = where
         self._timeout = timeout
-        self._worker = _Worker("eventbus-kafka-reader")
+        self._worker = Worker("eventbus-kafka-reader")
         self._consumer: Any = None
         self._closed = False
 

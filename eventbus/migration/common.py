@@ -13,6 +13,7 @@ from eventbus.errors import ConfigurationError
 from eventbus.migration.control import (
     ControlConflictError,
     GroupStatus,
+    Heartbeat,
     MigrationState,
     TopicMigration,
 )
@@ -50,28 +51,50 @@ async def set_group_status(m: Migration, group: str, status: GroupStatus) -> Non
     await update(m, change)
 
 
-async def await_producers(m: Migration, topic: str, generation: int, wait: float) -> None:
-    """Wait until every live producer of ``topic`` reported ``generation`` (or later) in a
-    heartbeat sent after the last change of the control record."""
+async def await_members(
+    m: Migration,
+    lagging: Callable[[dict[str, Heartbeat]], list[str]],
+    wait: float,
+    refusal: Callable[[list[str]], str],
+    *,
+    window: float,
+) -> None:
+    """Poll the members' heartbeats (those seen in the last ``window`` s) until ``lagging``
+    names none of them; after ``wait`` s raise ConfigurationError with ``refusal(names)``."""
     deadline = time.monotonic() + wait
-    changed = (await m.control.require()).updated
     while True:
-        live = await m.control.live_members(10.0)
-        behind = sorted(
-            m
-            for m, beat in live.items()
-            if beat.role == "producer"
-            and topic in beat.topics
-            and (beat.topics[topic] < generation or beat.time < changed)
-        )
+        behind = sorted(lagging(await m.control.live_members(window)))
         if not behind:
             return
         if time.monotonic() > deadline:
-            raise ConfigurationError(
-                f"{topic}: producers {', '.join(behind)} have not acknowledged the current "
-                "stage yet; check they run with the migrate:// URL, then retry"
-            )
+            raise ConfigurationError(refusal(behind))
         await asyncio.sleep(0.2)  # poll heartbeats
+
+
+async def await_producers(m: Migration, topic: str, generation: int, wait: float) -> None:
+    """Wait until every live producer of ``topic`` reported ``generation`` (or later) in a
+    heartbeat sent after the last change of the control record."""
+    changed = (await m.control.require()).updated
+
+    def behind(live: dict[str, Heartbeat]) -> list[str]:
+        return [
+            name
+            for name, beat in live.items()
+            if beat.role == "producer"
+            and topic in beat.topics
+            and (beat.topics[topic] < generation or beat.time < changed)
+        ]
+
+    await await_members(
+        m,
+        behind,
+        wait,
+        lambda names: (
+            f"{topic}: producers {', '.join(names)} have not acknowledged the "
+            "current stage yet; check they run with the migrate:// URL, then retry"
+        ),
+        window=10.0,
+    )
 
 
 async def require_empty_journal(

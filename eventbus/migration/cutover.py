@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from eventbus.errors import ConfigurationError, GroupNotFoundError
 from eventbus.migration.backfill import catch_up
 from eventbus.migration.common import (
     COPY_TIMEOUT,
+    await_members,
     await_producers,
     require_empty_journal,
     set_group_status,
@@ -26,6 +26,7 @@ from eventbus.migration.control import (
     GroupMigration,
     GroupStatus,
     GroupTopic,
+    Heartbeat,
     MigrationState,
 )
 from eventbus.migration.copying import offset_from, scan
@@ -237,18 +238,21 @@ async def move_positions(
 
 
 async def await_paused(m: Migration, group: str, wait: float) -> None:
-    deadline = time.monotonic() + wait
-    while True:
-        live = await m.control.live_members(5.0)
-        busy = sorted(m for m, beat in live.items() if beat.groups.get(group, "paused") != "paused")
-        if not busy:
-            return
-        if time.monotonic() > deadline:
-            raise ConfigurationError(
-                f"members {', '.join(busy)} of group {group} did not pause within {wait}s; "
-                "are they running with the migrate:// URL? Retry, or stop them"
-            )
-        await asyncio.sleep(0.2)  # poll heartbeats
+    """Wait until every live member of ``group`` reports it paused."""
+
+    def busy(live: dict[str, Heartbeat]) -> list[str]:
+        return [n for n, beat in live.items() if beat.groups.get(group, "paused") != "paused"]
+
+    await await_members(
+        m,
+        busy,
+        wait,
+        lambda names: (
+            f"members {', '.join(names)} of group {group} did not pause within "
+            f"{wait}s; are they running with the migrate:// URL? Retry, or stop them"
+        ),
+        window=5.0,
+    )
 
 
 async def translate(

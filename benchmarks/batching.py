@@ -143,8 +143,8 @@ def main() -> None:
             modes.insert(1, "budgeted (fast path)")
         for mode in modes:
             if "fast" in mode:
-                from eventbus.adapters.redis_streams.batching import fetch_budget
-                from eventbus.adapters.redis_streams.consumer import RedisConsumer
+                from eventbus.adapters.redis_streams._batching import fetch_budget
+                from eventbus.adapters.redis_streams._consumer import RedisConsumer
 
                 if not hasattr(RedisConsumer, "fetch_budget"):  # not wired into the adapter yet
                     RedisConsumer.fetch_budget = fetch_budget  # type: ignore[attr-defined]

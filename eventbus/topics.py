@@ -93,7 +93,7 @@ class StreamLayout(BaseModel):
       readers can ignore.
 
     An entry with no ``id`` field gets a deterministic id, the same on every read: a UUIDv5
-    of the topic and the entry id (see ``eventbus.adapters.redis_streams.layout_codec``).
+    of the topic and the entry id (see ``eventbus.adapters.redis_streams._layout_codec``).
     The layout needs the JSON codec. Raises ValueError when two settings name the same field,
     a name is empty or starts with ``extras_prefix``.
     """

@@ -41,11 +41,11 @@ class TestRedisBatchingFastPath(BatchingSuite):
 
     @pytest.fixture
     def url(self, redis_url: str) -> Iterator[str]:
-        from eventbus.adapters.redis_streams.consumer import RedisConsumer
+        from eventbus.adapters.redis_streams._consumer import RedisConsumer
 
         if not hasattr(RedisConsumer, "fetch_budget"):
             # until the adapter wires the method itself, install the fast path for the test
-            from eventbus.adapters.redis_streams.batching import fetch_budget
+            from eventbus.adapters.redis_streams._batching import fetch_budget
 
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(RedisConsumer, "fetch_budget", fetch_budget, raising=False)

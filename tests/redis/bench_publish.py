@@ -13,7 +13,8 @@ import uuid
 
 from redis.asyncio import Redis
 
-from eventbus.adapters.redis_streams import RedisTransport, layout
+from eventbus.adapters.redis_streams import RedisTransport
+from eventbus.adapters.redis_streams import _layout as layout
 from eventbus.topics import TopicSpec
 from eventbus.transport import Outgoing
 

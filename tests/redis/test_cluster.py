@@ -9,7 +9,8 @@ import uuid
 import pytest
 from redis.crc import key_slot
 
-from eventbus.adapters.redis_streams import RedisTransport, layout
+from eventbus.adapters.redis_streams import RedisTransport
+from eventbus.adapters.redis_streams import _layout as layout
 from eventbus.topics import TopicSpec
 from eventbus.transport import ConsumerOptions, Outgoing, Record, TransportConsumer
 from tests.redis.cluster import LocalCluster

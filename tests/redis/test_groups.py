@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 
-from eventbus.adapters.redis_streams import RedisTransport, layout
-from eventbus.adapters.redis_streams.consumer import RedisConsumer
+from eventbus.adapters.redis_streams import RedisTransport
+from eventbus.adapters.redis_streams import _layout as layout
+from eventbus.adapters.redis_streams._consumer import RedisConsumer
 from eventbus.errors import ClosedError
 from eventbus.testing import servers
 from eventbus.topics import TopicSpec

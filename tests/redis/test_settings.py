@@ -9,7 +9,7 @@ from redis import exceptions as rx
 
 from eventbus._registry import open_transport
 from eventbus.adapters.redis_streams import RedisSettings, RedisTransport
-from eventbus.adapters.redis_streams.errors import translate
+from eventbus.adapters.redis_streams._errors import translate
 from eventbus.errors import (
     AuthenticationError,
     ConfigurationError,

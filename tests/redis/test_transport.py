@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 
-from eventbus.adapters.redis_streams import RedisTransport, layout
+from eventbus.adapters.redis_streams import RedisTransport
+from eventbus.adapters.redis_streams import _layout as layout
 from eventbus.errors import (
     AuthenticationError,
     ConnectionFailedError,

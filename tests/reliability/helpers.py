@@ -102,7 +102,7 @@ def redis_pending(url: str, topic: str, group: str, partitions: int) -> set[tupl
     """(partition, entry id) of every entry pending (delivered, not acked) in ``group``."""
     import redis
 
-    from eventbus.adapters.redis_streams import layout
+    from eventbus.adapters.redis_streams import _layout as layout
 
     client = redis.Redis.from_url(url.split("?")[0])
     try:

@@ -380,7 +380,7 @@ def test_secrets_never_leak(
     acl_redis: servers.ServerProcess, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     from eventbus.adapters.kafka._settings import KafkaSettings
-    from eventbus.adapters.redis_streams.settings import RedisSettings
+    from eventbus.adapters.redis_streams._settings import RedisSettings
 
     port = acl_redis.port
     caplog.set_level(logging.DEBUG)

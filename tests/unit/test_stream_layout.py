@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 import eventbus
 from eventbus import StreamLayout, TopicSpec
-from eventbus.adapters.redis_streams.layout_codec import LayoutCodec, entry_uuid
+from eventbus.adapters.redis_streams._layout_codec import LayoutCodec, entry_uuid
 from eventbus.cli._adopt import fits, propose
 from eventbus.cli._specfile import SpecFileError, load_specs
 from eventbus.errors import SerializationError

@@ -24,6 +24,6 @@ from __future__ import annotations
 
 from eventbus.adapters.memory._broker import CAPABILITIES
 from eventbus.adapters.memory._consumer import MemoryConsumer
-from eventbus.adapters.memory.transport import MemoryTransport
+from eventbus.adapters.memory._transport import MemoryTransport
 
 __all__ = ["CAPABILITIES", "MemoryConsumer", "MemoryTransport"]

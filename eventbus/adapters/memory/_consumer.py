@@ -20,7 +20,7 @@ from eventbus.transport import (
 )
 
 if TYPE_CHECKING:
-    from eventbus.adapters.memory.transport import MemoryTransport
+    from eventbus.adapters.memory._transport import MemoryTransport
 
 log = logging.getLogger("eventbus.memory")
 

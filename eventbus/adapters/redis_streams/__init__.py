@@ -36,7 +36,7 @@ Options (query parameters or the ``options`` mapping, which wins):
 See ``docs/redis.md`` for the key layout, the group design and what Redis cannot do.
 """
 
-from eventbus.adapters.redis_streams.settings import RedisSettings
-from eventbus.adapters.redis_streams.transport import CAPABILITIES, RedisTransport
+from eventbus.adapters.redis_streams._settings import RedisSettings
+from eventbus.adapters.redis_streams._transport import CAPABILITIES, RedisTransport
 
 __all__ = ["CAPABILITIES", "RedisSettings", "RedisTransport"]

@@ -25,7 +25,7 @@ When nothing is due and nothing new fits, it waits for new entries with ``XREAD 
 owned streams from their last-delivered ids (in slices of ``poll_interval``, heartbeating each
 time), so an idle worker does not poll the script.
 
-This module reaches into :class:`~eventbus.adapters.redis_streams.consumer.RedisConsumer`'s
+This module reaches into :class:`~eventbus.adapters.redis_streams._consumer.RedisConsumer`'s
 internals (its lock, heartbeat, nack and sweep steps) on purpose: it is the same member's code,
 kept apart only so that the fast path is one reviewable unit.
 """
@@ -36,12 +36,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from eventbus.adapters.redis_streams import layout
+from eventbus.adapters.redis_streams import _layout as layout
 from eventbus.errors import ClosedError, GroupNotFoundError
 from eventbus.transport import Record
 
 if TYPE_CHECKING:
-    from eventbus.adapters.redis_streams.consumer import RedisConsumer
+    from eventbus.adapters.redis_streams._consumer import RedisConsumer
 
 __all__ = ["CLAIM_BUDGET", "fetch_budget"]
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from eventbus.adapters.redis_streams import layout
-from eventbus.adapters.redis_streams.errors import is_busygroup
+from eventbus.adapters.redis_streams import _layout as layout
+from eventbus.adapters.redis_streams._errors import is_busygroup
 from eventbus.errors import GroupNotFoundError, InvalidPositionError, TopicNotFoundError
 from eventbus.transport import (
     ConsumerOptions,
@@ -28,7 +28,7 @@ from eventbus.transport import (
 )
 
 if TYPE_CHECKING:
-    from eventbus.adapters.redis_streams.transport import RedisTransport, TopicMeta
+    from eventbus.adapters.redis_streams._transport import RedisTransport, TopicMeta
 
 __all__ = [
     "count_after",

@@ -50,13 +50,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventbus.adapters.redis_streams import batching, layout
-from eventbus.adapters.redis_streams.groups import ensure_group
+from eventbus.adapters.redis_streams import _batching as batching
+from eventbus.adapters.redis_streams import _layout as layout
+from eventbus.adapters.redis_streams._groups import ensure_group
 from eventbus.errors import ClosedError, GroupNotFoundError
 from eventbus.transport import ConsumerOptions, Outgoing, Record
 
 if TYPE_CHECKING:
-    from eventbus.adapters.redis_streams.transport import RedisTransport
+    from eventbus.adapters.redis_streams._transport import RedisTransport
 
 __all__ = ["RedisConsumer"]
 
@@ -205,7 +206,7 @@ class RedisConsumer:
         """Like :meth:`fetch`, but new entries are claimed only while the sum of their
         ``weight_header`` values fits ``budget`` (atomically on the server). Returns the
         records and whether an entry was left because it did not fit. See
-        :mod:`eventbus.adapters.redis_streams.batching`."""
+        :mod:`eventbus.adapters.redis_streams._batching`."""
         records, left = await batching.fetch_budget(
             self, budget, weight_header, max_items, timeout, allow_oversize
         )

@@ -37,7 +37,7 @@ from typing import Any
 
 import pydantic_core
 
-from eventbus.adapters.redis_streams import layout
+from eventbus.adapters.redis_streams import _layout as layout
 from eventbus.errors import SerializationError
 from eventbus.topics import StreamLayout
 from eventbus.transport import Outgoing, Record

@@ -20,10 +20,11 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
-from eventbus.adapters.redis_streams import layout, scripts
-from eventbus.adapters.redis_streams.errors import edge
-from eventbus.adapters.redis_streams.layout_codec import codec_for
-from eventbus.adapters.redis_streams.settings import RedisSettings
+from eventbus.adapters.redis_streams import _layout as layout
+from eventbus.adapters.redis_streams import _scripts as scripts
+from eventbus.adapters.redis_streams._errors import edge
+from eventbus.adapters.redis_streams._layout_codec import codec_for
+from eventbus.adapters.redis_streams._settings import RedisSettings
 from eventbus.errors import (
     ClosedError,
     ConfigurationError,
@@ -665,7 +666,7 @@ class RedisTransport:
     async def open_consumer(
         self, topics: Sequence[str], group: str, consumer: str, options: ConsumerOptions
     ) -> TransportConsumer:
-        from eventbus.adapters.redis_streams.consumer import RedisConsumer
+        from eventbus.adapters.redis_streams._consumer import RedisConsumer
 
         return await RedisConsumer.open(self, topics, group, consumer, options)
 
@@ -685,7 +686,7 @@ class RedisTransport:
 
     async def trim_finished(self, topic: str, group: str, partitions: Sequence[int]) -> int:
         """Trim what ``group`` has finished (see TrimsFinished)."""
-        from eventbus.adapters.redis_streams.groups import trim_finished
+        from eventbus.adapters.redis_streams._groups import trim_finished
 
         self._check()
         return await trim_finished(self, topic, group, partitions)
@@ -719,14 +720,14 @@ class RedisTransport:
         return None if reply is None else Position(partition, layout.text(reply))
 
     async def describe_group(self, group: str) -> GroupInfo:
-        from eventbus.adapters.redis_streams.groups import describe_group
+        from eventbus.adapters.redis_streams._groups import describe_group
 
         return await describe_group(self, group)
 
     async def reset_group(
         self, group: str, topic: str, to: ResetTarget
     ) -> dict[int, tuple[Offset | None, Offset | None]]:
-        from eventbus.adapters.redis_streams.groups import reset_group
+        from eventbus.adapters.redis_streams._groups import reset_group
 
         return await reset_group(self, group, topic, to)
 

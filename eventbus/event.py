@@ -56,20 +56,24 @@ class _Ids:
     def reseed(self) -> None:
         self.tail = int.from_bytes(os.urandom(10), "big") >> 6
         self.ms = -1
-        self.prefix = ""
+        self.high = -1
+        self.head = ""
 
     def next(self) -> str:
         ms = _time.time_ns() // 1_000_000
-        if ms != self.ms:
-            self.ms = ms
-            self.prefix = "%08x-%04x-7" % (ms >> 16 & 0xFFFFFFFF, ms & 0xFFFF)  # noqa: UP031
         tail = self.tail = (self.tail + 1) & _TAIL
-        return "%s%03x-%04x-%012x" % (  # noqa: UP031 (faster than format here)
-            self.prefix,
-            tail >> 62,
-            0x8000 | (tail >> 48 & 0x3FFF),
-            tail & 0xFFFFFFFFFFFF,
-        )
+        high = tail >> 48
+        if ms != self.ms or high != self.high:
+            # the id's text up to its last group changes once per millisecond or every 2^48
+            # ids; formatting only the last 12 digits per id halves the cost of an id
+            self.ms, self.high = ms, high
+            self.head = "%08x-%04x-7%03x-%04x-" % (  # noqa: UP031 (faster than format here)
+                ms >> 16 & 0xFFFFFFFF,
+                ms & 0xFFFF,
+                high >> 14,
+                0x8000 | (high & 0x3FFF),
+            )
+        return "%s%012x" % (self.head, tail & 0xFFFFFFFFFFFF)  # noqa: UP031
 
 
 _TAIL = (1 << 74) - 1
@@ -144,7 +148,7 @@ class Event(BaseModel):
                 "schema_version": schema_version,
             }
             _set(self, "__dict__", fields)
-            _set(self, "__pydantic_fields_set__", set(_FIELDS))  # cheaper than tracking
+            _set(self, "__pydantic_fields_set__", _ALL_SET.copy())  # cheaper than tracking
             _set(self, "__pydantic_extra__", None)
             _set(self, "__pydantic_private__", None)
             return
@@ -195,13 +199,14 @@ def built_event(
             "schema_version": schema_version,
         },
     )
-    _set(event, "__pydantic_fields_set__", set(_FIELDS))
+    _set(event, "__pydantic_fields_set__", _ALL_SET.copy())
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event
 
 
 _FIELDS = ("id", "type", "source", "time", "key", "headers", "data", "schema_version")
+_ALL_SET = set(_FIELDS)
 
 
 @runtime_checkable
@@ -271,7 +276,7 @@ class _Seconds:
     """The last UTC second formatted; events published together mostly share it."""
 
     second = -1
-    text = ""
+    text = b""
 
 
 def _stamp(when: datetime) -> tuple[int, bytes]:
@@ -282,12 +287,11 @@ def _stamp(when: datetime) -> tuple[int, bytes]:
     us = when.microsecond
     second = int(epoch)  # exact: a float keeps .999999 below the next second until year 2200
     if second != _Seconds.second:
-        _Seconds.text = when.replace(microsecond=0, tzinfo=None).isoformat()
+        _Seconds.text = when.replace(microsecond=0, tzinfo=None).isoformat().encode()
         _Seconds.second = second
-    ms = second * 1000 + us // 1000
     if us:
-        return ms, f"{_Seconds.text}.{us:06d}+00:00".encode()
-    return ms, f"{_Seconds.text}+00:00".encode()
+        return second * 1000 + us // 1000, b"%s.%06d+00:00" % (_Seconds.text, us)
+    return second * 1000, _Seconds.text + b"+00:00"
 
 
 @lru_cache(maxsize=64)

@@ -7,6 +7,8 @@ Two ways to run a server:
 
 * attached (pytest fixtures, reliability tests): ``start_redis()`` / ``start_kafka()`` return a
   :class:`ServerProcess` holding the child process; ``stop()`` ends it and removes its temp dir.
+  ``start_kafka_cluster(brokers=3)`` starts a replicated KRaft cluster (one JVM per node) and
+  returns a :class:`KafkaCluster` with a handle per node (kill, stop, start, wipe its data).
   Everything still running is stopped at interpreter exit as a safety net.
 * detached (``eventbus dev up``): the same functions with ``detached=True``; the process survives
   the caller, is recorded by PID in a state file, and ``stop_pid()`` ends it later.
@@ -50,6 +52,12 @@ from eventbus.testing.servers.dev import (
     dev_up,
     dev_urls,
 )
+from eventbus.testing.servers.kafka_cluster import (
+    KafkaCluster,
+    KafkaNode,
+    cluster_properties,
+    start_kafka_cluster,
+)
 from eventbus.testing.servers.kafka_server import (
     KAFKA_VERSION,
     KafkaNotReadyError,
@@ -70,12 +78,15 @@ __all__ = [
     "DEV_KINDS",
     "DevServers",
     "KAFKA_VERSION",
+    "KafkaCluster",
+    "KafkaNode",
     "KafkaNotReadyError",
     "LOOPBACK",
     "MissingToolError",
     "ServerError",
     "ServerProcess",
     "cache_dir",
+    "cluster_properties",
     "dev_down",
     "dev_status",
     "dev_up",
@@ -98,6 +109,7 @@ __all__ = [
     "require_tool",
     "spawn",
     "start_kafka",
+    "start_kafka_cluster",
     "start_redis",
     "state_dir",
     "stop_pid",

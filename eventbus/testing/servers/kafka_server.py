@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from eventbus.testing.servers._process import (
@@ -227,6 +227,111 @@ def java_argv(
     ]
 
 
+def kafka_workdir(base_dir: Path | None = None, prefix: str = "eventbus-kafka-") -> Path:
+    """A fresh temp dir for one Kafka node, with ``logs/`` and ``log4j2.xml`` written."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=base_dir))
+    (workdir / "logs").mkdir()
+    (workdir / "log4j2.xml").write_text(LOG4J2_XML.format(log=kafka_log_path(workdir)))
+    return workdir
+
+
+def kafka_log_path(workdir: Path) -> Path:
+    """The server log of the node whose temp dir is ``workdir``."""
+    return workdir / "logs" / "server.log"
+
+
+def format_kafka_storage(
+    java: str,
+    classpath: str,
+    workdir: Path,
+    cluster_id: str,
+    *,
+    ignore_formatted: bool = False,
+) -> None:
+    """Run Kafka's storage tool on ``workdir/server.properties`` (writes ``meta.properties``
+    into every log dir); ``ignore_formatted`` formats only the dirs that are not yet."""
+    props = workdir / "server.properties"
+    main = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
+    if ignore_formatted:
+        main.append("--ignore-formatted")
+    fmt = subprocess.run(
+        java_argv(java, classpath, workdir, "256m", main),
+        cwd=workdir, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    if fmt.returncode != 0:
+        raise ServerError(
+            f"kafka storage format failed (exit {fmt.returncode}):\n"
+            f"{(fmt.stdout + fmt.stderr)[-3000:]}\n{tail(kafka_log_path(workdir))}"
+        )
+
+
+def launch_kafka(
+    java: str,
+    classpath: str,
+    workdir: Path,
+    broker_port: int,
+    *,
+    heap: str,
+    detached: bool = False,
+    extra: dict[str, object] | None = None,
+) -> ServerProcess:
+    """Start ``kafka.Kafka workdir/server.properties`` (formatted already); does not wait."""
+    argv = java_argv(
+        java, classpath, workdir, heap, ["kafka.Kafka", str(workdir / "server.properties")]
+    )
+    pid, popen = spawn(argv, cwd=workdir, out_path=workdir / "kafka.out", detached=detached)
+    server = ServerProcess(
+        kind="kafka",
+        pid=pid,
+        port=broker_port,
+        url=f"kafka://{LOOPBACK}:{broker_port}",
+        workdir=workdir,
+        log_path=kafka_log_path(workdir),
+        version=KAFKA_VERSION,
+        detached=detached,
+        extra=dict(extra or {}),
+        _popen=popen,
+    )
+    if not detached:
+        track(server)
+    return server
+
+
+def wait_kafka(
+    server: ServerProcess, answers: Callable[[], bool], timeout: float, what: str = "Kafka"
+) -> str | None:
+    """Wait until ``answers()``; None when it did, else why not (the process is left running)."""
+
+    def died() -> str | None:
+        return None if server.alive() else f"the {what} process exited"
+
+    try:
+        if wait_until(answers, timeout=timeout, interval=0.2, max_interval=1.0, give_up=died):
+            return None
+        return f"{what} did not answer a metadata request within {timeout:.0f}s"
+    except ServerError as exc:
+        return str(exc)
+
+
+def failure_log(workdir: Path) -> str:
+    """The server log and stdout tails of a node that failed to start."""
+    out = tail(workdir / "kafka.out", 20)
+    return f"{tail(kafka_log_path(workdir), 60)}\n--- stdout/stderr ---\n{out}"
+
+
+def port_clash(log: str) -> bool:
+    """True if a start failed because a port was taken meanwhile (worth another try)."""
+    return "Address already in use" in log or "BindException" in log
+
+
+def two_ports() -> tuple[int, int]:
+    """Two distinct free loopback ports."""
+    first, second = free_port(), free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
 def start_kafka(
     *,
     detached: bool = False,
@@ -240,68 +345,32 @@ def start_kafka(
     Fetches the jars first if needed. ``overrides`` are extra ``server.properties`` entries.
     """
     java = require_tool("java", f"to run Apache Kafka {KAFKA_VERSION}")
-    libs = ensure_kafka_jars()
-    classpath = kafka_classpath(libs)
+    classpath = kafka_classpath(ensure_kafka_jars())
     last_error = ""
     for _attempt in range(3):
-        workdir = Path(tempfile.mkdtemp(prefix="eventbus-kafka-", dir=base_dir))
-        (workdir / "logs").mkdir()
-        log_path = workdir / "logs" / "server.log"
-        (workdir / "log4j2.xml").write_text(LOG4J2_XML.format(log=log_path))
-        broker_port, controller_port = free_port(), free_port()
-        while controller_port == broker_port:
-            controller_port = free_port()
-        props = workdir / "server.properties"
-        props.write_text(kafka_properties(workdir, broker_port, controller_port, overrides or {}))
-        fmt = subprocess.run(
-            java_argv(
-                java, classpath, workdir, "256m",
-                ["kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c", str(props)],
-            ),
-            cwd=workdir, capture_output=True, text=True, check=False, timeout=120,
-        )  # fmt: skip
-        if fmt.returncode != 0:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise ServerError(
-                f"kafka storage format failed (exit {fmt.returncode}):\n"
-                f"{(fmt.stdout + fmt.stderr)[-3000:]}\n{tail(log_path)}"
-            )
-        argv = java_argv(java, classpath, workdir, heap, ["kafka.Kafka", str(props)])
-        pid, popen = spawn(argv, cwd=workdir, out_path=workdir / "kafka.out", detached=detached)
-        bootstrap = f"{LOOPBACK}:{broker_port}"
-        server = ServerProcess(
-            kind="kafka",
-            pid=pid,
-            port=broker_port,
-            url=f"kafka://{bootstrap}",
-            workdir=workdir,
-            log_path=log_path,
-            version=KAFKA_VERSION,
-            detached=detached,
-            extra={"controller_port": controller_port},
-            _popen=popen,
+        workdir = kafka_workdir(base_dir)
+        broker_port, controller_port = two_ports()
+        (workdir / "server.properties").write_text(
+            kafka_properties(workdir, broker_port, controller_port, overrides or {})
         )
-        if not detached:
-            track(server)
-
-        def died(server: ServerProcess = server) -> str | None:
-            return None if server.alive() else "the Kafka process exited"
-
         try:
-            if wait_until(
-                functools.partial(kafka_answers, bootstrap, timeout=2.0),
-                timeout=timeout,
-                interval=0.2,
-                max_interval=1.0,
-                give_up=died,
-            ):
-                return server
-            last_error = f"Kafka did not answer a metadata request within {timeout:.0f}s"
-        except ServerError as exc:
-            last_error = str(exc)
-        log = f"{tail(log_path, 60)}\n--- stdout/stderr ---\n{tail(workdir / 'kafka.out', 20)}"
+            format_kafka_storage(java, classpath, workdir, kafka_cluster_id())
+        except ServerError:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        server = launch_kafka(
+            java, classpath, workdir, broker_port, heap=heap, detached=detached,
+            extra={"controller_port": controller_port},
+        )  # fmt: skip
+        bootstrap = f"{LOOPBACK}:{broker_port}"
+        error = wait_kafka(
+            server, functools.partial(kafka_answers, bootstrap, timeout=2.0), timeout
+        )
+        if error is None:
+            return server
+        log = failure_log(workdir)
         server.stop(timeout=10)
-        last_error = f"{last_error} (broker port {broker_port}); server log tail:\n{log}"
-        if "Address already in use" not in log and "BindException" not in log:
+        last_error = f"{error} (broker port {broker_port}); server log tail:\n{log}"
+        if not port_clash(log):
             break
     raise KafkaNotReadyError(last_error)

@@ -52,6 +52,47 @@ def redis_server_version() -> str:
     return out.strip()
 
 
+def _redis_workdir(data_dir: Path | None, base_dir: Path | None) -> Path:
+    if data_dir is None:
+        return Path(tempfile.mkdtemp(prefix="eventbus-redis-", dir=base_dir))
+    workdir = data_dir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def _redis_argv(
+    exe: str, port: int, workdir: Path, appendonly: bool, appendfsync: str, extra: Sequence[str]
+) -> list[str]:
+    return [
+        exe,
+        "--port", str(port),
+        "--bind", LOOPBACK,
+        "--protected-mode", "yes",
+        "--daemonize", "no",
+        "--dir", str(workdir),
+        "--logfile", str(workdir / "redis.log"),
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", appendfsync,
+        *extra,
+    ]  # fmt: skip
+
+
+def _wait_redis(server: ServerProcess, timeout: float) -> str | None:
+    """None once the server answers PING, else why it did not."""
+
+    def died() -> str | None:
+        return None if server.alive() else "redis-server exited"
+
+    answers = functools.partial(redis_answers, server.port)
+    try:
+        if wait_until(answers, timeout=timeout, give_up=died):
+            return None
+        return f"redis-server did not answer PING within {timeout:.0f}s"
+    except ServerError as exc:
+        return str(exc)
+
+
 def start_redis(
     *,
     appendonly: bool = False,
@@ -72,29 +113,11 @@ def start_redis(
     exe = require_tool("redis-server", "to run a local Redis for tests and `eventbus dev`")
     version = redis_server_version()
     keep = data_dir is not None
-    if data_dir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="eventbus-redis-", dir=base_dir))
-    else:
-        workdir = data_dir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "redis.log"
-    attempts = 1 if port is not None else 3
+    workdir = _redis_workdir(data_dir, base_dir)
     last_error = ""
-    for _ in range(attempts):
+    for _ in range(1 if port is not None else 3):
         chosen = port if port is not None else free_port()
-        argv = [
-            exe,
-            "--port", str(chosen),
-            "--bind", LOOPBACK,
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--dir", str(workdir),
-            "--logfile", str(log_path),
-            "--save", "",
-            "--appendonly", "yes" if appendonly else "no",
-            "--appendfsync", appendfsync,
-            *extra_args,
-        ]  # fmt: skip
+        argv = _redis_argv(exe, chosen, workdir, appendonly, appendfsync, extra_args)
         pid, popen = spawn(argv, cwd=workdir, out_path=workdir / "redis.out", detached=detached)
         server = ServerProcess(
             kind="redis",
@@ -102,7 +125,7 @@ def start_redis(
             port=chosen,
             url=f"redis://{LOOPBACK}:{chosen}/0",
             workdir=workdir,
-            log_path=log_path,
+            log_path=workdir / "redis.log",
             version=version,
             keep_workdir=keep,
             detached=detached,
@@ -111,20 +134,13 @@ def start_redis(
         )
         if not detached:
             track(server)
-
-        def died(server: ServerProcess = server) -> str | None:
-            return None if server.alive() else "redis-server exited"
-
-        try:
-            if wait_until(functools.partial(redis_answers, chosen), timeout=timeout, give_up=died):
-                return server
-            last_error = f"redis-server did not answer PING within {timeout:.0f}s"
-        except ServerError as exc:
-            last_error = str(exc)
+        error = _wait_redis(server, timeout)
+        if error is None:
+            return server
         log = server.log_tail()
         server.keep_workdir = True  # keep the log until we have read it
         server.stop(timeout=5)
-        last_error = f"{last_error} (port {chosen}); log tail:\n{log}"
+        last_error = f"{error} (port {chosen}); log tail:\n{log}"
         if "Address already in use" not in log:
             break
     if not keep:

@@ -140,6 +140,15 @@ def _named(stats: Sequence[FieldStats], names: Sequence[str], common: int) -> Fi
     return None
 
 
+def _data_field(stats: Sequence[FieldStats], total: int) -> FieldStats | None:
+    """The field most often holding a JSON object, if it does in at least half the entries."""
+    objects = [s for s in stats if s.json_objects * 2 >= max(total, 1) and s.json_objects]
+    objects.sort(
+        key=lambda s: (-s.json_objects, s.name.lower() not in DATA_NAMES, -s.present, s.name)
+    )
+    return objects[0] if objects else None
+
+
 def propose(
     entries: Sequence[Mapping[bytes, bytes]], *, extras_prefix: str = DEFAULT_PREFIX
 ) -> Proposal:
@@ -152,11 +161,7 @@ def propose(
     notes: list[str] = []
     taken: set[str] = set()
 
-    objects = [s for s in stats if s.json_objects * 2 >= max(total, 1) and s.json_objects]
-    objects.sort(
-        key=lambda s: (-s.json_objects, s.name.lower() not in DATA_NAMES, -s.present, s.name)
-    )
-    data = objects[0] if objects else None
+    data = _data_field(stats, total)
     if data is not None:
         taken.add(data.name)
     else:

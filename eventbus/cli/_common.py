@@ -55,6 +55,8 @@ __all__ = [
     "console",
     "emit_json",
     "errors_to_exit",
+    "fmt_bytes",
+    "fmt_ms",
     "fail",
     "jsonable",
     "open_bus",
@@ -343,6 +345,26 @@ def emit_json(value: Any, *, lines: bool = False) -> None:
     """Print ``value`` as JSON on stdout: indented, or compact on one line when ``lines``."""
     text = json.dumps(jsonable(value), indent=None if lines else 2, ensure_ascii=False)
     typer.echo(text)
+
+
+def fmt_ms(ms: int | None) -> str:
+    """A duration in milliseconds the way an operator writes it (7d, 12h, 30m, 5s); - for none."""
+    if ms is None:
+        return "-"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms" if ms % 1000 else f"{ms // 1000}s"
+
+
+def fmt_bytes(n: int | None) -> str:
+    """A size in binary units when it is a whole number of them (1GiB, 512MiB); - for none."""
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"
 
 
 def parse_kv(items: Sequence[str] | None, what: str, example: str) -> dict[str, str]:

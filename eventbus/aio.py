@@ -1,11 +1,11 @@
 """The async API: :class:`AsyncEventBus`, subscriptions, deliveries and replay.
 
 This is the one implementation of the core. :mod:`eventbus.sync` drives it from blocking code.
+The replay loop (cursors, end predicate, merge by time) is in :mod:`eventbus._replay`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import (
     AsyncIterator,
@@ -14,7 +14,6 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -23,10 +22,10 @@ from pydantic import BaseModel
 
 from eventbus._coalesce import Coalescer
 from eventbus._registry import open_transport
+from eventbus._replay import Replayed, replay_topic
 from eventbus.errors import (
     ClosedError,
     ConfigurationError,
-    InvalidPositionError,
     TopicExistsError,
     UnsupportedError,
 )
@@ -35,10 +34,8 @@ from eventbus.event import (
     Event,
     JsonCodec,
     built_event,
-    decode_record,
     encode_event,
     new_event_id,
-    raw_event,
 )
 from eventbus.observability import instruments
 from eventbus.subscription import (
@@ -57,11 +54,9 @@ from eventbus.transport import (
     Offset,
     Outgoing,
     Position,
-    Record,
     ResetTarget,
     TopicInfo,
     Transport,
-    offset_key,
 )
 
 if TYPE_CHECKING:
@@ -77,21 +72,6 @@ __all__ = [
     "connect_async",
     "parse_start",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Replayed:
-    """An event read by replay (no group): the event and where it sits."""
-
-    event: Event
-    topic: str
-    partition: int
-    offset: Offset
-    timestamp_ms: int
-
-    @property
-    def position(self) -> Position:
-        return Position(self.partition, self.offset)
 
 
 class AsyncEventBus:
@@ -263,17 +243,7 @@ class AsyncEventBus:
         handler) does not get it redelivered. ``visibility_timeout`` is how long the group
         waits for a member that died or hangs; ``max_lease`` the longest a delivery is kept
         (then it is redelivered, and a warning logged). See docs/semantics.md, "Leases"."""
-        settings = SubscribeOptions(
-            consumer=consumer,
-            model=model,
-            start=start,
-            dead_letter=dead_letter,
-            visibility_timeout=visibility_timeout,
-            session_timeout=session_timeout,
-            batch_size=batch_size,
-            options=options,
-            max_lease=max_lease,
-        )
+        settings = SubscribeOptions.pick(locals())  # the keyword arguments above
         return await self.subscribe_with(topics, group, settings)
 
     async def subscribe_with(
@@ -375,45 +345,20 @@ class AsyncEventBus:
         they raise SerializationError (entries that do not fit their topic's stream layout as
         well: raw events, with their fields as the data)."""
         self._check()
-        info = await self.transport.describe_topic(topic)
-        cursors = _replay_cursors(start, len(info.partitions))
-        for part in info.partitions:  # "latest": only what comes after the current end
-            if cursors.get(part.partition, (None, True))[0] == "latest":
-                cursors[part.partition] = (
-                    (part.last, False) if part.last is not None else (None, True)
-                )
-        stop = (lambda r: False) if follow and end is None else _replay_stops(end, info)
-        heads: dict[int, list[Record]] = {p: [] for p in cursors}
-        done: set[int] = set()
-
-        async def refill(p: int) -> None:
-            begin, inclusive = cursors[p]
-            page = await self.transport.read(topic, p, begin, inclusive=inclusive, limit=page_size)
-            heads[p] = page
-            if page:
-                cursors[p] = (page[-1].offset, False)
-
-        while True:
-            for p in cursors:
-                if p not in done and not heads[p]:
-                    await refill(p)
-            live = [p for p in cursors if heads[p] and p not in done]
-            if not live:
-                if not follow:
-                    return
-                await asyncio.sleep(poll_interval)  # follow mode: poll for new events
-                continue
-            p = min(live, key=lambda q: (heads[q][0].timestamp_ms, q))
-            record = heads[p].pop(0)
-            if stop(record):
-                done.add(p)
-                heads[p] = []
-                if len(done) == len(cursors) and not follow:
-                    return
-                continue
-            yield Replayed(
-                _replayed(record, self.codec, model), topic, p, record.offset, record.timestamp_ms
-            )
+        replayed = replay_topic(
+            self.transport,
+            self.codec,
+            topic,
+            start=start,
+            end=end,
+            model=model,
+            follow=follow,
+            poll_interval=poll_interval,
+            page_size=page_size,
+        )
+        async with contextlib.aclosing(replayed):
+            async for item in replayed:
+                yield item
 
     # admin ----------------------------------------------------------------------------------
     async def create_topic(self, spec: TopicSpec | str, **fields: Any) -> TopicSpec:
@@ -544,14 +489,6 @@ def _dead_letter_topic(topic: str, dead_letter: str | bool | None) -> str | None
     return str(dead_letter)
 
 
-def _replayed(record: Record, codec: Codec, model: type[BaseModel] | None) -> Event:
-    """A replayed record's event; an entry that does not fit its topic's stream layout is a
-    raw event (its fields as the data) unless ``model`` is given."""
-    if record.decode_error is not None and model is None:
-        return raw_event(record)
-    return decode_record(record, codec, model)
-
-
 def _merge(current: TopicSpec, desired: TopicSpec) -> TopicSpec:
     """Desired spec, keeping the server's retention where the desired one leaves it unset."""
     return desired.model_copy(
@@ -562,50 +499,6 @@ def _merge(current: TopicSpec, desired: TopicSpec) -> TopicSpec:
             "layout": desired.layout or current.layout,
         }
     )
-
-
-def _replay_cursors(
-    start: Start | Mapping[int, Offset], partitions: int
-) -> dict[int, tuple[Offset | datetime | None, bool]]:
-    if isinstance(start, Mapping):
-        return {int(p): (o, True) for p, o in start.items()}
-    parsed = parse_start(start)
-    if isinstance(parsed, Position):
-        if not 0 <= parsed.partition < partitions:
-            raise InvalidPositionError(f"the topic has no partition {parsed.partition}")
-        return {parsed.partition: (parsed.offset, True)}
-    if parsed == "latest":
-        return {p: ("latest", True) for p in range(partitions)}  # resolved below
-    if parsed == "earliest":
-        return {p: (None, True) for p in range(partitions)}
-    return {p: (parsed, True) for p in range(partitions)}
-
-
-def _replay_stops(
-    end: datetime | Position | Mapping[int, Offset] | str | None, info: TopicInfo
-) -> Callable[[Record], bool]:
-    """A predicate: True when a record lies past the end of the replay."""
-    last = {p.partition: p.last for p in info.partitions}
-    if end is None or end == "latest":
-        return lambda r: (
-            last.get(r.partition) is None
-            or offset_key(r.offset)
-            > offset_key(
-                last[r.partition]  # type: ignore[arg-type]
-            )
-        )
-    if isinstance(end, str) and not isinstance(end, datetime):
-        parsed = parse_start(end)
-        if isinstance(parsed, str):
-            raise InvalidPositionError(f"{end!r} is not an end: use a time or a position")
-        end = parsed
-    if isinstance(end, datetime):
-        limit_ms = int(end.timestamp() * 1000)
-        return lambda r: r.timestamp_ms > limit_ms
-    ends: dict[int, Offset] = (
-        {end.partition: end.offset} if isinstance(end, Position) else dict(end)
-    )
-    return lambda r: r.partition in ends and offset_key(r.offset) > offset_key(ends[r.partition])
 
 
 def connect_async(

@@ -494,16 +494,7 @@ async def subscribe_batches(
 
     Raises ConfigurationError for bad settings, and what ``subscribe`` raises."""
     _check_settings(budget, weight, max_items, max_wait, lookahead)
-    reading = SubscribeOptions(
-        consumer=consumer,
-        model=model,
-        start=start,
-        dead_letter=dead_letter,
-        visibility_timeout=visibility_timeout,
-        session_timeout=session_timeout,
-        options=options,
-        max_lease=max_lease,
-    )
+    reading = SubscribeOptions.pick(locals())  # the keyword arguments above
     names = (topics,) if isinstance(topics, str) else tuple(topics)
     sub = await bus.subscribe_with(names, group, reading)
     try:

@@ -108,17 +108,7 @@ class AsyncRunner:
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
-        self.reading = SubscribeOptions(
-            consumer=consumer,
-            model=model,
-            start=start,
-            dead_letter=dead_letter,
-            visibility_timeout=visibility_timeout,
-            session_timeout=session_timeout,
-            batch_size=batch_size,
-            options=options,
-            max_lease=max_lease,
-        )
+        self.reading = SubscribeOptions.pick(locals())  # the keyword arguments above
         """How the runner's member reads (validated here, before it runs)."""
         if (max_outstanding is not None and max_outstanding < 1) or max_outstanding_bytes < 1:
             raise ValueError("max_outstanding and max_outstanding_bytes must be at least 1")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -125,6 +125,13 @@ class SubscribeOptions:
                 "a new group starts at earliest, latest or a time; to start at a position, "
                 "use reset_group(group, topic, {partition: offset}) first"
             )
+
+    @classmethod
+    def pick(cls, settings: Mapping[str, Any]) -> SubscribeOptions:
+        """The options among ``settings``, a function's keyword arguments (others are ignored;
+        an absent one keeps its default). ``subscribe``, the runner and budgeted batches build
+        theirs this way, so a new option is added here and to their signatures, nowhere else."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})
 
     def start_at(self) -> Literal["earliest", "latest"] | datetime | Position:
         """``start`` normalised (see :func:`parse_start`)."""

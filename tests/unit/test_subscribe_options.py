@@ -81,3 +81,10 @@ def test_settings_are_a_value() -> None:
     assert settings == SubscribeOptions(start="latest", batch_size=5)
     with pytest.raises(ConfigurationError):
         SubscribeOptions(batch_size=0)
+
+
+def test_pick_takes_the_options_among_keyword_arguments() -> None:
+    picked = SubscribeOptions.pick({"start": "latest", "batch_size": 5, "concurrency": 8})
+    assert picked == SubscribeOptions(start="latest", batch_size=5)
+    with pytest.raises(ConfigurationError, match="batch_size"):
+        SubscribeOptions.pick({"batch_size": 0})

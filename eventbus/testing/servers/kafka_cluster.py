@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,8 +278,16 @@ class KafkaCluster:
         )
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop every node and remove the cluster's dir (unless ``keep_workdir``)."""
+        """Stop every node and remove the cluster's dir (unless ``keep_workdir``).
+
+        All nodes get SIGTERM at once (one by one, the last would wait for a quorum that has
+        gone), then each is waited for (SIGKILL after ``timeout``)."""
         try:
+            for n in self.nodes:
+                if n.alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(n.pid, signal.SIGCONT)
+                        os.kill(n.pid, signal.SIGTERM)
             for n in self.nodes:
                 with contextlib.suppress(Exception):
                     n.stop(timeout=timeout)
@@ -371,7 +380,12 @@ def _make_nodes(
         }
         text = kafka_properties(n.workdir, n.port, n.controller_port, props)
         (n.workdir / "server.properties").write_text(text)
-        format_kafka_storage(java, classpath, n.workdir, cluster_id)
+    with ThreadPoolExecutor(max_workers=brokers) as pool:  # one JVM each, in parallel
+        futures = [
+            pool.submit(format_kafka_storage, java, classpath, n.workdir, cluster_id) for n in nodes
+        ]
+    for future in futures:
+        future.result()  # raises the first node's ServerError
     return nodes
 
 

@@ -98,11 +98,21 @@ def up(
     appendonly: Annotated[
         bool, typer.Option("--redis-aof", help="Start Redis with the append-only file on.")
     ] = False,
+    kafka_brokers: Annotated[
+        int,
+        typer.Option(
+            "--kafka-brokers",
+            min=1,
+            max=9,
+            help="Kafka brokers: 1 is a single node; more start a replicated KRaft cluster "
+            "(each node broker and controller; replication factor 3, min.insync.replicas 2).",
+        ),
+    ] = 1,
 ) -> None:
     """Start Redis and Kafka in the background (or reuse the running ones) and print their URLs."""
     kinds = _kinds(redis_only, kafka_only)
     try:
-        result = servers.dev_up(kinds, redis_appendonly=appendonly)
+        result = servers.dev_up(kinds, redis_appendonly=appendonly, kafka_brokers=kafka_brokers)
     except servers.ServerError as exc:
         _fail(str(exc))
     _print(result, output, "eventbus dev servers")

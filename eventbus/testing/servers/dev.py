@@ -17,6 +17,11 @@ from eventbus.testing.servers._process import (
     state_dir,
     stop_pid,
 )
+from eventbus.testing.servers.kafka_cluster import (
+    cluster_pids_alive,
+    start_kafka_cluster,
+    stop_cluster_pids,
+)
 from eventbus.testing.servers.kafka_server import kafka_answers, start_kafka
 from eventbus.testing.servers.redis_server import redis_answers, start_redis
 
@@ -57,8 +62,22 @@ def server_answers(server: ServerProcess, timeout: float = 2.0) -> bool:
 
 
 def server_running(server: ServerProcess) -> bool:
-    """Its PID is alive (and is ours: command line mentions its dir) and its port answers."""
+    """Its PID is alive (and is ours: command line mentions its dir) and its port answers; for
+    a Kafka cluster, every node's PID."""
+    if "nodes" in server.extra and not cluster_pids_alive(server):
+        return False
     return pid_alive(server.pid, str(server.workdir)) and server_answers(server)
+
+
+def broker_count(server: ServerProcess) -> int:
+    """How many Kafka brokers a recorded server stands for (1 unless it is a cluster)."""
+    return len(server.extra.get("nodes", [])) or 1
+
+
+def _stop(server: ServerProcess) -> bool:
+    """Stop a recorded server (every node of a cluster); True if something was running."""
+    stopped = stop_cluster_pids(server) if "nodes" in server.extra else False
+    return stop_pid(server.pid, marker=str(server.workdir)) or stopped
 
 
 @dataclass
@@ -94,12 +113,17 @@ class DevServers:
 
 
 def _discard(server: ServerProcess) -> None:
-    stop_pid(server.pid, marker=str(server.workdir))
+    _stop(server)
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 
-def dev_up(kinds: Sequence[str] = DEV_KINDS, *, redis_appendonly: bool = False) -> DevServers:
-    """Start detached servers (or reuse running ones recorded in the state file)."""
+def dev_up(
+    kinds: Sequence[str] = DEV_KINDS, *, redis_appendonly: bool = False, kafka_brokers: int = 1
+) -> DevServers:
+    """Start detached servers (or reuse running ones recorded in the state file).
+
+    ``kafka_brokers`` > 1 starts a replicated KRaft cluster of that many nodes instead of the
+    single broker (a recorded Kafka of another size is stopped and replaced)."""
     base = state_dir()
     base.mkdir(parents=True, exist_ok=True)
     with file_lock(base / ".lock"):
@@ -108,7 +132,10 @@ def dev_up(kinds: Sequence[str] = DEV_KINDS, *, redis_appendonly: bool = False) 
         try:
             for kind in kinds:
                 current = state.get(kind)
-                if current is not None and server_running(current):
+                same_size = kind != "kafka" or (
+                    current is not None and broker_count(current) == kafka_brokers
+                )
+                if current is not None and same_size and server_running(current):
                     reused[kind] = True
                     continue
                 if current is not None:
@@ -118,6 +145,9 @@ def dev_up(kinds: Sequence[str] = DEV_KINDS, *, redis_appendonly: bool = False) 
                     state[kind] = start_redis(
                         detached=True, base_dir=base, appendonly=redis_appendonly
                     )
+                elif kafka_brokers > 1:
+                    cluster = start_kafka_cluster(kafka_brokers, detached=True, base_dir=base)
+                    state[kind] = cluster.to_server_process()
                 else:
                     state[kind] = start_kafka(detached=True, base_dir=base)
                 reused[kind] = False
@@ -154,7 +184,7 @@ def dev_down(kinds: Sequence[str] = DEV_KINDS) -> DevServers:
         for kind in kinds:
             server = state.pop(kind, None)
             if server is not None:
-                stopped[kind] = stop_pid(server.pid, marker=str(server.workdir))
+                stopped[kind] = _stop(server)
                 shutil.rmtree(server.workdir, ignore_errors=True)
         if state:
             _save_state(state)

@@ -142,12 +142,6 @@ def main() -> None:
         if scheme.startswith("redis"):
             modes.insert(1, "budgeted (fast path)")
         for mode in modes:
-            if "fast" in mode:
-                from eventbus.adapters.redis_streams._batching import fetch_budget
-                from eventbus.adapters.redis_streams._consumer import RedisConsumer
-
-                if not hasattr(RedisConsumer, "fetch_budget"):  # not wired into the adapter yet
-                    RedisConsumer.fetch_budget = fetch_budget  # type: ignore[attr-defined]
             res = asyncio.run(run(url, mode, args))
             print(f"{scheme + ' ' + mode:<28}"[:28] + res.row(args.budget)[28:])
 

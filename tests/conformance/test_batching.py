@@ -4,7 +4,6 @@ the server-side fast path) and Kafka."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -40,18 +39,8 @@ class TestRedisBatchingFastPath(BatchingSuite):
     fast_path = True
 
     @pytest.fixture
-    def url(self, redis_url: str) -> Iterator[str]:
-        from eventbus.adapters.redis_streams._consumer import RedisConsumer
-
-        if not hasattr(RedisConsumer, "fetch_budget"):
-            # until the adapter wires the method itself, install the fast path for the test
-            from eventbus.adapters.redis_streams._batching import fetch_budget
-
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(RedisConsumer, "fetch_budget", fetch_budget, raising=False)
-                yield redis_url
-            return
-        yield redis_url
+    def url(self, redis_url: str) -> str:
+        return redis_url  # RedisConsumer.fetch_budget is the fast path
 
 
 @pytest.mark.kafka

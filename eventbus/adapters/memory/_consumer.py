@@ -6,21 +6,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
 
-from eventbus.adapters.memory._broker import TP, GroupState, Member, Pending, as_int, to_record
+from eventbus.adapters.memory._broker import (
+    TP,
+    Broker,
+    GroupState,
+    Member,
+    Pending,
+    as_int,
+    to_record,
+)
 from eventbus.errors import (
     ClosedError,
 )
 from eventbus.transport import (
     ConsumerOptions,
     Outgoing,
+    Position,
     Record,
 )
-
-if TYPE_CHECKING:
-    from eventbus.adapters.memory._transport import MemoryTransport
 
 log = logging.getLogger("eventbus.memory")
 
@@ -35,14 +40,16 @@ class MemoryConsumer:
 
     def __init__(
         self,
-        transport: MemoryTransport,
+        broker: Broker,
+        append: Callable[[str, Sequence[Outgoing]], list[Position]],
         group: str,
         name: str,
         topics: tuple[str, ...],
         options: ConsumerOptions,
     ) -> None:
-        self._transport = transport
-        self._broker = transport._broker
+        self._broker = broker
+        self._append = append
+        """The transport's append, called with the broker's lock held (for dead letters)."""
         self._group = group
         self._name = name
         self._topics = topics
@@ -178,7 +185,7 @@ class MemoryConsumer:
         )
         self._leases.pop((record.topic, record.partition, as_int(record.offset)), None)
         with self._broker.lock:  # one lock: the copy and the ack happen together or not at all
-            self._transport._append(topic, [copy])
+            self._append(topic, [copy])
             pending = self._state().pending.get((record.topic, record.partition))
             if pending is not None:
                 pending.pop(as_int(record.offset), None)

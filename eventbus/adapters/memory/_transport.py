@@ -186,7 +186,7 @@ class MemoryTransport:
             )
             broker.rebalance(group, state, now)
             broker.notify()
-        return MemoryConsumer(self, group, consumer, tuple(topics), options)
+        return MemoryConsumer(self._broker, self._append, group, consumer, tuple(topics), options)
 
     # admin ---------------------------------------------------------------------------------
     async def create_topic(self, spec: TopicSpec) -> None:

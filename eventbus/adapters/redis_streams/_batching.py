@@ -1,12 +1,12 @@
 """The Redis fast path for budgeted batches: claim new entries only while their weights fit.
 
-:func:`fetch_budget` is the body of the optional consumer method
-``RedisConsumer.fetch_budget(budget, weight_header, max_items, timeout, allow_oversize)`` used
-by :mod:`eventbus.batching` (capability flag ``budget_fetch``). It does what
+:meth:`RedisConsumer.fetch_budget(budget, weight_header, max_items, timeout, allow_oversize)
+<eventbus.adapters.redis_streams._consumer.RedisConsumer.fetch_budget>`, used by
+:mod:`eventbus.batching` (capability flag ``budget_fetch``), does what
 ``RedisConsumer.fetch`` does (heartbeat, due nacks, sweeps of dead or late members' entries,
 in that order and under the consumer's lock), except for new entries: instead of
-``XREADGROUP ... >`` with a count, one Lua script per topic (:data:`CLAIM_BUDGET`) runs,
-atomically on the server:
+``XREADGROUP ... >`` with a count, one Lua script per topic (``CLAIM_BUDGET`` in
+``_scripts.py``, run by :func:`claim_budget`) runs, atomically on the server:
 
 - for each stream this member owns (rotated between calls, so no partition starves), read the
   group's last-delivered id (``XINFO GROUPS``), peek at the entries after it (``XRANGE``), and
@@ -25,175 +25,85 @@ When nothing is due and nothing new fits, it waits for new entries with ``XREAD 
 owned streams from their last-delivered ids (in slices of ``poll_interval``, heartbeating each
 time), so an idle worker does not poll the script.
 
-This module reaches into :class:`~eventbus.adapters.redis_streams._consumer.RedisConsumer`'s
-internals (its lock, heartbeat, nack and sweep steps) on purpose: it is the same member's code,
-kept apart only so that the fast path is one reviewable unit.
+This module takes what it needs as arguments (the connection, the group, the member's name,
+the streams it owns, a decoder) and keeps no state; the consumer owns the loop and its state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from eventbus.adapters.redis_streams import _layout as layout
-from eventbus.errors import ClosedError, GroupNotFoundError
+from eventbus.adapters.redis_streams._connection import RedisConnection
 from eventbus.transport import Record
 
-if TYPE_CHECKING:
-    from eventbus.adapters.redis_streams._consumer import RedisConsumer
-
-__all__ = ["CLAIM_BUDGET", "fetch_budget"]
-
-# KEYS: owned partition streams of one topic (one hash slot). ARGV[1] group, ARGV[2] member,
-# ARGV[3] budget, ARGV[4] weight field ("h:<header>"), ARGV[5] max entries, ARGV[6] "1" to allow
-# one oversize entry when nothing else was claimed. Returns {claims, last_ids, saturated}:
-# claims is a list of {stream index, entries as XREADGROUP returns them}; last_ids the group's
-# last-delivered id per stream (after the claims), for a blocking XREAD; saturated 1 when an
-# entry was left because it did not fit the budget.
-CLAIM_BUDGET = """
-local group, me = ARGV[1], ARGV[2]
-local left = tonumber(ARGV[3])
-local field = ARGV[4]
-local room = tonumber(ARGV[5])
-local solo = ARGV[6] == '1'
-local claims = {}
-local last = {}
-local claimed = 0
-local saturated = 0
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local lastid = nil
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
-    local name, ld = nil, nil
-    for j = 1, #g, 2 do
-      if g[j] == 'name' then name = g[j + 1] end
-      if g[j] == 'last-delivered-id' then ld = g[j + 1] end
-    end
-    if name == group then lastid = ld end
-  end
-  if not lastid then
-    return redis.error_reply('NOGROUP no group ' .. group .. ' on ' .. key)
-  end
-  local take = 0
-  if room > 0 then
-    local entries = redis.call('XRANGE', key, '(' .. lastid, '+', 'COUNT', room)
-    for _, e in ipairs(entries) do
-      local fields = e[2]
-      local w = 0
-      for j = 1, #fields, 2 do
-        if fields[j] == field then w = tonumber(fields[j + 1]) or 0 end
-      end
-      if w ~= w or w < 0 or w == math.huge then w = 0 end
-      if w <= left then
-        left = left - w
-        take = take + 1
-      elseif solo and claimed == 0 and take == 0 then
-        take = 1
-        left = 0
-        break
-      else
-        saturated = 1
-        break
-      end
-    end
-  end
-  if take > 0 then
-    local got = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', take, 'STREAMS', key, '>')
-    local entries = got[1][2]
-    claims[#claims + 1] = {i, entries}
-    claimed = claimed + #entries
-    room = room - #entries
-    lastid = entries[#entries][1]
-  end
-  last[#last + 1] = lastid
-end
-return {claims, last, saturated}
-"""
+__all__ = ["Claim", "OwnedStream", "claim_budget", "wait_for_new"]
 
 
-async def fetch_budget(
-    consumer: RedisConsumer,
-    budget: float,
-    weight_header: str,
-    max_items: int,
-    timeout: float,
-    allow_oversize: bool = True,
-) -> tuple[list[Record], bool]:
-    """See the module docstring. Returns within about ``timeout`` s (plus a round trip)."""
-    c = consumer
-    if c._closed:
-        raise ClosedError("this Redis consumer is closed; open a new one")
-    max_items = max(1, max_items)
-    deadline = time.monotonic() + max(0.0, timeout)
-    async with c._lock:
-        while not c._closed:
-            await c._heartbeat()
-            out = await c._due_nacks(max_items)
-            if len(out) < max_items:
-                out += await c._sweeps(max_items - len(out))
-            if out:
-                return out, False
-            claimed, last, saturated = await _claim_new(
-                c, budget, weight_header, max_items, allow_oversize
-            )
-            if claimed or saturated:
-                return claimed, saturated
-            wait = c._block_for(deadline)
-            if wait <= 0 or time.monotonic() >= deadline:
-                return [], False
-            await _wait_for_new(c, last, wait)
-    return [], False
+class OwnedStream(Protocol):
+    """A partition stream this member owns (``_membership.Owned``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def key(self) -> str: ...
 
 
-async def _claim_new(
-    c: RedisConsumer, budget: float, header: str, max_items: int, allow_oversize: bool
-) -> tuple[list[Record], dict[str, str], bool]:
-    by_topic: dict[str, list[Any]] = {}
-    for owned in await c._readable():  # not streams held back by a previous owner's entries
-        by_topic.setdefault(owned.topic, []).append(owned)
-    out: list[Record] = []
-    last: dict[str, str] = {}
-    left = budget
-    saturated = False
-    for topic, streams in by_topic.items():
-        if len(out) >= max_items:
-            break
-        c._rotation += 1
-        shift = c._rotation % len(streams)
-        streams = streams[shift:] + streams[:shift]
-        script = _script(c)
-        try:
-            with c._t.edge(f"claim a budgeted batch in group {c._group!r}"):
-                claims, lasts, full = await script(
-                    keys=[o.key for o in streams],
-                    args=[
-                        c._group,
-                        c._name,
-                        repr(float(left)),
-                        f"h:{header}",
-                        max_items - len(out),
-                        "1" if allow_oversize and not out else "0",
-                    ],
-                )
-        except GroupNotFoundError:
-            await c._regroup(topic)
-            continue
-        saturated = saturated or bool(int(full))
-        for owned, last_id in zip(streams, lasts, strict=True):
-            last[owned.key] = layout.text(last_id)
-        decode = c._t.decoder(topic)
-        for index, entries in claims:
-            owned = streams[int(index) - 1]
-            for entry_id, flat in entries:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                record = decode(topic, owned.partition, entry_id, fields, 1)
-                out.append(record)
-                left -= _weight(record, header)
-            if entries:
-                c._seen[(topic, owned.partition)] = layout.text(entries[-1][0])
-        left = max(0.0, left)
-    return out, last, saturated
+@dataclass(slots=True)
+class Claim:
+    """What one topic's script call claimed."""
+
+    left: float
+    """The budget left after the claimed entries' weights (never below 0)."""
+    saturated: bool = False
+    """An entry was left because it did not fit."""
+    records: list[Record] = field(default_factory=list)
+    last: dict[str, str] = field(default_factory=dict)
+    """The group's last-delivered id per stream key (after the claims), for :func:`wait_for_new`."""
+    seen: dict[tuple[str, int], str] = field(default_factory=dict)
+    """The last id claimed per (topic, partition)."""
+
+
+async def claim_budget(
+    conn: RedisConnection,
+    group: str,
+    name: str,
+    topic: str,
+    streams: Sequence[OwnedStream],
+    decode: Callable[..., Record],
+    *,
+    left: float,
+    header: str,
+    room: int,
+    solo: bool,
+) -> Claim:
+    """Run ``CLAIM_BUDGET`` on ``streams`` (one topic's, in the order to read them): claim new
+    entries while their ``header`` weights fit ``left``, at most ``room``; ``solo`` allows one
+    oversize entry. Raises GroupNotFoundError when the group is gone from a stream."""
+    with conn.edge(f"claim a budgeted batch in group {group!r}"):
+        claims, lasts, full = await conn.script("CLAIM_BUDGET")(
+            keys=[o.key for o in streams],
+            args=[group, name, repr(float(left)), f"h:{header}", room, "1" if solo else "0"],
+        )
+    out = Claim(left=left, saturated=bool(int(full)))
+    for owned, last_id in zip(streams, lasts, strict=True):
+        out.last[owned.key] = layout.text(last_id)
+    for index, entries in claims:
+        owned = streams[int(index) - 1]
+        for entry_id, flat in entries:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            record = decode(topic, owned.partition, entry_id, fields, 1)
+            out.records.append(record)
+            out.left -= _weight(record, header)
+        if entries:
+            out.seen[(topic, owned.partition)] = layout.text(entries[-1][0])
+    out.left = max(0.0, out.left)
+    return out
 
 
 def _weight(record: Record, header: str) -> float:
@@ -204,20 +114,9 @@ def _weight(record: Record, header: str) -> float:
     return value if value == value and value >= 0 else 0.0
 
 
-_SCRIPTS: dict[int, tuple[Any, Any]] = {}
-"""Registered scripts by client (the client is kept to check identity, not reused ids)."""
-
-
-def _script(c: RedisConsumer) -> Any:
-    """CLAIM_BUDGET registered on this consumer's client (EVALSHA, EVAL on NOSCRIPT)."""
-    client = c._t.client
-    found = _SCRIPTS.get(id(client))
-    if found is None or found[0] is not client:
-        found = _SCRIPTS[id(client)] = (client, client.register_script(CLAIM_BUDGET))
-    return found[1]
-
-
-async def _wait_for_new(c: RedisConsumer, last: dict[str, str], wait: float) -> None:
+async def wait_for_new(
+    conn: RedisConnection, group: str, last: dict[str, str], wait: float
+) -> None:
     """Block until an owned stream has entries after the group's last-delivered id."""
     block_ms = int(wait * 1000)
     if block_ms < 1:
@@ -227,7 +126,7 @@ async def _wait_for_new(c: RedisConsumer, last: dict[str, str], wait: float) -> 
         return
     # one topic's streams share a slot; with several topics, wait on the first topic's only
     keys = list(last)
-    if c._t.settings.cluster:
-        keys = [k for k in keys if c._t.same_slot(keys[0], k)]
-    with c._t.edge(f"wait for entries in group {c._group!r}"):
-        await c._t.client.xread({k: last[k] for k in keys}, count=1, block=block_ms)
+    if conn.settings.cluster:
+        keys = [k for k in keys if conn.same_slot(keys[0], k)]
+    with conn.edge(f"wait for entries in group {group!r}"):
+        await conn.client.xread({k: last[k] for k in keys}, count=1, block=block_ms)

@@ -1,27 +1,5 @@
-"""RedisConsumer: one member of a consumer group, with Kafka-like partition ownership.
-
-Redis hands a stream's entries to whichever consumer reads, so two readers of one stream break
-per-key order. Here each partition stream has one owner at a time:
-
-- Membership and ownership live in two hashes per topic and group (``layout``). The HEARTBEAT
-  script (run at every fetch slice, so at least every ``poll_interval``) refreshes this
-  member's session deadline, drops members past theirs, computes the wanted assignment (sorted
-  live members, partition p to member p mod n) and moves ownership: a member releases what it
-  no longer wants, and takes what it wants once free. A partition never has two owners.
-- A member reads (XREADGROUP ``>``) only the streams it owns, all of one topic in one call.
-- Sweeps, on a partition just acquired and then every ``sweep_interval``: entries pending at
-  members that are no longer live (closed or dead) are claimed at once (XCLAIM, min idle 0);
-  on acquisition this member's own leftover entries too (a restart re-reads its PEL first);
-  entries idle past ``visibility_timeout`` at anyone are claimed with XCLAIM min-idle-time.
-  ``Record.attempt`` is the PEL delivery count after the claim.
-- Hand-over between live members: the new owner reads no new entries of a partition while
-  another live member still holds entries of it that are younger than the visibility timeout
-  (XPENDING summary, checked at most every ``HOLD_RECHECK`` s): they are the previous owner's
-  records in flight, and reading on would break per-key order. It reads once they are acked,
-  or claims them when their visibility timeout passes (as the memory transport does).
-- nack(record, delay) keeps the entry in this member's PEL and notes a local due time; when
-  due (and the partition is still ours) it is claimed again by id with XCLAIM RETRYCOUNT =
-  attempt + 1. Later entries keep flowing meanwhile. Visibility sweeps skip nacked ids.
+"""RedisConsumer: one member of a consumer group, with Kafka-like partition ownership
+(see ``_membership.py`` for ownership, hand-over, sweeps and nacks) and leases.
 
 Leases (the contract's "a record handed to a member is leased to it"):
 
@@ -47,95 +25,27 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from eventbus.adapters.redis_streams import _batching as batching
 from eventbus.adapters.redis_streams import _layout as layout
 from eventbus.adapters.redis_streams._groups import ensure_group
+from eventbus.adapters.redis_streams._membership import GroupMember, Lease, Owned
+from eventbus.adapters.redis_streams._publish import Publisher
 from eventbus.errors import ClosedError, GroupNotFoundError
 from eventbus.transport import ConsumerOptions, Outgoing, Record
-
-if TYPE_CHECKING:
-    from eventbus.adapters.redis_streams._transport import RedisTransport
 
 __all__ = ["RedisConsumer"]
 
 log = logging.getLogger("eventbus.redis")
 
-HOLD_RECHECK = 0.05
-"""Seconds between checks of a partition held back by another member's pending entries."""
-HOLD_SCAN = 1000
-"""Past this many entries pending at one member, the partition is held without counting."""
 
-TP = tuple[str, int]
-Entry = tuple[str, int, str]
-"""(topic, partition, entry id)"""
-
-
-@dataclass(slots=True)
-class _Lease:
-    since: float
-    """When the application got the record (monotonic s): ``max_lease`` counts from here."""
-    renewed: float
-    """When the server last saw this member's claim on it (delivery or renewal)."""
-
-
-@dataclass
-class _Owned:
-    topic: str
-    partition: int
-    key: str
-    swept_at: float = 0.0
-    fresh: bool = True
-    """Just acquired: the next sweep also claims this member's own leftover entries."""
-    clear: bool = False
-    """No other live member holds entries of it that are not yet due: new entries may be read.
-    Stays true while this member owns the stream (no one else reads it meanwhile)."""
-    held_until: float = 0.0
-    """Held back (see ``RedisConsumer._readable``): do not check again before this time."""
-
-
-class RedisConsumer:
+class RedisConsumer(GroupMember):
     """A group member over one or more topics. Open with :meth:`open`."""
-
-    def __init__(
-        self,
-        transport: RedisTransport,
-        topics: Sequence[str],
-        group: str,
-        name: str,
-        options: ConsumerOptions,
-    ) -> None:
-        self._t = transport
-        self._topics = tuple(dict.fromkeys(topics))
-        self._group = group
-        self._name = name
-        self._options = options
-        self._owned: dict[TP, _Owned] = {}
-        self._live: dict[str, set[str]] = {}
-        self._nacked: dict[Entry, tuple[float, int]] = {}
-        self._seen: dict[TP, str] = {}
-        """Last new id read per partition: where a vanished group is re-created."""
-        self._lock = asyncio.Lock()
-        self._closed = False
-        self._rotation = 0
-        self._vis_ms = max(1, int(options.visibility_timeout * 1000))
-        self._sweep_interval = max(
-            0.05, min(options.visibility_timeout / 4, options.session_timeout / 4, 1.0)
-        )
-        self._leases: dict[Entry, _Lease] = {}
-        """Entries handed to the application and not settled: renewed in the background."""
-        self._beat_at = 0.0
-        self._renew_every = max(0.05, min(options.visibility_timeout / 3, 10.0))
-        self._keepalive: asyncio.Task[None] | None = None
-        self.lease_epoch = 0
-        """Grows when a held lease may have ended (see LeasedConsumer.lease_epoch)."""
 
     @classmethod
     async def open(
         cls,
-        transport: RedisTransport,
+        transport: Publisher,
         topics: Sequence[str],
         group: str,
         name: str,
@@ -148,31 +58,6 @@ class RedisConsumer:
         await consumer._heartbeat()
         consumer._keepalive = asyncio.create_task(consumer._keep_alive())
         return consumer
-
-    # membership ------------------------------------------------------------------------------
-    async def _heartbeat(self) -> None:
-        self._beat_at = time.monotonic()
-        replies = await asyncio.gather(*(self._beat(topic) for topic in self._topics))
-        for topic, (mine, live) in zip(self._topics, replies, strict=True):
-            self._live[topic] = live
-            for p in mine:
-                if (topic, p) not in self._owned:
-                    self._owned[(topic, p)] = _Owned(topic, p, layout.stream_key(topic, p))
-            for tp in [tp for tp in self._owned if tp[0] == topic and tp[1] not in mine]:
-                del self._owned[tp]
-                self.lease_epoch += 1
-
-    async def _beat(self, topic: str) -> tuple[set[int], set[str]]:
-        with self._t.edge(f"heartbeat of {self._name!r} in group {self._group!r}"):
-            _now, _parts, mine, live = await self._t.script("HEARTBEAT")(
-                keys=[
-                    layout.members_key(topic, self._group),
-                    layout.owners_key(topic, self._group),
-                    layout.meta_key(topic),
-                ],
-                args=[self._name, int(self._options.session_timeout * 1000), 1],
-            )
-        return {int(p) for p in mine}, {layout.text(m) for m in live}
 
     # fetch -----------------------------------------------------------------------------------
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
@@ -206,174 +91,72 @@ class RedisConsumer:
         """Like :meth:`fetch`, but new entries are claimed only while the sum of their
         ``weight_header`` values fits ``budget`` (atomically on the server). Returns the
         records and whether an entry was left because it did not fit. See
-        :mod:`eventbus.adapters.redis_streams._batching`."""
-        records, left = await batching.fetch_budget(
-            self, budget, weight_header, max_items, timeout, allow_oversize
-        )
-        return self._hold(records), left
-
-    def _block_for(self, deadline: float) -> float:
-        now = time.monotonic()
-        wait = min(deadline - now, self._t.settings.block_ms / 1000)
-        if self._nacked:
-            wait = min(wait, min(due for due, _ in self._nacked.values()) - now)
-        return max(0.0, wait)
-
-    async def _due_nacks(self, budget: int) -> list[Record]:
-        now = time.monotonic()
-        due = sorted((e for e, (when, _) in self._nacked.items() if when <= now), key=_entry_order)[
-            :budget
-        ]
-        if not due:
-            return []
-        claims: list[tuple[Entry, int]] = []
-        for entry in due:
-            _, attempt = self._nacked.pop(entry)
-            if (entry[0], entry[1]) in self._owned:
-                claims.append((entry, attempt))
-            # else: the partition moved; its new owner claims the entry after the
-            # visibility timeout (it is still pending here)
-
-        def build(pipe: Any) -> None:
-            for (topic, p, entry_id), attempt in claims:
-                pipe.xclaim(
-                    layout.stream_key(topic, p), self._group, self._name, 0, [entry_id],
-                    retrycount=attempt,
-                )  # fmt: skip
-
-        replies = await self._t.pipeline(build, "redeliver nacked entries") if claims else []
-        out: list[Record] = []
-        for ((topic, p, _), attempt), reply in zip(claims, replies, strict=True):
-            decode = self._t.decoder(topic)
-            out += [decode(topic, p, i, f, attempt) for i, f in reply if f]
-        return out
-
-    async def _sweeps(self, budget: int) -> list[Record]:
-        now = time.monotonic()
-        out: list[Record] = []
-        for owned in list(self._owned.values()):
-            if len(out) >= budget:
-                break
-            if owned.fresh or now - owned.swept_at >= self._sweep_interval:
-                try:
-                    out += await self._sweep(owned, budget - len(out))
-                except GroupNotFoundError:
-                    await self._regroup(owned.topic)
-                    continue
-                owned.swept_at, owned.fresh = now, False
-        return out
-
-    async def _sweep(self, owned: _Owned, budget: int) -> list[Record]:
-        """Claim what this partition's owner should redeliver now (see the module docstring)."""
-        live = self._live.get(owned.topic, set())
-        key, group = owned.key, self._group
-        with self._t.edge(f"claim pending entries of group {group!r}"):
-            consumers = await self._t.client.xinfo_consumers(key, group)
-            now_ids: dict[str, int] = {}
-            for info in consumers:
-                name = layout.text(info["name"])
-                mine = owned.fresh and name == self._name
-                if int(info["pending"]) and (name not in live or mine):
-                    rows = await self._t.client.xpending_range(
-                        key, group, "-", "+", budget, consumername=name
-                    )
-                    now_ids.update(_rows(rows))
-            late = await self._t.client.xpending_range(
-                key, group, "-", "+", budget, idle=self._vis_ms
-            )
-            late_ids = {i: c for i, c in _rows(late).items() if i not in now_ids}
-        tp = (owned.topic, owned.partition)
-        skip = {e[2] for e in self._nacked if e[:2] == tp}
-        skip.update(e[2] for e in self._leases if e[:2] == tp)
-        out = await self._claim(owned, now_ids, 0, skip, budget)
-        out += await self._claim(owned, late_ids, self._vis_ms, skip, budget - len(out))
-        return sorted(out, key=lambda r: layout.offset_order(r.offset))
-
-    async def _claim(
-        self, owned: _Owned, ids: Mapping[str, int], min_idle: int, skip: set[str], budget: int
-    ) -> list[Record]:
-        chosen = sorted((i for i in ids if i not in skip), key=layout.offset_order)[:budget]
-        if not chosen:
-            return []
-        with self._t.edge(f"claim pending entries of group {self._group!r}"):
-            claimed = await self._t.client.xclaim(
-                owned.key, self._group, self._name, min_idle, chosen
-            )
-        out = []
-        decode = self._t.decoder(owned.topic)
-        for entry_id, fields in claimed:
-            if not fields:  # trimmed while pending: nothing to deliver
-                continue
-            attempt = ids[layout.text(entry_id)] + 1
-            out.append(decode(owned.topic, owned.partition, entry_id, fields, attempt))
-        return out
-
-    async def _readable(self) -> list[_Owned]:
-        """Owned streams whose new entries may be read now, sorted by (topic, partition).
-
-        A stream is held back while another live member holds pending entries of it that are
-        younger than the visibility timeout: the partition just moved here and its previous
-        owner still works on records of it. Reading on would hand newer records of the same
-        keys to this member while older ones are in flight there. Entries of members that are
-        gone, and entries idle past the visibility timeout, do not hold it back: the sweeps
-        claim them. Once clear, a stream stays clear while owned (no one else reads it)."""
-        now = time.monotonic()
-        owned = sorted(self._owned.values(), key=lambda o: (o.topic, o.partition))
-        check = [o for o in owned if not o.clear and o.held_until <= now]
-        if check:
-            try:
-                held = await self._held(check)
-            except GroupNotFoundError:
-                held = set()  # the read re-creates the group
-            just_cleared: set[str] = set()
-            for o in check:
-                if o.key in held:
-                    o.held_until = now + HOLD_RECHECK
-                else:
-                    o.clear = True
-                    if o.held_until:
-                        # it was held back: what the previous owner released is claimed by
-                        # the next sweep, before any newer entry of the same keys is read
-                        o.swept_at = 0.0
-                        just_cleared.add(o.key)
-            return [o for o in owned if o.clear and o.key not in just_cleared]
-        return [o for o in owned if o.clear]
-
-    async def _held(self, streams: Sequence[_Owned]) -> set[str]:
-        """Keys of ``streams`` where another live member holds entries not yet due."""
-        summaries = await self._t.pipeline(
-            lambda p: [p.xpending(o.key, self._group) for o in streams],
-            f"check pending entries of group {self._group!r}",
-        )
-        held: set[str] = set()
-        counts: list[tuple[_Owned, str, int]] = []
-        for o, summary in zip(streams, summaries, strict=True):
-            live = self._live.get(o.topic, set())
-            for name, pending in _holders(summary):
-                if name == self._name or name not in live or not pending:
-                    continue
-                if pending > HOLD_SCAN:
-                    held.add(o.key)
-                else:
-                    counts.append((o, name, pending))
-        counts = [c for c in counts if c[0].key not in held]
-        if not counts:
-            return held
-
-        def build(pipe: Any) -> None:
-            for o, name, pending in counts:
-                pipe.xpending_range(
-                    o.key, self._group, "-", "+", pending, consumername=name, idle=self._vis_ms
+        :mod:`eventbus.adapters.redis_streams._batching`. Returns within about ``timeout``
+        s (plus a round trip)."""
+        if self._closed:
+            raise ClosedError("this Redis consumer is closed; open a new one")
+        max_items = max(1, max_items)
+        deadline = time.monotonic() + max(0.0, timeout)
+        async with self._lock:
+            while not self._closed:
+                # as fetch: due nacks, then sweeps, then new entries (here: those that fit)
+                await self._heartbeat()
+                out = await self._due_nacks(max_items)
+                if len(out) < max_items:
+                    out += await self._sweeps(max_items - len(out))
+                if out:
+                    return self._hold(out), False
+                claimed, last, saturated = await self._claim_budgeted(
+                    budget, weight_header, max_items, allow_oversize
                 )
+                if claimed or saturated:
+                    return self._hold(claimed), saturated
+                wait = self._block_for(deadline)
+                if wait <= 0 or time.monotonic() >= deadline:
+                    return [], False
+                await batching.wait_for_new(self._t, self._group, last, wait)
+        return [], False
 
-        lates = await self._t.pipeline(build, f"check pending entries of group {self._group!r}")
-        for (o, _, pending), late in zip(counts, lates, strict=True):
-            if len(late) < pending:  # some are younger than the visibility timeout
-                held.add(o.key)
-        return held
+    async def _claim_budgeted(
+        self, budget: float, header: str, max_items: int, allow_oversize: bool
+    ) -> tuple[list[Record], dict[str, str], bool]:
+        """Claim new entries that fit ``budget``, topic by topic, from the readable streams.
+        Returns them, each stream's last-delivered id and whether one was left over."""
+        by_topic: dict[str, list[Owned]] = {}
+        for owned in await self._readable():  # not streams held back by a previous owner's
+            by_topic.setdefault(owned.topic, []).append(owned)
+        out: list[Record] = []
+        last: dict[str, str] = {}
+        left = budget
+        saturated = False
+        for topic, streams in by_topic.items():
+            if len(out) >= max_items:
+                break
+            try:
+                claim = await batching.claim_budget(
+                    self._t,
+                    self._group,
+                    self._name,
+                    topic,
+                    self._rotate(streams),
+                    self._t.decoder(topic),
+                    left=left,
+                    header=header,
+                    room=max_items - len(out),
+                    solo=allow_oversize and not out,
+                )
+            except GroupNotFoundError:
+                await self._regroup(topic)
+                continue
+            saturated = saturated or claim.saturated
+            last.update(claim.last)
+            out += claim.records
+            self._seen.update(claim.seen)
+            left = claim.left
+        return out, last, saturated
 
     async def _read_new(self, budget: int, block: float) -> list[Record]:
-        by_topic: dict[str, list[_Owned]] = {}
+        by_topic: dict[str, list[Owned]] = {}
         for owned in await self._readable():
             by_topic.setdefault(owned.topic, []).append(owned)
         if not by_topic:
@@ -395,11 +178,9 @@ class RedisConsumer:
         return [r for reply in replies for r in reply]
 
     async def _xreadgroup(
-        self, topic: str, streams: list[_Owned], budget: int, block_ms: int | None
+        self, topic: str, streams: list[Owned], budget: int, block_ms: int | None
     ) -> list[Record]:
-        self._rotation += 1
-        shift = self._rotation % len(streams)
-        streams = (streams[shift:] + streams[:shift])[:budget]
+        streams = self._rotate(streams)[:budget]
         count = max(1, budget // len(streams))
         keys = {o.key: o for o in streams}
         try:
@@ -422,18 +203,12 @@ class RedisConsumer:
                 self._seen[(topic, owned.partition)] = layout.text(entries[-1][0])
         return out
 
-    async def _regroup(self, topic: str) -> None:
-        """The group (or a partition's group) vanished, or the topic grew: create it again."""
-        meta = await self._t.meta(topic, fresh=True)
-        seen = {p: i for (t, p), i in self._seen.items() if t == topic}
-        await ensure_group(self._t, meta, self._group, self._options, seen)
-
     # leases ----------------------------------------------------------------------------------
     def _hold(self, records: list[Record]) -> list[Record]:
         if not records:
             return records
         now = time.monotonic()
-        lease = _Lease(now, now)  # one per fetch: its records are renewed together
+        lease = Lease(now, now)  # one per fetch: its records are renewed together
         leases = self._leases
         for record in records:
             # ids read here are complete "<ms>-<seq>" strings
@@ -613,25 +388,3 @@ class RedisConsumer:
         await self._stop_keepalive()
         self._leases.clear()
         self._owned.clear()
-
-
-def _holders(summary: Any) -> list[tuple[str, int]]:
-    """(consumer, pending count) pairs from an XPENDING summary reply."""
-    if not isinstance(summary, Mapping):
-        return []
-    out: list[tuple[str, int]] = []
-    for row in summary.get("consumers") or []:
-        if isinstance(row, Mapping):
-            out.append((layout.text(row["name"]), int(row["pending"])))
-        else:
-            out.append((layout.text(row[0]), int(row[1])))
-    return out
-
-
-def _rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """XPENDING rows as {entry id: times delivered}."""
-    return {layout.text(r["message_id"]): int(r["times_delivered"]) for r in rows}
-
-
-def _entry_order(entry: Entry) -> tuple[str, int, tuple[int, int]]:
-    return (entry[0], entry[1], layout.offset_order(entry[2]))

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eventbus.adapters.redis_streams import _layout as layout
+from eventbus.adapters.redis_streams._admin import TopicAdmin, TopicMeta
 from eventbus.adapters.redis_streams._errors import is_busygroup
 from eventbus.errors import GroupNotFoundError, InvalidPositionError, TopicNotFoundError
 from eventbus.transport import (
@@ -26,9 +27,6 @@ from eventbus.transport import (
     Offset,
     ResetTarget,
 )
-
-if TYPE_CHECKING:
-    from eventbus.adapters.redis_streams._transport import RedisTransport, TopicMeta
 
 __all__ = [
     "count_after",
@@ -56,7 +54,7 @@ def start_id(start: str | datetime) -> str:
 
 
 async def ensure_group(
-    t: RedisTransport,
+    t: TopicAdmin,
     meta: TopicMeta,
     group: str,
     options: ConsumerOptions,
@@ -90,7 +88,7 @@ async def ensure_group(
                 raise reply
 
 
-async def count_after(t: RedisTransport, key: str, low: str) -> int:
+async def count_after(t: TopicAdmin, key: str, low: str) -> int:
     """Entries with ids from ``low`` (inclusive; prefix ``(`` for exclusive) to the end."""
     total = 0
     while True:
@@ -110,7 +108,7 @@ def _find(groups: list[Mapping[str, Any]], group: str) -> Mapping[str, Any] | No
 
 
 async def _topic_state(
-    t: RedisTransport, meta: TopicMeta, group: str
+    t: TopicAdmin, meta: TopicMeta, group: str
 ) -> tuple[list[GroupPartition], dict[str, GroupMember]]:
     keys = meta.streams()
     replies = await t.xinfo_groups(keys, f"describe group {group!r}")
@@ -140,7 +138,7 @@ async def _topic_state(
     return partitions, await _members(t, meta, group, present)
 
 
-async def _lengths(t: RedisTransport, keys: list[str]) -> dict[str, int]:
+async def _lengths(t: TopicAdmin, keys: list[str]) -> dict[str, int]:
     """XLEN of each stream, in one round trip."""
     if not keys:
         return {}
@@ -154,7 +152,7 @@ async def _lengths(t: RedisTransport, keys: list[str]) -> dict[str, int]:
 
 
 async def _undelivered(
-    t: RedisTransport, key: str, last_delivered: str, lag: Any, length: int | None
+    t: TopicAdmin, key: str, last_delivered: str, lag: Any, length: int | None
 ) -> int:
     """Entries of the stream after the group's last-delivered id, exactly.
 
@@ -171,7 +169,7 @@ async def _undelivered(
     return min(int(lag), length)
 
 
-async def _lowest_pending(t: RedisTransport, key: str, group: str) -> str | None:
+async def _lowest_pending(t: TopicAdmin, key: str, group: str) -> str | None:
     with t.edge(f"describe group {group!r}"):
         summary = await t.client.xpending(key, group)
     low = summary.get("min") if isinstance(summary, Mapping) else None
@@ -179,7 +177,7 @@ async def _lowest_pending(t: RedisTransport, key: str, group: str) -> str | None
 
 
 async def _members(
-    t: RedisTransport, meta: TopicMeta, group: str, keys: list[str]
+    t: TopicAdmin, meta: TopicMeta, group: str, keys: list[str]
 ) -> dict[str, GroupMember]:
     with t.edge(f"describe group {group!r}"):
         now_ms = int(await t.script("NOW")(keys=[layout.meta_key(meta.name)]))
@@ -210,7 +208,7 @@ async def _members(
     return members
 
 
-async def describe_group(t: RedisTransport, group: str) -> GroupInfo:
+async def describe_group(t: TopicAdmin, group: str) -> GroupInfo:
     """The group on every topic where it exists; raises GroupNotFoundError."""
     partitions: list[GroupPartition] = []
     members: dict[str, GroupMember] = {}
@@ -239,7 +237,7 @@ async def describe_group(t: RedisTransport, group: str) -> GroupInfo:
 
 
 async def _target(
-    t: RedisTransport, key: str, to: ResetTarget, p: int, topic: str, stream: Mapping[str, Any]
+    t: TopicAdmin, key: str, to: ResetTarget, p: int, topic: str, stream: Mapping[str, Any]
 ) -> tuple[str, int]:
     """(last-delivered id, entries after it) for one partition."""
     if to == "earliest":
@@ -257,7 +255,7 @@ async def _target(
 
 
 async def reset_group(
-    t: RedisTransport, group: str, topic: str, to: ResetTarget
+    t: TopicAdmin, group: str, topic: str, to: ResetTarget
 ) -> dict[int, tuple[Offset | None, Offset | None]]:
     """XGROUP SETID (or CREATE) per partition with ENTRIESREAD kept consistent, then ack the
     group's pending entries there. Works while members are active (they read on from the new
@@ -285,7 +283,7 @@ async def reset_group(
     return out
 
 
-async def _drop_pending(t: RedisTransport, key: str, group: str) -> None:
+async def _drop_pending(t: TopicAdmin, key: str, group: str) -> None:
     while True:
         rows = await t.client.xpending_range(key, group, "-", "+", 1000)
         if not rows:
@@ -299,9 +297,7 @@ def _id_after(entry_id: str) -> str:
     return f"{m}-{n + 1}" if n < layout.MAX_SEQ else f"{m + 1}-0"
 
 
-async def trim_finished(
-    t: RedisTransport, topic: str, group: str, partitions: Sequence[int]
-) -> int:
+async def trim_finished(t: TopicAdmin, topic: str, group: str, partitions: Sequence[int]) -> int:
     """XTRIM MINID each partition stream at the group's first unfinished entry: its lowest
     pending id, else the entry after its last-delivered id (see TrimsFinished). Not atomic,
     and it need not be: that bound only moves forward while the group runs."""

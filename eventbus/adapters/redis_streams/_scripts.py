@@ -3,7 +3,16 @@ which is used as one script only when both topics share a slot (always, outside 
 
 from __future__ import annotations
 
-__all__ = ["CREATE_TOPIC", "DEAD_LETTER", "HEARTBEAT", "LEASE", "LEAVE", "NOW", "PUBLISH"]
+__all__ = [
+    "CLAIM_BUDGET",
+    "CREATE_TOPIC",
+    "DEAD_LETTER",
+    "HEARTBEAT",
+    "LEASE",
+    "LEAVE",
+    "NOW",
+    "PUBLISH",
+]
 
 # KEYS[1] meta, KEYS[2..] partition streams to make exist. ARGV[1] mode: "create" fails when
 # the topic exists (as eventbus topic or as any key named like partition 0); "alter" requires
@@ -177,4 +186,71 @@ local last = ''
 if #top > 0 then last = top[1][1] end
 if last ~= ARGV[1] then return false end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+# The Redis fast path of budgeted batches (see _batching.py).
+# KEYS: owned partition streams of one topic (one hash slot). ARGV[1] group, ARGV[2] member,
+# ARGV[3] budget, ARGV[4] weight field ("h:<header>"), ARGV[5] max entries, ARGV[6] "1" to allow
+# one oversize entry when nothing else was claimed. Returns {claims, last_ids, saturated}:
+# claims is a list of {stream index, entries as XREADGROUP returns them}; last_ids the group's
+# last-delivered id per stream (after the claims), for a blocking XREAD; saturated 1 when an
+# entry was left because it did not fit the budget.
+CLAIM_BUDGET = """
+local group, me = ARGV[1], ARGV[2]
+local left = tonumber(ARGV[3])
+local field = ARGV[4]
+local room = tonumber(ARGV[5])
+local solo = ARGV[6] == '1'
+local claims = {}
+local last = {}
+local claimed = 0
+local saturated = 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local lastid = nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local name, ld = nil, nil
+    for j = 1, #g, 2 do
+      if g[j] == 'name' then name = g[j + 1] end
+      if g[j] == 'last-delivered-id' then ld = g[j + 1] end
+    end
+    if name == group then lastid = ld end
+  end
+  if not lastid then
+    return redis.error_reply('NOGROUP no group ' .. group .. ' on ' .. key)
+  end
+  local take = 0
+  if room > 0 then
+    local entries = redis.call('XRANGE', key, '(' .. lastid, '+', 'COUNT', room)
+    for _, e in ipairs(entries) do
+      local fields = e[2]
+      local w = 0
+      for j = 1, #fields, 2 do
+        if fields[j] == field then w = tonumber(fields[j + 1]) or 0 end
+      end
+      if w ~= w or w < 0 or w == math.huge then w = 0 end
+      if w <= left then
+        left = left - w
+        take = take + 1
+      elseif solo and claimed == 0 and take == 0 then
+        take = 1
+        left = 0
+        break
+      else
+        saturated = 1
+        break
+      end
+    end
+  end
+  if take > 0 then
+    local got = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', take, 'STREAMS', key, '>')
+    local entries = got[1][2]
+    claims[#claims + 1] = {i, entries}
+    claimed = claimed + #entries
+    room = room - #entries
+    lastid = entries[#entries][1]
+  end
+  last[#last + 1] = lastid
+end
+return {claims, last, saturated}
 """

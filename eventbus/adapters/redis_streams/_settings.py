@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import SplitResult, unquote
 
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
@@ -244,61 +244,21 @@ class RedisSettings:
         class, passed through as given (also accepted as a dict under
         ``options["redis_options"]``). Raises ConfigurationError (with the URL redacted) for
         anything malformed, and for an unknown option, naming the valid ones."""
-        parts = split(url)
-        safe = redact(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("redis", "rediss"):
-            raise ConfigurationError(f"{safe!r} is not a redis:// or rediss:// URL")
-        if "," in parts.netloc.rpartition("@")[2]:
-            raise ConfigurationError(
-                f"{safe!r}: a Redis URL names one host (host:port), not a list; for Redis "
-                "Cluster name one seed node and add ?cluster=true "
-                "(redis://node1:7000/0?cluster=true), the other nodes are discovered"
-            )
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigurationError(
-                f"{safe!r}: the port must be a number from 0 to 65535"
-            ) from None
+        parts, safe, port = _checked_url(url)
         opts, passthrough, cluster = _checked_options(safe, query_options(parts), options)
-        cert_reqs = str(opts.get("ssl_cert_reqs", "required")).strip().lower()
-        if cert_reqs not in _CERT_REQS:
-            raise ConfigurationError(
-                f"option ssl_cert_reqs={opts['ssl_cert_reqs']!r}: use none, optional or required"
-            )
-        path = parts.path.strip("/") or str(opts.get("db", "0"))
-        if not _DB.match(path):
-            raise ConfigurationError(
-                f"{safe!r}: the path must be a database number such as /0, not /{path}"
-            )
+        cert_reqs = _cert_reqs(opts)
+        db = _checked_db(safe, parts.path, opts)
         settings = cls(
             url=safe,
             host=parts.hostname or "127.0.0.1",
             port=port or 6379,
-            db=int(path),
+            db=db,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
-            tls=scheme == "rediss",
-            ssl_ca_certs=opts.get("ssl_ca_certs"),
-            ssl_certfile=opts.get("ssl_certfile"),
-            ssl_keyfile=opts.get("ssl_keyfile"),
-            ssl_cert_reqs=cert_reqs,
-            ssl_check_hostname=_flag("ssl_check_hostname", opts.get("ssl_check_hostname", True)),
+            tls=parts.scheme.lower() == "rediss",
+            **_tls_options(opts, cert_reqs),
             cluster=cluster,
-            auto_create=_flag("auto_create", opts.get("auto_create", False)),
-            socket_timeout=_number("socket_timeout", opts.get("socket_timeout", 10), minimum=0.1),
-            socket_connect_timeout=_number(
-                "socket_connect_timeout", opts.get("socket_connect_timeout", 5), minimum=0.1
-            ),
-            max_connections=(
-                int(_number("max_connections", opts["max_connections"], minimum=1))
-                if opts.get("max_connections") not in (None, "")
-                else None
-            ),
-            poll_interval=_number("poll_interval", opts.get("poll_interval", 0.2), minimum=0.01),
-            metadata_ttl=_number("metadata_ttl", opts.get("metadata_ttl", 5), minimum=0),
-            discover_streams=_flag("discover_streams", opts.get("discover_streams", True)),
+            **_tuning(opts),
             redis_options=passthrough,
         )
         if settings.cluster and settings.db != 0:
@@ -339,3 +299,72 @@ class RedisSettings:
             )
         kwargs.update(self.redis_options)
         return kwargs
+
+
+def _checked_url(url: str) -> tuple[SplitResult, str, int | None]:
+    """The URL's parts, its redacted form and its port; raises ConfigurationError for a
+    scheme other than redis/rediss, a list of hosts or a port that is not a number."""
+    parts = split(url)
+    safe = redact(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise ConfigurationError(f"{safe!r} is not a redis:// or rediss:// URL")
+    if "," in parts.netloc.rpartition("@")[2]:
+        raise ConfigurationError(
+            f"{safe!r}: a Redis URL names one host (host:port), not a list; for Redis "
+            "Cluster name one seed node and add ?cluster=true "
+            "(redis://node1:7000/0?cluster=true), the other nodes are discovered"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"{safe!r}: the port must be a number from 0 to 65535") from None
+    return parts, safe, port
+
+
+def _cert_reqs(opts: Mapping[str, Any]) -> str:
+    cert_reqs = str(opts.get("ssl_cert_reqs", "required")).strip().lower()
+    if cert_reqs not in _CERT_REQS:
+        raise ConfigurationError(
+            f"option ssl_cert_reqs={opts['ssl_cert_reqs']!r}: use none, optional or required"
+        )
+    return cert_reqs
+
+
+def _tls_options(opts: Mapping[str, Any], cert_reqs: str) -> dict[str, Any]:
+    """The ``ssl_*`` settings from the checked options."""
+    return {
+        "ssl_ca_certs": opts.get("ssl_ca_certs"),
+        "ssl_certfile": opts.get("ssl_certfile"),
+        "ssl_keyfile": opts.get("ssl_keyfile"),
+        "ssl_cert_reqs": cert_reqs,
+        "ssl_check_hostname": _flag("ssl_check_hostname", opts.get("ssl_check_hostname", True)),
+    }
+
+
+def _checked_db(safe: str, url_path: str, opts: Mapping[str, Any]) -> int:
+    """The database number: the URL's path, else the ``db`` option, else 0."""
+    path = url_path.strip("/") or str(opts.get("db", "0"))
+    if not _DB.match(path):
+        raise ConfigurationError(
+            f"{safe!r}: the path must be a database number such as /0, not /{path}"
+        )
+    return int(path)
+
+
+def _tuning(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """The transport's behaviour and timeouts from the checked options."""
+    return {
+        "auto_create": _flag("auto_create", opts.get("auto_create", False)),
+        "socket_timeout": _number("socket_timeout", opts.get("socket_timeout", 10), minimum=0.1),
+        "socket_connect_timeout": _number(
+            "socket_connect_timeout", opts.get("socket_connect_timeout", 5), minimum=0.1
+        ),
+        "max_connections": (
+            int(_number("max_connections", opts["max_connections"], minimum=1))
+            if opts.get("max_connections") not in (None, "")
+            else None
+        ),
+        "poll_interval": _number("poll_interval", opts.get("poll_interval", 0.2), minimum=0.01),
+        "metadata_ttl": _number("metadata_ttl", opts.get("metadata_ttl", 5), minimum=0),
+        "discover_streams": _flag("discover_streams", opts.get("discover_streams", True)),
+    }

@@ -1,0 +1,115 @@
+"""The Redis connection every other part of the adapter talks through: the lazily created
+client (standalone or Cluster), the registered Lua scripts (``_scripts.py``) and their SHAs,
+the error edge, pipelines, deadlines and hash-slot checks. A leaf: it knows nothing of topics,
+groups or consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from eventbus.adapters.redis_streams import _scripts as scripts
+from eventbus.adapters.redis_streams._errors import edge
+from eventbus.adapters.redis_streams._settings import RedisSettings
+from eventbus.errors import ClosedError, OperationTimeoutError
+
+__all__ = ["Client", "RedisConnection"]
+
+T = TypeVar("T")
+
+# The client is ``redis.asyncio.Redis`` or ``RedisCluster``; they share the command API but
+# their typed overloads differ, so it is held as Any behind this alias.
+Client = Any
+
+
+class RedisConnection:
+    """One client per transport, created on first use, and the scripts registered on it."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self._client: Client = None
+        self._closed = False
+        self._scripts: dict[str, Any] = {}
+        self._shas: dict[str, bytes] = {}
+
+    @property
+    def client(self) -> Client:
+        if self._closed:
+            raise ClosedError("this Redis transport is closed; open a new bus")
+        if self._client is None:
+            kwargs = self.settings.client_kwargs()
+            self._client = RedisCluster(**kwargs) if self.settings.cluster else Redis(**kwargs)
+        return self._client
+
+    def script(self, name: str) -> Any:
+        """A registered Lua script of ``_scripts.py`` (EVALSHA, falling back to EVAL on
+        NOSCRIPT)."""
+        found = self._scripts.get(name)
+        if found is None:
+            found = self._scripts[name] = self.client.register_script(getattr(scripts, name))
+        return found
+
+    async def sha(self, name: str) -> bytes:
+        """The SHA of a script of ``_scripts.py``, loaded once (for hand-packed EVALSHA)."""
+        found = self._shas.get(name)
+        if found is None:
+            with self.edge("load a script"):
+                loaded = await self.client.script_load(getattr(scripts, name))
+            found = self._shas[name] = loaded.encode() if isinstance(loaded, str) else loaded
+        return found
+
+    def forget_sha(self, name: str) -> None:
+        """The server lost its script cache (restart, SCRIPT FLUSH, failover): load again."""
+        self._shas.pop(name, None)
+
+    def edge(self, action: str) -> Any:
+        return edge(self.settings.url, action)
+
+    async def connect(self) -> None:
+        """PING the server (checks reachability and credentials)."""
+        with self.edge("connect"):
+            await self.client.ping()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        client, self._client = self._client, None
+        self._closed = True
+        if client is not None:
+            with self.edge("close"):
+                await client.aclose()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("this Redis transport is closed; open a new bus")
+
+    async def pipeline(self, build: Callable[[Any], object], action: str) -> list[Any]:
+        """Run commands added by ``build`` in one round trip (no MULTI: Cluster-safe)."""
+        with self.edge(action):
+            pipe = self.client.pipeline(transaction=False)
+            build(pipe)
+            result: list[Any] = await pipe.execute()
+            return result
+
+    async def with_timeout(self, work: Awaitable[T], timeout: float, action: str) -> T:
+        try:
+            async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
+                return await work
+        except TimeoutError as exc:
+            if isinstance(exc, OperationTimeoutError):
+                raise
+            raise OperationTimeoutError(
+                f"{action} on {self.settings.url} did not finish within {timeout} s; some "
+                "records may have been written. Check the server, or raise the timeout."
+            ) from None
+
+    def same_slot(self, *keys: str) -> bool:
+        """True when the keys may be used together in one script or MULTI."""
+        if not self.settings.cluster:
+            return True
+        return len({key_slot(k.encode()) for k in keys}) == 1

@@ -55,12 +55,56 @@ class _Book:
     last_step: dict[str, int] = field(default_factory=dict)
     violations: int = 0
 
+    def handle(self, delivery: eventbus.Delivery) -> None:
+        """The workers' handler: count the task, and whether its agent's steps went back."""
+        agent, step = delivery.event.data["agent"], delivery.event.data["step"]
+        with self.lock:
+            self.handled[delivery.event.id] += 1
+            if self.last_step.get(agent, -1) >= step:
+                self.violations += 1
+            self.last_step[agent] = step
+
+    def wait_handled(self, deadline: float) -> set[str]:
+        """The ids published, once each was handled (or ``deadline`` seconds passed)."""
+        with self.lock:
+            expected = set(self.published)
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            with self.lock:
+                if expected <= set(self.handled):
+                    break
+            time.sleep(0.05)  # waiting for the workers to finish the last tasks
+        return expected
+
+    def count(self, expected: set[str], tally: Tally) -> None:
+        """Fill ``tally`` from what was published and handled."""
+        with self.lock:
+            tally.published = len(self.published)
+            tally.handled = sum(1 for i in expected if self.handled[i])
+            tally.lost = len(expected - set(self.handled))
+            tally.handled_twice = sum(1 for n in self.handled.values() if n > 1)
+            tally.order_violations = self.violations
+
 
 def _url(name: str, source: str, target: str) -> str:
     return (
         f"migrate://{name}?source={quote(source, safe='')}&target={quote(target, safe='')}"
         "&poll_interval=0.1"
     )
+
+
+def _plan(url: str, tasks: str, book: _Book, stop: threading.Event, rate: float) -> None:
+    """The planner: a task per step, keyed by one of six agents, until ``stop``."""
+    with eventbus.connect(url) as bus:
+        step = 0
+        while not stop.is_set():
+            agent = f"agent-{step % 6}"
+            event = eventbus.Event(data={"agent": agent, "step": step}, key=agent)
+            bus.publish(tasks, event)
+            with book.lock:
+                book.published.append(event.id)
+            step += 1
+            time.sleep(1.0 / rate)  # the planner's pace
 
 
 def run_demo(
@@ -83,33 +127,14 @@ def run_demo(
     with eventbus.connect(source) as admin:
         admin.create_topic(tasks, partitions=3)
     say(f"agent workflow on {tasks}: a planner and two workers (group {group!r})")
-
-    def planner() -> None:
-        with eventbus.connect(url) as bus:
-            step = 0
-            while not stop.is_set():
-                agent = f"agent-{step % 6}"
-                event = eventbus.Event(data={"agent": agent, "step": step}, key=agent)
-                bus.publish(tasks, event)
-                with book.lock:
-                    book.published.append(event.id)
-                step += 1
-                time.sleep(1.0 / rate)  # the planner's pace
-
-    def worker(delivery: eventbus.Delivery) -> None:
-        agent, step = delivery.event.data["agent"], delivery.event.data["step"]
-        with book.lock:
-            book.handled[delivery.event.id] += 1
-            if book.last_step.get(agent, -1) >= step:
-                book.violations += 1
-            book.last_step[agent] = step
-
     buses = [eventbus.connect(url) for _ in range(2)]
     runners = [
-        b.runner(worker, tasks, group=group, consumer=f"worker-{i}") for i, b in enumerate(buses)
+        b.runner(book.handle, tasks, group=group, consumer=f"worker-{i}")
+        for i, b in enumerate(buses)
     ]
     threads = [threading.Thread(target=r.run, daemon=True) for r in runners]
-    threads.append(threading.Thread(target=planner, daemon=True))
+    planner = threading.Thread(target=_plan, args=(url, tasks, book, stop, rate), daemon=True)
+    threads.append(planner)
     for thread in threads:
         thread.start()
     tally = Tally()
@@ -119,27 +144,15 @@ def run_demo(
         )
     finally:
         stop.set()
-        threads[-1].join(deadline)
-    with book.lock:
-        expected = set(book.published)
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with book.lock:
-            if expected <= set(book.handled):
-                break
-        time.sleep(0.05)  # waiting for the workers to finish the last tasks
+        planner.join(deadline)
+    expected = book.wait_handled(deadline)
     for runner in runners:
         runner.stop()
     for thread in threads[:-1]:
         thread.join(deadline)
     for bus in buses:
         bus.close()
-    with book.lock:
-        tally.published = len(book.published)
-        tally.handled = sum(1 for i in expected if book.handled[i])
-        tally.lost = len(expected - set(book.handled))
-        tally.handled_twice = sum(1 for n in book.handled.values() if n > 1)
-        tally.order_violations = book.violations
+    book.count(expected, tally)
     say(
         f"tally: published {tally.published}, handled {tally.handled}, lost {tally.lost}, "
         f"handled twice {tally.handled_twice}, per-key order violations "

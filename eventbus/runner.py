@@ -32,7 +32,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -215,22 +215,34 @@ class AsyncRunner:
                 continue
             records = await consumer.fetch(min(self.batch_size, limit - stats.in_flight), 0.25)
             sub.note_fetched(records)
-            for record in records:
-                lane = lane_of(record)
-                stats.in_flight += 1
-                stats.in_flight_bytes += len(record.value)
-                if lane in lanes:
-                    lanes[lane].append(record)
-                else:
-                    lanes[lane] = deque([record])
-                    task = asyncio.create_task(lane_worker(lane))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+            self._enqueue(records, lanes, tasks, lane_worker)
         if scanner is not None:
             scanner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await scanner
         await self._finish(sub, tasks, flusher, acks)
+
+    def _enqueue(
+        self,
+        records: list[Record],
+        lanes: dict[object, deque[Record]],
+        tasks: set[asyncio.Task[None]],
+        lane_worker: Callable[[object], Coroutine[Any, Any, None]],
+    ) -> None:
+        """Count fetched records in flight and queue each on its lane; a new lane gets a
+        worker task (one per lane keeps a key's records in order)."""
+        stats = self.stats
+        for record in records:
+            lane = lane_of(record)
+            stats.in_flight += 1
+            stats.in_flight_bytes += len(record.value)
+            if lane in lanes:
+                lanes[lane].append(record)
+            else:
+                lanes[lane] = deque([record])
+                task = asyncio.create_task(lane_worker(lane))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
     def _watch_leases(
         self, consumer: object, lanes: dict[object, deque[Record]]

@@ -447,6 +447,13 @@ def cutover(
 
     gm = _run(name, source, target, job)
     unchanged = not dry_run and (gm.switched_at is None or gm.switched_at < began)
+    _show_cutover(gm, group, to, dry_run=dry_run, unchanged=unchanged, output=output)
+
+
+def _show_cutover(
+    gm: GroupMigration, group: str, to: str, *, dry_run: bool, unchanged: bool, output: Output
+) -> None:
+    """What ``migrate cutover`` did (or would do, or why it did nothing)."""
     if output is Output.json:
         emit_json(
             {

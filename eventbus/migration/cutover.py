@@ -61,14 +61,7 @@ async def cutover(
         # never moved: a group reads the source until a cutover moves it
         return GroupMigration(topic=topics[0], topics=topics, status="source")
     if gm is not None and gm.status == to:
-        untranslated = [t for t in topics if not gm.reads(t)]
-        if untranslated:
-            raise ConfigurationError(
-                f"group {group} already reads from the {to} (moved with "
-                f"{', '.join(gm.topics)}), but it also reads {', '.join(untranslated)}, "
-                "whose positions that move did not translate; move the group back "
-                f"('cutover --to-side {back}') and over again to take them along"
-            )
+        _require_translated(gm, group, topics, to, back)
         return gm
     require_ready(m, state, group, topics, to)
     plan = GroupMigration(
@@ -88,6 +81,28 @@ async def cutover(
         with contextlib.suppress(Exception):
             await asyncio.shield(set_group_status(m, group, back))
         raise
+    return await _record_move(m, group, positions, to, back)
+
+
+def _require_translated(
+    gm: GroupMigration, group: str, topics: list[str], to: str, back: str
+) -> None:
+    """A group already on ``to`` must have moved with every topic it reads now."""
+    untranslated = [t for t in topics if not gm.reads(t)]
+    if untranslated:
+        raise ConfigurationError(
+            f"group {group} already reads from the {to} (moved with "
+            f"{', '.join(gm.topics)}), but it also reads {', '.join(untranslated)}, "
+            "whose positions that move did not translate; move the group back "
+            f"('cutover --to-side {back}') and over again to take them along"
+        )
+
+
+async def _record_move(
+    m: Migration, group: str, positions: dict[str, GroupTopic], to: str, back: GroupStatus
+) -> GroupMigration:
+    """Save the move in the control record (the members resume on ``to``); if it cannot be
+    saved, the group stays on ``back``."""
 
     def done(s: MigrationState) -> None:
         g = s.groups[group]

@@ -45,8 +45,9 @@ secondary in transactions, fenced per journal partition (``_fenced``): a failed 
 nothing behind that could land later, and no gap; the replayer keeps it and tries it again
 before anything newer, after a check of what the secondary holds.
 
-Modules: this one (publish, reading, admin, the control-record follower), ``consumer``
-(:class:`MigrationConsumer`), ``journaling`` (a member's journal), ``journal`` (the replayer).
+Modules: this one (publish, reading, admin, the control-record follower), ``_room`` (the
+size check before a publish), ``consumer`` (:class:`MigrationConsumer`), ``journaling`` (a
+member's journal), ``journal`` (the replayer).
 Kafka-specific clients (the copy client, fenced writers) come from the sides themselves
 (``CopyClients``, ``FencedWrites`` in ``eventbus.transport``).
 """
@@ -58,7 +59,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -69,10 +69,10 @@ from eventbus._urls import redact
 from eventbus.errors import (
     ConnectionFailedError,
     EventBusError,
-    EventTooLargeError,
     TopicExistsError,
 )
 from eventbus.migration._fenced import copy_writer
+from eventbus.migration._room import RoomCheck
 from eventbus.migration.consumer import MigrationConsumer
 from eventbus.migration.control import (
     ControlStore,
@@ -117,7 +117,6 @@ from eventbus.transport import (
     ResetTarget,
     TopicInfo,
     Transport,
-    record_size,
 )
 
 __all__ = [
@@ -147,9 +146,6 @@ __all__ = [
 (``_fenced``) stay importable from here, where they lived before the split."""
 
 log = logging.getLogger("eventbus.migration")
-
-LIMIT_TTL = 30.0
-"""Seconds a side's max event bytes of a topic is cached for the publish check."""
 
 
 class MigrationTransport:
@@ -194,8 +190,7 @@ class MigrationTransport:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._changed = asyncio.Event()
-        self._limits: dict[tuple[int, str], tuple[int | None, float]] = {}
-        self._limit_lookups: dict[tuple[int, str], asyncio.Future[int | None]] = {}
+        self._room = RoomCheck()
         self._copy_failures: dict[str, datetime] = {}
         """Per topic, when a copy last failed in a way the journal had to rescue."""
 
@@ -274,7 +269,7 @@ class MigrationTransport:
         tasks: list[asyncio.Future[Any]] = [
             *self._tasks,
             *self.journal.replayers.values(),
-            *self._limit_lookups.values(),
+            *self._room.lookups.values(),
         ]
         for task in tasks:
             task.cancel()
@@ -385,7 +380,7 @@ class MigrationTransport:
             Outgoing(r.value, r.key, {**r.headers, H_GEN: gen}, r.timestamp_ms, r.partition)
             for r in records
         ]
-        await self._check_room(topic, marked, primary, secondary)
+        await self._room.check(topic, marked, primary, secondary)
         positions = await primary.publish(topic, marked, timeout=timeout)
         copies = [
             Outgoing(
@@ -466,56 +461,6 @@ class MigrationTransport:
             # the write may have landed anyway (a timeout): the replayer checks before copying,
             # once a request still on the wire can no longer land
             await journal.write_maybe(primary, topic, copies)
-
-    async def _limit(self, side: Transport, topic: str) -> int | None:
-        """``topic``'s max event bytes on ``side`` (None: unknown). Never holds a publish
-        for a side that is down: a known value is returned even when stale (refreshed in the
-        background after ``LIMIT_TTL`` s); the first lookup waits at most 1 s."""
-        key = (id(side), topic)
-        now = time.monotonic()
-        cached = self._limits.get(key)
-        if cached is not None:
-            if cached[1] <= now and key not in self._limit_lookups:
-                task = asyncio.ensure_future(self._look_up_limit(side, topic))
-                self._limit_lookups[key] = task
-                task.add_done_callback(lambda _: self._limit_lookups.pop(key, None))
-            return cached[0]
-        try:
-            return await asyncio.wait_for(self._look_up_limit(side, topic), 1.0)
-        except TimeoutError:
-            self._limits[key] = (None, now + LIMIT_TTL)  # the write itself will tell
-            return None
-
-    async def _look_up_limit(self, side: Transport, topic: str) -> int | None:
-        try:
-            limit: int | None = (await side.describe_topic(topic)).spec.max_event_bytes
-        except EventBusError:
-            limit = None  # the write itself will say what is wrong
-        self._limits[(id(side), topic)] = (limit, time.monotonic() + LIMIT_TTL)
-        return limit
-
-    async def _check_room(
-        self, topic: str, marked: Sequence[Outgoing], primary: Transport, secondary: Transport
-    ) -> None:
-        """Refuse, before anything is written, an event that fits neither the primary with
-        its ``eb-mig-gen`` header nor the secondary with its copy headers (a copy that can
-        never be written would hold the journal back forever), naming it and the way out."""
-        copy_extra = len(H_COPY) + len(b"dual") + len(H_COPY_OF) + 24  # an offset's digits
-        for side, extra, role in ((primary, 0, "primary"), (secondary, copy_extra, "secondary")):
-            limit = await self._limit(side, topic)
-            if limit is None:
-                continue
-            for record in marked:
-                size = record_size(record) + extra
-                if size > limit:
-                    eid = record.headers.get("eb-id", b"?").decode(errors="replace")
-                    raise EventTooLargeError(
-                        f"event {eid} is {size} bytes with the migration's headers, over "
-                        f"{topic!r}'s limit of {limit} on the {role} side; nothing was "
-                        f"written. Raise {topic!r}'s max_event_bytes on that side to "
-                        f"{limit + MIGRATION_ROOM} (alter_topic, or 'eventbus topics apply' "
-                        "with its spec), or make the event smaller"
-                    )
 
     # reading -------------------------------------------------------------------------------
     def _reading_side(self, topic: str) -> Transport:

@@ -73,6 +73,23 @@ WHAT = """
   module has no restart) under publish and consume load. Checked: nothing returned is lost,
   everything is consumed, and after the load a new group member receives only a fresh marker
   event (the group resumes from its committed offsets, which survived the restarts).
+- **three-broker Kafka cluster** (`test_kafka_cluster.py`, the rows "3 brokers: ..."): the
+  module starts its own cluster with `servers.start_kafka_cluster(3)` (three KRaft nodes, each
+  broker and controller, static quorum; replication factor 3, `min.insync.replicas=2`, offsets
+  and transaction logs alike; a broker silent 4 s is fenced, a follower 5 s behind leaves the
+  ISR). Per scenario: a 6-partition topic, three threads publishing one event at a time (timeout
+  5 s) to a `kafka://` URL of all three brokers, a group member fetching and acking (session
+  timeout 6 s); the fault is injected, the cluster must be back in sync within 90 s, then the
+  member closes and a new one joins the group while publishing goes on. Faults: SIGKILL of the
+  leader of the busiest partition, then a restart; SIGSTOP of the group coordinator until it
+  is fenced and past the member's session timeout, then SIGCONT; restart of the active KRaft
+  controller (read from the nodes' `quorum-state`; SIGTERM, SIGKILL on odd trials); a broker's
+  partition data lost (stopped, `log.dirs` deleted and formatted again with the same cluster
+  and node id, a new directory id, the metadata log kept; restarted, re-replicates). Checked:
+  every publish that returned a position is consumed at that position with the same event id;
+  the new member gets nothing below the offsets committed when the first one closed; publish
+  errors are eventbus errors (never `confluent_kafka` ones) within the timeout plus 2 s; fetch
+  and ack return within 5 s. Duplicates are counted, not limited.
 - **network faults** (`test_proxy_faults.py`, Redis through `proxy.py`): each trial cuts every
   connection (RST), black-holes the path, delays it 0.2 s and 1.5 s (over the 1 s socket
   timeout), and refuses new connections, while a publisher and a consumer run. Checked:
@@ -177,8 +194,39 @@ def render(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:
         f"\nTotals: {sum(r['trials'] for r in rows)} trials, {sum(r['faults'] for r in rows)} "
         f"faults, {sum(r['published'] for r in rows)} events published, {total_lost} lost.\n"
     )
+    out.append(_cluster_section(rows))
     out.append(generated_text())
     return "".join(out)
+
+
+def _cluster_section(rows: list[dict[str, Any]]) -> str:
+    """How the three-broker rows were measured: sizing, the module's duration, the faults."""
+    cluster = [r for r in rows if "3 brokers" in r.get("transport", "")]
+    if not cluster:
+        return ""
+    extra = cluster[0].get("extra", {})
+    start = float(extra.get("cluster_start_seconds", 0.0))
+    scenarios = sum(float(r["seconds"]) for r in cluster)
+    lines = [
+        "\n## Three-broker Kafka cluster\n\n",
+        f"Three KRaft nodes (broker and controller each) in three JVMs of `-Xmx"
+        f"{extra.get('heap', '?')} -Xms128m -XX:+UseG1GC`, next to the shared single broker, on "
+        f"this {os.cpu_count()}-CPU machine. The module took {start + scenarios:.0f} s: "
+        f"{start:.0f} s to start the cluster and {scenarios:.0f} s for {len(cluster)} "
+        "scenarios (each makes its topic, runs the load, injects its faults, drains).\n\n",
+    ]
+    for r in sorted(cluster, key=lambda r: r["fault"]):
+        extra = r.get("extra", {})
+        lines.append(
+            f"- {r['fault'].removeprefix('3 brokers: ')}: {'; '.join(r.get('notes', []))}; "
+            f"slowest publish {extra.get('max_publish_seconds', '?')} s, longest time without "
+            f"a successful publish {extra.get('longest_publish_gap_seconds', '?')} s, "
+            f"slowest fetch or ack "
+            f"{extra.get('max_fetch_or_ack_seconds', '?')} s, "
+            f"{extra.get('redelivered_below_commit', '?')} redelivered below the committed "
+            "offsets.\n"
+        )
+    return "".join(lines)
 
 
 def _versions() -> dict[str, str]:

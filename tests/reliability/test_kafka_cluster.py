@@ -291,6 +291,30 @@ def lose_data_dir(cluster: servers.KafkaCluster, topic: str, pubs: Publishers, t
 Fault = Callable[[servers.KafkaCluster, str, Publishers, int], str]
 
 
+def _committed(
+    bus: eventbus.EventBus, group: str, topic: str, fig: Figures
+) -> dict[int, Offset | None]:
+    """The group's committed offsets. ``describe_group`` may fail for a while after a leader
+    change (seen: ConnectionFailedError 'Leader epoch is older than broker epoch' from listing
+    offsets after a SIGSTOP/SIGCONT); such failures are counted and retried for 60 s."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            committed = kafka_committed(bus, group, topic)
+        except EventBusError as exc:
+            name = f"describe_group {type(exc).__name__}"
+            fig.errors[name] = fig.errors.get(name, 0) + 1
+            if fig.errors[name] == 1:
+                fig.notes.append(f"describe_group failed ({exc})")
+            if time.monotonic() - t0 > 60:
+                raise
+            time.sleep(0.5)  # allowed: retry interval of a condition wait with a deadline
+            continue
+        if any(k.startswith("describe_group") for k in fig.errors):
+            fig.extra["describe_group_failing_seconds"] = round(time.monotonic() - t0, 1)
+        return committed
+
+
 def _is_raw(exc: BaseException) -> bool:
     return not isinstance(exc, EventBusError) or any(
         cls.__module__.startswith("confluent_kafka") for cls in type(exc).__mro__
@@ -322,7 +346,7 @@ def run_scenario(cluster: servers.KafkaCluster, topic: str, fig: Figures, fault:
                 fig.faults += 1
             # the group resumes from committed offsets: a new member after the first one closed
             first.stop()
-            committed = kafka_committed(bus, group, topic)
+            committed = _committed(bus, group, topic, fig)
             second = Member(consumer_bus, topic, group, 2).start()
             poll(lambda: pubs.ok() >= EVENTS, 300, f"{EVENTS} publishes to return")
         finally:

@@ -96,3 +96,35 @@ def test_dev_rejects_conflicting_flags(tmp_path: Path) -> None:
     result = _eventbus(env, "dev", "up", "--redis-only", "--kafka-only")
     assert result.returncode != 0
     assert "exclude each other" in result.stderr
+
+
+@pytest.mark.kafka
+def test_dev_up_kafka_cluster(tmp_path: Path) -> None:
+    env = dict(os.environ, EVENTBUS_STATE_DIR=str(tmp_path / "state"))
+    env.pop("EVENTBUS_TEST_KAFKA_URL", None)
+    pids: list[int] = []
+    try:
+        up = _json(
+            _eventbus(env, "dev", "up", "--kafka-only", "--kafka-brokers", "3", "-o", "json")
+        )
+        brokers = up["kafka_url"].removeprefix("kafka://").split(",")
+        assert len(brokers) == 3 and up["kafka_running"]
+        state = json.loads((tmp_path / "state" / "state.json").read_text())
+        pids = [node["pid"] for node in state["kafka"]["extra"]["nodes"]]
+        assert len(set(pids)) == 3
+        for bootstrap in brokers:  # every node answers and lists all three brokers
+            assert servers.wait_until(
+                lambda b=bootstrap: servers.kafka_answers(b, timeout=5), timeout=30
+            )
+        again = _json(
+            _eventbus(env, "dev", "up", "--kafka-only", "--kafka-brokers", "3", "-o", "json")
+        )
+        assert again["kafka"]["reused"] and again["kafka_pid"] == up["kafka_pid"]
+        down = _json(_eventbus(env, "dev", "down", "--kafka-only", "-o", "json"))
+        assert down["stopped"] == {"kafka": True}
+        assert servers.wait_until(
+            lambda: not any(servers.pid_alive(pid) for pid in pids), timeout=30
+        )
+    finally:
+        for pid in pids:
+            servers.stop_pid(pid, marker=str(tmp_path / "state"))

@@ -33,6 +33,9 @@ _REGISTRY: dict[str, TransportEntry] = {
     "memory": TransportEntry("eventbus.adapters.memory:MemoryTransport"),
     "redis": TransportEntry("eventbus.adapters.redis_streams:RedisTransport", "redis", "redis"),
     "rediss": TransportEntry("eventbus.adapters.redis_streams:RedisTransport", "redis", "redis"),
+    "redis+sentinel": TransportEntry(
+        "eventbus.adapters.redis_streams:RedisTransport", "redis", "redis"
+    ),
     "kafka": TransportEntry("eventbus.adapters.kafka:KafkaTransport", "kafka", "confluent_kafka"),
     "migrate": TransportEntry("eventbus.migration.transport:MigrationTransport"),
     "redpanda": TransportEntry(

@@ -18,7 +18,14 @@ def split(url: str) -> SplitResult:
             _ = parts.port  # validates the port
     except ValueError as exc:
         # urllib's text may quote the host part (and with it a password): say it in our words
-        reason = "the port is not a number" if "Port" in str(exc) else "it cannot be parsed"
+        text = str(exc)
+        reason = (
+            "the port must be a number from 0 to 65535"
+            if "out of range" in text
+            else "the port is not a number"
+            if "Port" in text
+            else "it cannot be parsed"
+        )
         raise ConfigurationError(
             f"malformed URL {redact(url)!r}: {reason}; expected "
             "scheme://[user:password@]host:port (percent-encode '@', ':', '/', '?', '#' in "

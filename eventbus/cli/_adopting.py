@@ -75,7 +75,7 @@ def run_adopt(
 def _redis_url(url: str | None) -> str:
     resolved = resolve_url(url)
     scheme = resolved.partition("://")[0].lower()
-    if scheme not in ("redis", "rediss"):
+    if scheme not in ("redis", "rediss", "redis+sentinel"):
         usage_error(
             f"topics adopt works on Redis streams (redis:// or rediss:// URLs), not {scheme}://: "
             "Kafka records carry their key and envelope themselves, and memory topics have no "

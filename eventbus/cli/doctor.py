@@ -119,6 +119,7 @@ _TIMEOUT_OPTIONS = {
     "redpanda": ("connect_timeout",),
     "redis": ("socket_connect_timeout", "socket_timeout"),
     "rediss": ("socket_connect_timeout", "socket_timeout"),
+    "redis+sentinel": ("socket_connect_timeout", "socket_timeout"),
 }
 
 

@@ -14,6 +14,8 @@ Connection string::
     redis://[user:password@]host:port/db?option=value&...
     rediss://...?ssl_ca_certs=CA.pem&ssl_certfile=C.pem&ssl_keyfile=K.pem
                  &ssl_cert_reqs=none|optional|required&ssl_check_hostname=false   (TLS)
+    redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]?...
+                 (the service's primary, as the Sentinels name it; follows failovers)
 
 Options (query parameters or the ``options`` mapping, which wins):
 
@@ -25,6 +27,10 @@ Options (query parameters or the ``options`` mapping, which wins):
   timeout would raise a timeout in redis-py).
 - ``metadata_ttl`` (5 s): how long a publisher caches topic metadata (partition count).
 - ``discover_streams`` (true): ``list_topics`` lists plain streams too.
+- ``wait_replicas`` (0) and ``wait_timeout_ms`` (100): publish sends ``WAIT`` after its writes
+  and raises ``OperationTimeoutError`` when fewer replicas acknowledged them in time.
+- ``sentinel_username``, ``sentinel_password`` (``redis+sentinel://`` only): the Sentinels'
+  own credentials (the URL's are the data nodes').
 - redis-py client arguments in the URL: ``health_check_interval``, ``client_name``,
   ``socket_keepalive``, ``retry_on_timeout``, ``single_connection_client``, ``protocol``,
   ``ssl_ca_path``, ``ssl_ciphers``, ``ssl_password``. Any other query parameter raises

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 
 from eventbus.adapters.redis_streams import _scripts as scripts
@@ -33,6 +34,7 @@ class RedisConnection:
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
         self._client: Client = None
+        self._sentinel: Sentinel | None = None
         self._closed = False
         self._scripts: dict[str, Any] = {}
         self._shas: dict[str, bytes] = {}
@@ -43,8 +45,24 @@ class RedisConnection:
             raise ClosedError("this Redis transport is closed; open a new bus")
         if self._client is None:
             kwargs = self.settings.client_kwargs()
-            self._client = RedisCluster(**kwargs) if self.settings.cluster else Redis(**kwargs)
+            if self.settings.sentinels:
+                self._client = self._primary_of_service(kwargs)
+            else:
+                self._client = RedisCluster(**kwargs) if self.settings.cluster else Redis(**kwargs)
         return self._client
+
+    def _primary_of_service(self, kwargs: dict[str, Any]) -> Client:
+        """A client of the service's current primary (``redis+sentinel://``): its pool asks
+        the Sentinels for the primary's address on every new connection, and drops its
+        connections when a READONLY reply or an UNBLOCKED blocking read shows that the node
+        it talks to was demoted; so after a failover the next attempt reaches the new
+        primary (the retry policy of ``client_kwargs`` covers the switch)."""
+        settings = self.settings
+        assert settings.service_name is not None
+        self._sentinel = Sentinel(
+            list(settings.sentinels), sentinel_kwargs=settings.sentinel_kwargs()
+        )
+        return self._sentinel.master_for(settings.service_name, redis_class=Redis, **kwargs)
 
     def script(self, name: str) -> Any:
         """A registered Lua script of ``_scripts.py`` (EVALSHA, falling back to EVAL on
@@ -79,10 +97,16 @@ class RedisConnection:
         if self._closed:
             return
         client, self._client = self._client, None
+        sentinel, self._sentinel = self._sentinel, None
         self._closed = True
-        if client is not None:
-            with self.edge("close"):
-                await client.aclose()
+        try:
+            if client is not None:
+                with self.edge("close"):
+                    await client.aclose()
+        finally:
+            if sentinel is not None:
+                with self.edge("close the Sentinel connections"):
+                    await sentinel.aclose()
 
     def _check(self) -> None:
         if self._closed:

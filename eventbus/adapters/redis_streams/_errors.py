@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from redis import exceptions as rx
 
@@ -18,7 +19,11 @@ from eventbus.errors import (
     OperationTimeoutError,
 )
 
-__all__ = ["edge", "is_busygroup", "is_nogroup", "translate"]
+__all__ = ["demoted", "edge", "is_busygroup", "is_nogroup", "translate"]
+
+# redis-py's Sentinel connection turns READONLY / UNBLOCKED from a demoted primary into a
+# ConnectionError with this text (and drops the connection)
+_DEMOTED_TEXT = "previous master is now a slave"
 
 
 def is_nogroup(exc: BaseException) -> bool:
@@ -29,8 +34,45 @@ def is_busygroup(exc: BaseException) -> bool:
     return isinstance(exc, rx.ResponseError) and str(exc).startswith("BUSYGROUP")
 
 
+def demoted(settings: Any, exc: BaseException) -> bool:
+    """True when ``exc`` says the node behind a ``redis+sentinel://`` URL is no longer the
+    primary: its command was refused (nothing written) and a new connection will ask the
+    Sentinels for the current primary, so the command may be sent once more."""
+    if not getattr(settings, "sentinels", ()):
+        return False
+    if isinstance(exc, rx.ReadOnlyError):
+        return True
+    return isinstance(exc, rx.ConnectionError) and _DEMOTED_TEXT in str(exc)
+
+
 def _auth(message: str) -> bool:
     return any(m in message for m in ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password"))
+
+
+def _failover(exc: BaseException, message: str, where: str) -> EventBusError | None:
+    """Errors of a primary that is gone or demoted (replicas, Sentinel failovers)."""
+    if type(exc).__name__ == "MasterNotFoundError":  # redis.asyncio.sentinel's
+        return ConnectionFailedError(
+            f"{where}: no Sentinel named a usable primary for the service (none answered, the "
+            "service name is unknown to them, or a failover is in progress). Check the Sentinel "
+            "hosts and the service name in the URL; during a failover, try again."
+        )
+    if isinstance(exc, rx.ConnectionError) and _DEMOTED_TEXT in message:
+        return ConnectionFailedError(
+            f"{where}: the primary was demoted to a replica (failover); nothing was written by "
+            "the refused command, and the next call reaches the new primary."
+        )
+    if isinstance(exc, rx.ReadOnlyError) or message.startswith("READONLY"):
+        return ConnectionFailedError(
+            f"{where}: the server is a read-only replica. Point the URL at the primary, or "
+            "let Sentinel find it (redis+sentinel://host:26379,host:26380/service_name)."
+        )
+    if message.startswith("UNBLOCKED"):
+        return ConnectionFailedError(
+            f"{where}: the server stopped being the primary during a blocking read (failover "
+            "or REPLICAOF); the next call reconnects."
+        )
+    return None
 
 
 def translate(exc: BaseException, url: str, action: str) -> EventBusError | None:
@@ -57,14 +99,13 @@ def translate(exc: BaseException, url: str, action: str) -> EventBusError | None
             f"{where}: Redis did not answer in time. Check the server load and network, or "
             "raise socket_timeout in the URL (?socket_timeout=30)."
         )
+    failover = _failover(exc, message, where)
+    if failover is not None:
+        return failover
     if isinstance(exc, rx.ConnectionError | rx.ClusterDownError | rx.ClusterError):
         return ConnectionFailedError(
             f"{where}: cannot reach Redis ({type(exc).__name__}). Check that the server runs, "
             "the host and port, TLS (rediss://) and, for Redis Cluster, ?cluster=true."
-        )
-    if isinstance(exc, rx.ReadOnlyError) or message.startswith("READONLY"):
-        return ConnectionFailedError(
-            f"{where}: the server is a read-only replica. Point the URL at the primary."
         )
     if message.startswith("OOM"):
         return EventBusError(

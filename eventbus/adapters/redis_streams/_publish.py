@@ -10,10 +10,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError
 
 from eventbus.adapters.redis_streams import _layout as layout
 from eventbus.adapters.redis_streams._admin import TopicAdmin, TopicMeta
+from eventbus.adapters.redis_streams._errors import demoted
 from eventbus.adapters.redis_streams._settings import RedisSettings
 from eventbus.errors import (
     EventTooLargeError,
@@ -131,11 +133,34 @@ class Publisher(TopicAdmin):
         keys = [layout.stream_key(meta.name, p) for p in used]
         try:
             with self.edge(f"publish to {meta.name!r}"):
-                ids: list[bytes] = await self.script("PUBLISH")(keys=keys, args=args)
+                if self.settings.wait_replicas:  # the script and WAIT on one connection
+                    pipe = self.client.pipeline(transaction=False)
+                    await self.script("PUBLISH")(keys=keys, args=args, client=pipe)
+                    pipe.execute_command(*self._wait_command())
+                    ids, acked = await pipe.execute()
+                    self.check_replicas(meta.name, len(ids), acked)
+                else:
+                    ids = await self.script("PUBLISH")(keys=keys, args=args)
         except Exception as exc:
             self.raise_if_missing(meta.name, exc)
             raise
-        return ids
+        return list(ids)
+
+    def _wait_command(self) -> tuple[str, int, int]:
+        return ("WAIT", self.settings.wait_replicas, self.settings.wait_timeout_ms)
+
+    def check_replicas(self, topic: str, written: int, acked: Any) -> None:
+        """Raise OperationTimeoutError when WAIT saw fewer replicas than ``wait_replicas``."""
+        wanted = self.settings.wait_replicas
+        if int(acked) >= wanted:
+            return
+        raise OperationTimeoutError(
+            f"publish to {topic!r} on {self.settings.url}: {written} record(s) were written "
+            f"to the primary, but only {int(acked)} of the {wanted} replica(s) asked for "
+            f"(wait_replicas) acknowledged them within wait_timeout_ms="
+            f"{self.settings.wait_timeout_ms}. They may be lost if the primary fails over "
+            "now; publishing them again may store them twice (at-least-once)."
+        )
 
     async def _append_packed(
         self, meta: TopicMeta, records: Sequence[Outgoing], parts: Sequence[int]
@@ -148,6 +173,12 @@ class Publisher(TopicAdmin):
                     return await self._send_slices(await self.sha("PUBLISH"), meta, records, parts)
                 except NoScriptError:  # a restart, SCRIPT FLUSH or failover emptied the cache
                     self.forget_sha("PUBLISH")  # nothing ran: load it and send again
+                    return await self._send_slices(await self.sha("PUBLISH"), meta, records, parts)
+                except (ReadOnlyError, RedisConnectionError) as exc:
+                    if not demoted(self.settings, exc):
+                        raise
+                    # the node was demoted (failover): it wrote nothing; the connection was
+                    # dropped and the next one asks the Sentinels for the new primary
                     return await self._send_slices(await self.sha("PUBLISH"), meta, records, parts)
         except Exception as exc:
             self.raise_if_missing(meta.name, exc)
@@ -173,9 +204,14 @@ class Publisher(TopicAdmin):
                 )
                 await conn.send_packed_command([head, *body], check_health=calls == 0)
                 calls += 1
+            wait = self.settings.wait_replicas > 0
+            if wait:  # in the same round trip: WAIT counts this connection's writes
+                await conn.send_packed_command(conn.pack_command(*self._wait_command()))
             ids: list[bytes] = []
             for _ in range(calls):
                 ids += await conn.read_response()
+            if wait:
+                self.check_replicas(meta.name, len(ids), await conn.read_response())
             return ids
         except BaseException:
             # replies may be left unread (an error reply, a cancel): never reuse the socket

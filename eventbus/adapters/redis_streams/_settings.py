@@ -46,7 +46,17 @@ _OWN = {
     "ssl_check_hostname",
     "redis_options",
     "db",
+    "wait_replicas",
+    "wait_timeout_ms",
+    "sentinel_username",
+    "sentinel_password",
 }
+# Options only a redis+sentinel:// URL takes.
+_SENTINEL_ONLY = {"sentinel_username", "sentinel_password"}
+
+SENTINEL_SCHEME = "redis+sentinel"
+DEFAULT_SENTINEL_PORT = 26379
+_SERVICE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
 _CERT_REQS = ("none", "optional", "required")
@@ -81,7 +91,8 @@ _URL_PASSTHROUGH: dict[str, Callable[[str, Any], Any]] = {
     "ssl_password": _text,
 }
 URL_OPTIONS = frozenset((_OWN - {"redis_options"}) | set(_URL_PASSTHROUGH))
-"""Every option a ``redis://`` / ``rediss://`` URL's query may carry."""
+"""Every option a ``redis://`` / ``rediss://`` / ``redis+sentinel://`` URL's query may carry
+(``sentinel_*`` only the last)."""
 
 
 @functools.cache
@@ -234,18 +245,34 @@ class RedisSettings:
     """``list_topics`` also lists plain streams (written by other clients) as topics."""
     redis_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """Passed through to the redis-py client constructor unchanged."""
+    sentinels: tuple[tuple[str, int], ...] = ()
+    """``redis+sentinel://`` URLs: the Sentinel nodes asked for the current primary."""
+    service_name: str | None = None
+    """``redis+sentinel://`` URLs: the name the Sentinels monitor the primary under."""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    """Credentials of the Sentinel nodes themselves (the URL's are the data nodes')."""
+    wait_replicas: int = 0
+    """After each publish round trip, ``WAIT wait_replicas wait_timeout_ms``; fewer
+    acknowledging replicas raise OperationTimeoutError (0: no WAIT)."""
+    wait_timeout_ms: int = 0
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> RedisSettings:
-        """Parse ``redis[s]://[user:password@]host:port/db?opt=value`` plus ``options``.
+        """Parse ``redis[s]://[user:password@]host:port/db?opt=value`` (or
+        ``redis+sentinel://[user:password@]host:port,host:port/service[/db]?opt=value``) plus
+        ``options``.
 
         ``options`` win over query parameters. The query accepts :data:`URL_OPTIONS` only.
         ``options`` (given in code) may also name any keyword argument of the redis-py client
         class, passed through as given (also accepted as a dict under
         ``options["redis_options"]``). Raises ConfigurationError (with the URL redacted) for
         anything malformed, and for an unknown option, naming the valid ones."""
+        if split(url).scheme.lower() == SENTINEL_SCHEME:
+            return cls._from_sentinel_url(url, options)
         parts, safe, port = _checked_url(url)
         opts, passthrough, cluster = _checked_options(safe, query_options(parts), options)
+        _no_sentinel_options(safe, opts)
         cert_reqs = _cert_reqs(opts)
         db = _checked_db(safe, parts.path, opts)
         settings = cls(
@@ -259,19 +286,71 @@ class RedisSettings:
             **_tls_options(opts, cert_reqs),
             cluster=cluster,
             **_tuning(opts),
+            **_durability(safe, opts),
             redis_options=passthrough,
         )
         if settings.cluster and settings.db != 0:
             raise ConfigurationError(f"{safe!r}: Redis Cluster has only database 0")
+        if settings.cluster and settings.wait_replicas:
+            raise ConfigurationError(
+                f"{safe!r}: wait_replicas is not supported with cluster=true (WAIT counts the "
+                "replicas of one shard; publish spreads over shards)"
+            )
         return settings
+
+    @classmethod
+    def _from_sentinel_url(cls, url: str, options: Mapping[str, Any] | None) -> RedisSettings:
+        """``redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]``:
+        the primary of ``service`` as the Sentinels name it, followed through failovers."""
+        parts = split(url)
+        safe = redact(url)
+        sentinels = _sentinel_hosts(safe, parts.netloc.rpartition("@")[2])
+        service, db_text = _service_and_db(safe, parts.path)
+        opts, passthrough, cluster = _checked_options(safe, query_options(parts), options)
+        if cluster:
+            raise ConfigurationError(
+                f"{safe!r}: a redis+sentinel:// URL names a primary with replicas, not a Redis "
+                "Cluster; drop ?cluster=true (or use redis://node:port/0?cluster=true)"
+            )
+        db = _checked_db(safe, db_text, opts)
+        return cls(
+            url=safe,
+            host=sentinels[0][0],
+            port=sentinels[0][1],
+            db=db,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            **_tls_options(opts, _cert_reqs(opts)),
+            **_tuning(opts),
+            **_durability(safe, opts),
+            redis_options=passthrough,
+            sentinels=sentinels,
+            service_name=service,
+            sentinel_username=_opt_text(opts.get("sentinel_username")),
+            sentinel_password=_opt_text(opts.get("sentinel_password")),
+        )
 
     @property
     def block_ms(self) -> int:
         """Longest BLOCK for XREADGROUP: below the socket timeout (redis-py issue 2807)."""
         return max(1, int(min(self.poll_interval, self.socket_timeout / 2) * 1000))
 
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the clients that talk to the Sentinel nodes (not retried:
+        redis-py asks the next Sentinel instead)."""
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+        }
+        if self.sentinel_username is not None:
+            kwargs["username"] = self.sentinel_username
+        if self.sentinel_password is not None:
+            kwargs["password"] = self.sentinel_password
+        return kwargs
+
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``redis.asyncio.Redis`` / ``RedisCluster``."""
+        """Keyword arguments for ``redis.asyncio.Redis`` / ``RedisCluster`` (with a
+        Sentinel URL: for ``Sentinel.master_for``, whose pool finds host and port)."""
         kwargs: dict[str, Any] = {
             "host": self.host,
             "port": self.port,
@@ -298,6 +377,9 @@ class RedisSettings:
                 ssl_check_hostname=self.ssl_check_hostname,
             )
         kwargs.update(self.redis_options)
+        if self.sentinels:
+            kwargs.pop("host", None)
+            kwargs.pop("port", None)
         return kwargs
 
 
@@ -307,7 +389,7 @@ def _checked_url(url: str) -> tuple[SplitResult, str, int | None]:
     parts = split(url)
     safe = redact(url)
     if parts.scheme.lower() not in ("redis", "rediss"):
-        raise ConfigurationError(f"{safe!r} is not a redis:// or rediss:// URL")
+        raise ConfigurationError(f"{safe!r} is not a redis://, rediss:// or redis+sentinel:// URL")
     if "," in parts.netloc.rpartition("@")[2]:
         raise ConfigurationError(
             f"{safe!r}: a Redis URL names one host (host:port), not a list; for Redis "
@@ -368,3 +450,88 @@ def _tuning(opts: Mapping[str, Any]) -> dict[str, Any]:
         "metadata_ttl": _number("metadata_ttl", opts.get("metadata_ttl", 5), minimum=0),
         "discover_streams": _flag("discover_streams", opts.get("discover_streams", True)),
     }
+
+
+def _opt_text(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+def _no_sentinel_options(safe: str, opts: Mapping[str, Any]) -> None:
+    named = sorted(k for k in _SENTINEL_ONLY if k in opts)
+    if named:
+        raise ConfigurationError(
+            f"{safe!r}: option(s) {', '.join(named)} are for redis+sentinel:// URLs only "
+            "(redis+sentinel://host1:26379,host2:26379/service_name)"
+        )
+
+
+def _sentinel_hosts(safe: str, hosts: str) -> tuple[tuple[str, int], ...]:
+    """``host[:port],host[:port]...`` (IPv6 in brackets), each port 1..65535 (default 26379)."""
+    found: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else rest
+            bad_rest = bool(rest) and not rest.startswith(":")
+        else:
+            host, colon, port_text = item.partition(":")
+            bad_rest = ":" in port_text
+            if not colon:
+                port_text = ""
+        if not host or bad_rest:
+            raise ConfigurationError(
+                f"{safe!r}: each Sentinel must be host or host:port, comma-separated "
+                "(redis+sentinel://host1:26379,host2:26379/service_name); got an empty or "
+                "malformed entry"
+            )
+        if port_text == "":
+            port = DEFAULT_SENTINEL_PORT
+        elif port_text.isdigit() and 0 < int(port_text) < 65536:
+            port = int(port_text)
+        else:
+            raise ConfigurationError(
+                f"{safe!r}: the Sentinel port of {host!r} must be a number from 1 to 65535"
+            )
+        found.append((host, port))
+    return tuple(found)
+
+
+def _service_and_db(safe: str, path: str) -> tuple[str, str]:
+    """The service name and the db (text, may be empty) from ``/service[/db]``."""
+    pieces = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
+    if not pieces:
+        raise ConfigurationError(
+            f"{safe!r}: name the service the Sentinels monitor after the hosts "
+            "(redis+sentinel://host1:26379,host2:26379/mymaster[/db])"
+        )
+    if len(pieces) > 2 or not _SERVICE.match(pieces[0]):
+        raise ConfigurationError(
+            f"{safe!r}: the path must be /service_name or /service_name/db (a service name "
+            "of letters, digits, '.', '_' and '-')"
+        )
+    return pieces[0], pieces[1] if len(pieces) == 2 else ""
+
+
+def _durability(safe: str, opts: Mapping[str, Any]) -> dict[str, Any]:
+    """``wait_replicas`` and ``wait_timeout_ms`` (default 100 when replicas are asked for)."""
+    replicas = _number("wait_replicas", opts.get("wait_replicas", 0), minimum=0)
+    if replicas != int(replicas):
+        raise ConfigurationError(f"option wait_replicas={replicas!r} must be a whole number")
+    timeout = _number("wait_timeout_ms", opts.get("wait_timeout_ms", 100), minimum=0)
+    if timeout != int(timeout):
+        raise ConfigurationError(f"option wait_timeout_ms={timeout!r} must be a whole number")
+    if not replicas:
+        return {"wait_replicas": 0, "wait_timeout_ms": 0}
+    if timeout < 1:
+        raise ConfigurationError(
+            f"{safe!r}: wait_timeout_ms must be at least 1 (WAIT with 0 blocks until the "
+            "replicas answer, which may be never)"
+        )
+    socket_timeout = _number("socket_timeout", opts.get("socket_timeout", 10), minimum=0.1)
+    if timeout / 1000 >= socket_timeout:
+        raise ConfigurationError(
+            f"{safe!r}: wait_timeout_ms={int(timeout)} must be shorter than socket_timeout "
+            f"({socket_timeout} s), or every unanswered WAIT becomes a socket timeout"
+        )
+    return {"wait_replicas": int(replicas), "wait_timeout_ms": int(timeout)}

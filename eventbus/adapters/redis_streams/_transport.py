@@ -1,4 +1,5 @@
-"""RedisTransport: the transport the registry builds for ``redis://`` and ``rediss://``.
+"""RedisTransport: the transport the registry builds for ``redis://``, ``rediss://`` and
+``redis+sentinel://``.
 
 It stacks, one class over the other: ``_connection.py`` (client, scripts, the error edge),
 ``_admin.py`` (topic metadata and admin), ``_publish.py`` (the publish path); and adds replay,

@@ -133,9 +133,12 @@ def test_rebalance_keeps_per_key_order_and_measures_time(redis_url: str, topic: 
         stop.set()
         await asyncio.gather(*tasks)
         await members["a"].close()
+        # first handlings, in order: b's kill loses the acks it had not sent yet, so a gets
+        # those events again (at least once); a redelivery is not a reordering
         by_key: dict[int, list[int]] = {}
         for _, key, seq in seen:
-            by_key.setdefault(key, []).append(seq)
+            if seq not in by_key.get(key, ()):
+                by_key.setdefault(key, []).append(seq)
         for key, seqs in by_key.items():
             assert seqs == sorted(seqs), f"key {key} out of order: {seqs}"
         assert len({s for _, _, s in seen}) == 600

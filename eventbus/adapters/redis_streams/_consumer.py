@@ -68,6 +68,7 @@ class RedisConsumer(GroupMember):
             raise ClosedError("this Redis consumer is closed; open a new one")
         max_records = max(1, max_records)
         deadline = time.monotonic() + max(0.0, timeout)
+        await self.flush_acks()  # acked entries must not come back from this member's sweeps
         async with self._lock:
             while not self._closed:
                 await self._heartbeat()
@@ -97,6 +98,7 @@ class RedisConsumer(GroupMember):
             raise ClosedError("this Redis consumer is closed; open a new one")
         max_items = max(1, max_items)
         deadline = time.monotonic() + max(0.0, timeout)
+        await self.flush_acks()
         async with self._lock:
             while not self._closed:
                 # as fetch: due nacks, then sweeps, then new entries (here: those that fit)
@@ -247,6 +249,8 @@ class RedisConsumer(GroupMember):
             try:
                 if time.monotonic() - self._beat_at >= beat_every:
                     await self._heartbeat()
+                if self._unsent and self._sending is None:  # acks whose sending failed
+                    await self.flush_acks()
                 await self._renew()
             except asyncio.CancelledError:
                 raise
@@ -308,27 +312,62 @@ class RedisConsumer(GroupMember):
 
     # settle ----------------------------------------------------------------------------------
     async def ack(self, records: Sequence[Record]) -> None:
-        """XACK, one call per partition in one round trip. Acking twice is harmless."""
-        by_key: dict[str, list[str]] = {}
-        by_part: dict[tuple[str, int], list[str]] = {}
+        """Mark records done; acking twice is harmless. The XACKs go out in the background,
+        those of acks made close together in one round trip: as soon as the event loop is
+        free, and at the latest before the next ``fetch`` reads and when the member closes.
+        ``ack`` does not wait for them (as Kafka's commit after acks); a crash before they
+        are sent delivers the records again (at least once)."""
+        unsent = self._unsent
         nacked, leases = self._nacked, self._leases
+        last: tuple[str, int] | None = None
+        ids: list[str] = []
         for record in records:
             offset = record.offset
             # ids this consumer read are complete "<ms>-<seq>" strings: validate others only
             entry_id = offset if offset.__class__ is str else layout.id_of(offset, record.topic)
             part = (record.topic, record.partition)
-            ids = by_part.get(part)
-            if ids is None:
-                ids = by_part[part] = by_key.setdefault(layout.stream_key(*part), [])
+            if part != last:
+                last = part
+                key = layout.stream_key(*part)
+                ids = unsent.get(key) or unsent.setdefault(key, [])
             ids.append(entry_id)
             if nacked:
                 nacked.pop((record.topic, record.partition, entry_id), None)
             leases.pop((record.topic, record.partition, entry_id), None)
-        if by_key:
+        if unsent and self._sending is None and not self._killed:
+            self._sending = asyncio.get_running_loop().create_task(self._send_acks())
+
+    async def _send_acks(self) -> None:
+        """Send the queued XACKs; on a failure they stay queued (the keepalive, the next
+        ``fetch`` and ``close`` send them again; the latter two raise if they cannot)."""
+        try:
+            while self._unsent:
+                await self._xack_queued()
+        except Exception as exc:
+            log.warning("acks of %r not sent yet (retried): %r", self._name, exc)
+        finally:
+            self._sending = None
+
+    async def _xack_queued(self) -> None:
+        batch, self._unsent = self._unsent, {}
+        try:
             await self._t.pipeline(
-                lambda p: [p.xack(k, self._group, *ids) for k, ids in by_key.items()],
+                lambda p: [p.xack(k, self._group, *ids) for k, ids in batch.items()],
                 f"ack in group {self._group!r}",
             )
+        except BaseException:
+            for key, ids in batch.items():
+                self._unsent.setdefault(key, []).extend(ids)
+            raise
+
+    async def flush_acks(self) -> None:
+        """Wait until every ack made so far is on the server. Raises what an unreachable
+        server raises (the acks stay queued and are sent again)."""
+        sending = self._sending
+        if sending is not None:
+            await asyncio.shield(sending)
+        if self._unsent:
+            await self._xack_queued()
 
     async def nack(self, record: Record, delay: float = 0.0) -> None:
         """Redeliver no sooner than ``delay`` s (the entry stays pending here meanwhile)."""
@@ -370,6 +409,7 @@ class RedisConsumer(GroupMember):
         self._closed = True
         await self._stop_keepalive()
         self._leases.clear()
+        await self.flush_acks()  # what was acked is done: commit it before leaving
         async with self._lock:  # let a running fetch finish its slice first
             for topic in self._topics:
                 with self._t.edge(f"leave group {self._group!r}"):
@@ -384,7 +424,11 @@ class RedisConsumer(GroupMember):
 
     async def kill(self) -> None:
         """Stop without a goodbye: others take over after the session timeout."""
-        self._closed = True
+        self._closed = self._killed = True
         await self._stop_keepalive()
+        sending, self._sending = self._sending, None
+        if sending is not None:  # as a crash: acks not yet sent are lost (redelivered)
+            sending.cancel()
+        self._unsent.clear()
         self._leases.clear()
         self._owned.clear()

@@ -109,6 +109,10 @@ class GroupMember:
         self._beat_at = 0.0
         self._renew_every = max(0.05, min(options.visibility_timeout / 3, 10.0))
         self._keepalive: asyncio.Task[None] | None = None
+        self._unsent: dict[str, list[str]] = {}
+        """Acked ids not yet XACKed, per stream key (see RedisConsumer.ack)."""
+        self._sending: asyncio.Task[None] | None = None
+        self._killed = False
         self.lease_epoch = 0
         """Grows when a held lease may have ended (see LeasedConsumer.lease_epoch)."""
 

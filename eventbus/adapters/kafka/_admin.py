@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -40,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 from eventbus.adapters.kafka._errors import CredentialWatch, kafka_error, translate
 from eventbus.adapters.kafka._metadata import decode_metadata, to_ms
 from eventbus.errors import (
+    EventBusError,
     GroupActiveError,
     GroupNotFoundError,
     InvalidPositionError,
@@ -370,6 +372,10 @@ class KafkaAdmin:
             except TimeoutError:
                 raise OperationTimeoutError(f"list offsets of {topic!r} timed out") from None
             await asyncio.sleep(0.1)
+            # after a leader change the client may keep asking with the epoch it cached
+            # (FENCED_LEADER_EPOCH every time): ask the cluster for the topic's metadata again
+            with contextlib.suppress(EventBusError):
+                await self.metadata(topic, max(0.1, min(1.0, deadline - time.monotonic())))
 
     async def describe_topic(self, name: str) -> TopicInfo:
         count = await self.partition_count(name)

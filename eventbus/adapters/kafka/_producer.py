@@ -47,6 +47,10 @@ def producer_config(base: dict[str, Any], batch_size: int | None = None) -> dict
         "linger.ms": 5,
         "message.max.bytes": 64 * 1024 * 1024,
         "compression.type": "none",
+        # librdkafka's 30 s default kept publishes stalled on a frozen leader for ~30 s after
+        # the cluster had fenced it (3-broker SIGSTOP trial, #23); idempotence makes the
+        # earlier resend safe. Above KRaft's broker session timeout (9 s by default).
+        "request.timeout.ms": 10_000,
     }
     if batch_size is not None:
         config["batch.size"] = batch_size

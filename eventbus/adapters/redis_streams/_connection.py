@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.crc import key_slot
 
 from eventbus.adapters.redis_streams import _scripts as scripts
@@ -26,6 +26,34 @@ T = TypeVar("T")
 # The client is ``redis.asyncio.Redis`` or ``RedisCluster``; they share the command API but
 # their typed overloads differ, so it is held as Any behind this alias.
 Client = Any
+
+
+class FollowPrimary(SentinelManagedConnection):
+    """A connection of ``Sentinel.master_for`` that asks the Sentinels for the primary's
+    address on *every* (re)connect.
+
+    redis-py's own asks only in ``connect()``; a command that its retry policy sends again
+    after a connection error reconnects through ``connect_check_health`` to the address it
+    had (redis-py issues 3874, 3560): after a failover it retried the dead primary until the
+    retries ran out, and once the old primary was restarted (as a primary, until the
+    Sentinels demote it) it wrote to it, data that the demotion then discards. Found by
+    tests/reliability/test_redis_failover.py. A failed connect is not retried on the same
+    address either: the command's retry comes back here and asks again."""
+
+    async def connect(self) -> None:
+        await self.retry.call_with_retry(
+            lambda: self.connect_check_health(check_health=self.connection_pool.check_connection),
+            lambda error: asyncio.sleep(0),
+        )
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health=check_health, retry_socket_connect=False)
 
 
 class RedisConnection:
@@ -62,7 +90,9 @@ class RedisConnection:
         self._sentinel = Sentinel(
             list(settings.sentinels), sentinel_kwargs=settings.sentinel_kwargs()
         )
-        return self._sentinel.master_for(settings.service_name, redis_class=Redis, **kwargs)
+        return self._sentinel.master_for(
+            settings.service_name, redis_class=Redis, connection_class=FollowPrimary, **kwargs
+        )
 
     def script(self, name: str) -> Any:
         """A registered Lua script of ``_scripts.py`` (EVALSHA, falling back to EVAL on

@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.crc import key_slot
 
 from eventbus.adapters.redis_streams import _scripts as scripts
+from eventbus.adapters.redis_streams._cluster import MigrationTolerantCluster
 from eventbus.adapters.redis_streams._errors import edge
 from eventbus.adapters.redis_streams._settings import RedisSettings
 from eventbus.errors import ClosedError, OperationTimeoutError
@@ -76,7 +76,8 @@ class RedisConnection:
             if self.settings.sentinels:
                 self._client = self._primary_of_service(kwargs)
             else:
-                self._client = RedisCluster(**kwargs) if self.settings.cluster else Redis(**kwargs)
+                cluster = self.settings.cluster  # a client that rides out slot migrations
+                self._client = MigrationTolerantCluster(**kwargs) if cluster else Redis(**kwargs)
         return self._client
 
     def _primary_of_service(self, kwargs: dict[str, Any]) -> Client:

@@ -19,7 +19,7 @@ from eventbus.errors import (
     OperationTimeoutError,
 )
 
-__all__ = ["demoted", "edge", "is_busygroup", "is_nogroup", "translate"]
+__all__ = ["demoted", "edge", "is_busygroup", "is_nogroup", "slot_in_migration", "translate"]
 
 # redis-py's Sentinel connection turns READONLY / UNBLOCKED from a demoted primary into a
 # ConnectionError with this text (and drops the connection)
@@ -32,6 +32,14 @@ def is_nogroup(exc: BaseException) -> bool:
 
 def is_busygroup(exc: BaseException) -> bool:
     return isinstance(exc, rx.ResponseError) and str(exc).startswith("BUSYGROUP")
+
+
+def slot_in_migration(exc: BaseException) -> bool:
+    """True when ``exc`` says the command's slot is moving and the command was not run:
+    redirections that redis-py gave up following, or a TRYAGAIN / ASK that reached us."""
+    if isinstance(exc, rx.TryAgainError | rx.AskError):  # MovedError is an AskError
+        return True
+    return type(exc) is rx.ClusterError and "TTL exhausted" in str(exc)
 
 
 def demoted(settings: Any, exc: BaseException) -> bool:
@@ -81,6 +89,13 @@ def translate(exc: BaseException, url: str, action: str) -> EventBusError | None
         return None
     message = str(exc)
     where = f"{action} on {url}"
+    if slot_in_migration(exc):
+        return OperationTimeoutError(
+            f"{where}: the Redis Cluster hash slot of the topic's keys is being migrated to "
+            "another node (resharding), and the command was refused (not run) until "
+            "socket_timeout passed. Try again when the migration has ended, or raise "
+            "socket_timeout in the URL (?socket_timeout=30)."
+        )
     if isinstance(exc, rx.RedisClusterException):
         return ConnectionFailedError(
             f"{where}: Redis Cluster client error ({message}). Check that every node is up "

@@ -78,6 +78,17 @@ async def owned(t: RedisTransport, group: str) -> dict[str, set[int]]:
     return {m.name: {p for _, p in m.assignments} for m in info.members}
 
 
+def first_handlings(seen: list[tuple[str, int, int]]) -> dict[int, list[int]]:
+    """Per key, the sequence numbers in the order first handled. A kill loses the acks its
+    member had not sent yet, so another member gets those events again (at least once): a
+    redelivery is not a reordering."""
+    by_key: dict[int, list[int]] = {}
+    for _, key, seq in seen:
+        if seq not in by_key.get(key, ()):
+            by_key.setdefault(key, []).append(seq)
+    return by_key
+
+
 def test_rebalance_keeps_per_key_order_and_measures_time(redis_url: str, topic: str) -> None:
     """Three members join, one leaves (close), one crashes (kill) while events flow: every
     event is processed, per key in publish order, and partitions end balanced."""
@@ -133,13 +144,7 @@ def test_rebalance_keeps_per_key_order_and_measures_time(redis_url: str, topic: 
         stop.set()
         await asyncio.gather(*tasks)
         await members["a"].close()
-        # first handlings, in order: b's kill loses the acks it had not sent yet, so a gets
-        # those events again (at least once); a redelivery is not a reordering
-        by_key: dict[int, list[int]] = {}
-        for _, key, seq in seen:
-            if seq not in by_key.get(key, ()):
-                by_key.setdefault(key, []).append(seq)
-        for key, seqs in by_key.items():
+        for key, seqs in first_handlings(seen).items():
             assert seqs == sorted(seqs), f"key {key} out of order: {seqs}"
         assert len({s for _, _, s in seen}) == 600
         assert {m for m, _, _ in seen} >= {"a", "b", "c"}

@@ -55,7 +55,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -66,12 +66,10 @@ from eventbus.subscription import (
     AsyncSubscription,
     Start,
     SubscribeOptions,
+    SubscribingBus,
     lane_of,
 )
 from eventbus.transport import Record, offset_key
-
-if TYPE_CHECKING:
-    from eventbus.aio import AsyncEventBus
 
 __all__ = [
     "BUDGET_FETCH_FLAG",
@@ -464,7 +462,7 @@ def _fetcher(
 
 
 async def subscribe_batches(
-    bus: AsyncEventBus,
+    bus: SubscribingBus,
     topics: str | Sequence[str],
     *,
     group: str,

@@ -34,7 +34,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -45,12 +45,10 @@ from eventbus.subscription import (
     AsyncSubscription,
     Start,
     SubscribeOptions,
+    SubscribingBus,
     lane_of,
 )
 from eventbus.transport import LeasedConsumer, Record
-
-if TYPE_CHECKING:
-    from eventbus.aio import AsyncEventBus
 
 __all__ = ["AsyncRunner", "RunnerStats", "backoff_delay", "call_handler"]
 
@@ -83,7 +81,7 @@ class AsyncRunner:
 
     def __init__(
         self,
-        bus: AsyncEventBus,
+        bus: SubscribingBus,
         handler: Callable[[Any], Any],
         topics: str | tuple[str, ...],
         *,

@@ -3,7 +3,7 @@
 
 This is where a record becomes an event or goes to the dead-letter topic with the reason, and
 where a delivery is settled. The runner and batches build on it; :mod:`eventbus.aio` opens
-subscriptions. It imports nothing above itself (the bus only for types).
+subscriptions. It imports nothing above itself: the bus is the :class:`SubscribingBus` protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -24,12 +24,16 @@ from eventbus.errors import (
     InvalidPositionError,
     SerializationError,
 )
-from eventbus.event import Event, decode_record
+from eventbus.event import Codec, Event, decode_record
 from eventbus.observability import instruments
-from eventbus.transport import ConsumerOptions, Position, Record, TransportConsumer
-
-if TYPE_CHECKING:
-    from eventbus.aio import AsyncEventBus
+from eventbus.transport import (
+    Capabilities,
+    ConsumerOptions,
+    Position,
+    Record,
+    Transport,
+    TransportConsumer,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -37,6 +41,7 @@ __all__ = [
     "AsyncSubscription",
     "Start",
     "SubscribeOptions",
+    "SubscribingBus",
     "dead_letter_headers",
     "default_consumer_name",
     "lane_of",
@@ -159,6 +164,27 @@ def lane_of(record: Record) -> object:
     return (record.topic, record.partition, record.offset)
 
 
+class SubscribingBus(Protocol):
+    """What the consume side (subscriptions, the runner, batches) needs of a bus;
+    :class:`~eventbus.aio.AsyncEventBus` is one. A protocol, so the core under the bus does
+    not import it."""
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def codec(self) -> Codec: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def ensure_topic(self, name: str, partitions: int = 1) -> None: ...
+
+    async def subscribe_with(
+        self, topics: str | Iterable[str], group: str, settings: SubscribeOptions
+    ) -> AsyncSubscription: ...
+
+
 class AsyncDelivery:
     """One event handed to a group member. Ack it when done, or nack it to get it again.
 
@@ -231,7 +257,7 @@ class AsyncSubscription:
 
     def __init__(
         self,
-        bus: AsyncEventBus,
+        bus: SubscribingBus,
         topics: tuple[str, ...],
         group: str,
         consumer: TransportConsumer,

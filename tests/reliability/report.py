@@ -4,7 +4,9 @@
     python tests/reliability/report.py            # writes docs/reliability.md
 
 Options: ``--results DIR`` (default ``$EVENTBUS_RELIABILITY_RESULTS`` or
-``tests/reliability/.results``), ``--out FILE`` (default ``docs/reliability.md``).
+``tests/reliability/.results``), ``--out FILE`` (default ``docs/reliability.md``), ``--merge``
+(a partial run: rows of the page at ``--out`` without figures on disk are kept, marked with
+the run that measured them).
 
 ``tests/unit/test_generated_docs.py`` fails when the page's generated text (what each test
 does, the known-bug list read from the xfail markers) no longer matches the tests.
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -95,6 +98,14 @@ WHAT = """
   timeout), and refuses new connections, while a publisher and a consumer run. Checked:
   publish within timeout + 1.5 s, fetch and ack within 4 s, only `ConnectionFailedError` /
   `OperationTimeoutError`, recovery without help, nothing lost.
+- **Redis Cluster resharding** (`test_redis_resharding.py`): a local three-node cluster
+  (`tests/redis/cluster.py`), three topics of three partitions; per topic a thread publishing
+  one event at a time, one publishing batches of six over every partition (one script over
+  several keys), and a group member fetching and acking. The slot of one topic after another
+  moves to the next node (`CLUSTER SETSLOT IMPORTING/MIGRATING`, `MIGRATE ... KEYS` one key at
+  a time while the other topics publish, `SETSLOT NODE` on every node). Checked: every publish
+  that returned is stored at its position and consumed, no caller sees an error (MOVED, ASK and
+  TRYAGAIN are retried inside the adapter), nothing is left pending in the group.
 
 ## Bad input and security (pass/fail tests, no fault counts)
 
@@ -168,7 +179,52 @@ def generated_text() -> str:
     return WHAT.format(xfails=_xfails())
 
 
-def render(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:
+_RUN = re.compile(r"^Run: (?P<when>[^,]+), [^,]+, code (?P<commit>[0-9a-f]+|unknown)", re.M)
+_CLUSTER_HEADER = "\n## Three-broker Kafka cluster\n"
+
+
+def kept_rows(page: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table rows of an earlier page whose (fault, transport) has no figures in ``rows``,
+    kept as they were; their result names the run that measured them (``--merge``)."""
+    have = {(r["fault"], r["transport"]) for r in rows}
+    found = _RUN.search(page)
+    run = f"run of {found['when']}, {found['commit']}" if found else "an earlier run"
+    kept = []
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 10 or cells[0] == "fault" or not cells[2].isdigit():
+            continue
+        if (cells[0], cells[1]) in have:
+            continue
+        if "(run of" not in cells[9] and "earlier run" not in cells[9]:
+            cells[9] = f"{cells[9]} ({run})"
+        kept.append(
+            {
+                "fault": cells[0],
+                "transport": cells[1],
+                "trials": int(cells[2]),
+                "faults": int(cells[3]),
+                "published": int(cells[4]),
+                "lost": int(cells[5]),
+                "line": "| " + " | ".join(cells) + " |\n",
+            }
+        )
+    return kept
+
+
+def _kept_cluster_section(page: str) -> str:
+    """The three-broker section of an earlier page, as it was."""
+    if _CLUSTER_HEADER not in page:
+        return ""
+    section = _CLUSTER_HEADER + page.split(_CLUSTER_HEADER, 1)[1]
+    return section.split("\n## What each test does", 1)[0]
+
+
+def render(
+    rows: list[dict[str, Any]], versions: dict[str, str], previous: str | None = None
+) -> str:
+    """The page; with ``previous`` (an earlier page), its rows and three-broker section that
+    have no figures in ``rows`` are kept, marked with the run that measured them."""
     soak = any(r.get("soak") for r in rows)
     out = [
         INTRO.format(
@@ -181,20 +237,34 @@ def render(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:
         ),
         HEADER,
     ]
-    for r in sorted(rows, key=lambda r: (r["fault"], r["transport"])):
+    kept = kept_rows(previous, rows) if previous else []
+    lines = []
+    for r in rows:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(r.get("errors", {}).items())) or "-"
         result = "pass" if r.get("passed") and r.get("lost") == 0 else "**FAIL**"
-        out.append(
+        line = (
             f"| {r['fault']} | {r['transport']} | {r['trials']} | {r['faults']} | "
             f"{r['published']} | {r['lost']} | {r['duplicates']} | {errors} | "
             f"{r['seconds']:.1f} | {result} |\n"
         )
-    total_lost = sum(r["lost"] for r in rows)
+        lines.append({**r, "line": line})
+    lines += kept
+    out += [r["line"] for r in sorted(lines, key=lambda r: (r["fault"], r["transport"]))]
+    total_lost = sum(r["lost"] for r in lines)
     out.append(
-        f"\nTotals: {sum(r['trials'] for r in rows)} trials, {sum(r['faults'] for r in rows)} "
-        f"faults, {sum(r['published'] for r in rows)} events published, {total_lost} lost.\n"
+        f"\nTotals: {sum(r['trials'] for r in lines)} trials, "
+        f"{sum(r['faults'] for r in lines)} faults, {sum(r['published'] for r in lines)} events "
+        f"published, {total_lost} lost.\n"
     )
-    out.append(_cluster_section(rows))
+    if kept:
+        out.append(
+            "\nRows whose result names an earlier run were kept from the page that run wrote "
+            "(`report.py --merge`): their figures were not on disk for this one.\n"
+        )
+    cluster = _cluster_section(rows)
+    if not cluster and previous:
+        cluster = _kept_cluster_section(previous)
+    out.append(cluster)
     out.append(generated_text())
     return "".join(out)
 
@@ -243,12 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     default = os.environ.get("EVENTBUS_RELIABILITY_RESULTS") or str(HERE / ".results")
     parser.add_argument("--results", default=default)
     parser.add_argument("--out", default=str(ROOT / "docs" / "reliability.md"))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of the page at --out that have no figures on disk (a partial run)",
+    )
     args = parser.parse_args(argv)
     rows = _load(Path(args.results))
     if not rows:
         print(f"no figures in {args.results}: run python -m pytest tests/reliability first")
         return 1
-    Path(args.out).write_text(render(rows, _versions()))
+    out = Path(args.out)
+    previous = out.read_text() if args.merge and out.exists() else None
+    out.write_text(render(rows, _versions(), previous))
     print(f"wrote {args.out} from {len(rows)} result files")
     return 0
 

@@ -10,9 +10,9 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from eventbus.errors import ConfigurationError, EventBusError, FencedError
+from eventbus.migration._context import MigrationContext
 from eventbus.migration._fenced import FencedWriter, open_fenced_writer, transactional_id
 from eventbus.migration.common import (
     COPY_TIMEOUT,
@@ -33,9 +33,6 @@ from eventbus.migration.journal import replay_journal
 from eventbus.migration.marks import H_COPY, H_COPY_OF, H_GEN
 from eventbus.transport import Offset, offset_key
 
-if TYPE_CHECKING:
-    from eventbus.migration.ops import Migration
-
 REVERSE_MARGIN = timedelta(seconds=60)
 """How far before ``target_only_at`` the reverse backfill starts reading (producer clocks)."""
 
@@ -46,7 +43,7 @@ CHECKPOINT_EVERY = 1.0
 log = logging.getLogger("eventbus.migration")
 
 
-async def backfill(m: Migration, topic: str, *, progress: Progress | None = None) -> int:
+async def backfill(m: MigrationContext, topic: str, *, progress: Progress | None = None) -> int:
     """The work of :meth:`Migration.backfill` (documented there)."""
     state = await m.control.require()
     refuse_companion(state, topic)
@@ -56,7 +53,7 @@ async def backfill(m: Migration, topic: str, *, progress: Progress | None = None
     return copied
 
 
-async def backfill_one(m: Migration, topic: str, *, progress: Progress | None = None) -> int:
+async def backfill_one(m: MigrationContext, topic: str, *, progress: Progress | None = None) -> int:
     """Copy the source's history (events not written by dual-write) into the target in
     order per partition, keys, ids, headers and timestamps kept. Resumable: it continues
     after the last copy found on the target, so running it again after a crash leaves
@@ -96,7 +93,7 @@ async def backfill_one(m: Migration, topic: str, *, progress: Progress | None = 
 
 
 async def follow(
-    m: Migration,
+    m: MigrationContext,
     topic: str,
     *,
     interval: float = 1.0,
@@ -112,7 +109,7 @@ async def follow(
         while stop is None or not stop.is_set():
             mig = (await m.control.require()).topic(topic)
             if mig.stage == "dual-source-primary" and not mig.backfill_done:
-                copied += await m.backfill(topic, progress=progress)
+                copied += await backfill(m, topic, progress=progress)
                 continue
             if mig.stage != "dual-source-primary" and (
                 mig.stage != "dual-target-primary" or mig.reverse_pending
@@ -148,7 +145,7 @@ async def follow(
 
 
 async def follow_round(
-    m: Migration,
+    m: MigrationContext,
     topic: str,
     reached: dict[int, Offset],
     progress: Progress | None,
@@ -198,7 +195,7 @@ async def follow_round(
     return copied
 
 
-async def catch_up(m: Migration, topics: Sequence[str]) -> None:
+async def catch_up(m: MigrationContext, topics: Sequence[str]) -> None:
     """Before a group's positions are translated to the target (its members paused):
     copy what services outside eventbus wrote to each topic that declares a stream
     layout (the shared streams :meth:`follow` serves), so every event the group handled
@@ -223,7 +220,9 @@ async def catch_up(m: Migration, topics: Sequence[str]) -> None:
                 await writer.close()
 
 
-async def resume_point(m: Migration, topic: str, p: int, mig: TopicMigration) -> Offset | None:
+async def resume_point(
+    m: MigrationContext, topic: str, p: int, mig: TopicMigration
+) -> Offset | None:
     """The last source offset already copied to the target (None: nothing yet)."""
     checkpoint = mig.backfill_checkpoint.get(p)
     last: Offset | None = None
@@ -243,7 +242,7 @@ async def resume_point(m: Migration, topic: str, p: int, mig: TopicMigration) ->
 
 
 async def backfill_partition(
-    m: Migration,
+    m: MigrationContext,
     topic: str,
     p: int,
     mig: TopicMigration,
@@ -274,7 +273,9 @@ async def backfill_partition(
     )
 
 
-async def save_checkpoint(m: Migration, topic: str, p: int, source: Offset, target: Offset) -> None:
+async def save_checkpoint(
+    m: MigrationContext, topic: str, p: int, source: Offset, target: Offset
+) -> None:
     """Record a lower bound for the resume scan. A fenced earlier run may still save one
     of its own meanwhile (older, so also a lower bound): on a version clash, read again
     and retry rather than fail the backfill."""
@@ -290,7 +291,7 @@ async def save_checkpoint(m: Migration, topic: str, p: int, source: Offset, targ
                 raise
 
 
-async def backfill_reverse(m: Migration, topic: str, progress: Progress | None) -> int:
+async def backfill_reverse(m: MigrationContext, topic: str, progress: Progress | None) -> int:
     """After a rollback from target-only: copy the events written to the target alone
     (neither dual-written, ``eb-mig-gen``, nor copies, ``eb-copy``) to the source, in
     order per partition, then let the journal replay the newer copies after them.
@@ -315,7 +316,7 @@ async def backfill_reverse(m: Migration, topic: str, progress: Progress | None) 
 
 
 async def reverse_partition(
-    m: Migration,
+    m: MigrationContext,
     topic: str,
     p: int,
     since: datetime,
@@ -340,7 +341,7 @@ async def reverse_partition(
     )
 
 
-async def drain(m: Migration, topic: str) -> int:
+async def drain(m: MigrationContext, topic: str) -> int:
     """The work of :meth:`Migration.drain` (documented there)."""
     state = await m.control.require()
     moved = 0
@@ -349,7 +350,7 @@ async def drain(m: Migration, topic: str) -> int:
     return moved
 
 
-async def drain_one(m: Migration, topic: str) -> int:
+async def drain_one(m: MigrationContext, topic: str) -> int:
     mig = (await m.control.require()).topic(topic)
     if mig.stage == "dual-source-primary":
         if not mig.backfill_done:
@@ -389,7 +390,7 @@ async def drain_one(m: Migration, topic: str) -> int:
 
 
 async def finish_reverse_backfill(
-    m: Migration, topic: str, state: MigrationState, mig: TopicMigration
+    m: MigrationContext, topic: str, state: MigrationState, mig: TopicMigration
 ) -> tuple[MigrationState, TopicMigration]:
     """Run the reverse backfill if a rollback from target-only left one pending (the
     operator should have run ``backfill``; moving on without it would leave those events

@@ -1,15 +1,16 @@
 """What the operator's steps share: saving the control record with retries, waiting for
 producers and for an empty journal, and the family of a topic (it and its dead-letter topic,
-which move stage together). Functions over a :class:`~eventbus.migration.ops.Migration`."""
+which move stage together). Functions over a
+:class:`~eventbus.migration._context.MigrationContext` (the facade ``Migration`` is one)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from eventbus.errors import ConfigurationError
+from eventbus.migration._context import MigrationContext
 from eventbus.migration.control import (
     ControlConflictError,
     GroupStatus,
@@ -21,14 +22,11 @@ from eventbus.migration.journal import journal_backlog
 from eventbus.migration.marks import DLQ_SUFFIX, dead_letter_topic
 from eventbus.transport import Transport
 
-if TYPE_CHECKING:
-    from eventbus.migration.ops import Migration
-
 COPY_TIMEOUT = 5.0
 """Seconds a copy write of ``drain`` may take (its records expire then, see ``copy_writer``)."""
 
 
-async def update(m: Migration, change: Callable[[MigrationState], None]) -> MigrationState:
+async def update(m: MigrationContext, change: Callable[[MigrationState], None]) -> MigrationState:
     """Apply ``change`` to the current state and save it; on a concurrent change, read
     again and apply it again (for changes that do not depend on what else changed)."""
     for attempt in range(5):
@@ -43,7 +41,7 @@ async def update(m: Migration, change: Callable[[MigrationState], None]) -> Migr
     raise AssertionError("unreachable")
 
 
-async def set_group_status(m: Migration, group: str, status: GroupStatus) -> None:
+async def set_group_status(m: MigrationContext, group: str, status: GroupStatus) -> None:
     def change(s: MigrationState) -> None:
         if group in s.groups:
             s.groups[group].status = status
@@ -52,7 +50,7 @@ async def set_group_status(m: Migration, group: str, status: GroupStatus) -> Non
 
 
 async def await_members(
-    m: Migration,
+    m: MigrationContext,
     lagging: Callable[[dict[str, Heartbeat]], list[str]],
     wait: float,
     refusal: Callable[[list[str]], str],
@@ -71,7 +69,7 @@ async def await_members(
         await asyncio.sleep(0.2)  # poll heartbeats
 
 
-async def await_producers(m: Migration, topic: str, generation: int, wait: float) -> None:
+async def await_producers(m: MigrationContext, topic: str, generation: int, wait: float) -> None:
     """Wait until every live producer of ``topic`` reported ``generation`` (or later) in a
     heartbeat sent after the last change of the control record."""
     changed = (await m.control.require()).updated
@@ -98,7 +96,7 @@ async def await_producers(m: Migration, topic: str, generation: int, wait: float
 
 
 async def require_empty_journal(
-    m: Migration, topic: str, primary: Transport, wait: float = 30.0
+    m: MigrationContext, topic: str, primary: Transport, wait: float = 30.0
 ) -> None:
     """Wait (up to ``wait`` s) until no copy of ``topic`` waits in the journal."""
     deadline = time.monotonic() + wait

@@ -9,9 +9,9 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from eventbus.errors import ConfigurationError, GroupNotFoundError
+from eventbus.migration._context import MigrationContext
 from eventbus.migration.backfill import catch_up
 from eventbus.migration.common import (
     COPY_TIMEOUT,
@@ -32,15 +32,13 @@ from eventbus.migration.control import (
 from eventbus.migration.copying import offset_from, scan
 from eventbus.migration.journal import replay_journal
 from eventbus.migration.marks import event_id
+from eventbus.migration.status import group_topics
 from eventbus.migration.verify import HORIZON_SLACK_MS, trims
 from eventbus.transport import GroupPartition, Offset, Transport, offset_key
 
-if TYPE_CHECKING:
-    from eventbus.migration.ops import Migration
-
 
 async def cutover(
-    m: Migration,
+    m: MigrationContext,
     group: str,
     topic: str | None = None,
     *,
@@ -99,7 +97,7 @@ def _require_translated(
 
 
 async def _record_move(
-    m: Migration, group: str, positions: dict[str, GroupTopic], to: str, back: GroupStatus
+    m: MigrationContext, group: str, positions: dict[str, GroupTopic], to: str, back: GroupStatus
 ) -> GroupMigration:
     """Save the move in the control record (the members resume on ``to``); if it cannot be
     saved, the group stays on ``back``."""
@@ -123,7 +121,7 @@ async def _record_move(
 
 
 async def cutover_topics(
-    m: Migration,
+    m: MigrationContext,
     group: str,
     state: MigrationState,
     topic: str | None,
@@ -131,9 +129,9 @@ async def cutover_topics(
     ignore: Sequence[str],
 ) -> list[str]:
     """The topics a cutover of ``group`` moves (see :meth:`cutover`)."""
-    topics = await m.group_topics(group, state, side=old_side)
+    topics = await group_topics(m, group, state, side=old_side)
     if ignore:
-        live = await m.group_topics(group, state, side="none")
+        live = await group_topics(m, group, state, side="none")
         still = sorted(set(ignore) & set(live))
         if still:
             raise ConfigurationError(
@@ -150,7 +148,9 @@ async def cutover_topics(
     return topics
 
 
-async def producer_barrier(m: Migration, topic: str, to: str, generation: int, wait: float) -> None:
+async def producer_barrier(
+    m: MigrationContext, topic: str, to: str, generation: int, wait: float
+) -> None:
     """Before a group moves to ``to``: every live producer follows the current stage
     (publishes still under way under an older one included), and the journal of the
     stage before, whose copies go to ``to`` and which nobody replays any more, is
@@ -171,7 +171,7 @@ async def producer_barrier(m: Migration, topic: str, to: str, generation: int, w
 
 
 def require_ready(
-    m: Migration, state: MigrationState, group: str, topics: list[str], to: str
+    m: MigrationContext, state: MigrationState, group: str, topics: list[str], to: str
 ) -> None:
     """Refuse, naming each, when a topic of the group cannot move to ``to`` now."""
     stage = "dual-target-primary" if to == "target" else "dual-source-primary"
@@ -194,7 +194,7 @@ def require_ready(
 
 
 async def move_positions(
-    m: Migration, group: str, topics: list[str], to: str, exact: bool, wait: float
+    m: MigrationContext, group: str, topics: list[str], to: str, exact: bool, wait: float
 ) -> dict[str, GroupTopic]:
     """After the members paused: translate every topic's positions and set them on the
     new side. Raises before setting anything when a check fails."""
@@ -252,7 +252,7 @@ async def move_positions(
     return positions
 
 
-async def await_paused(m: Migration, group: str, wait: float) -> None:
+async def await_paused(m: MigrationContext, group: str, wait: float) -> None:
     """Wait until every live member of ``group`` reports it paused."""
 
     def busy(live: dict[str, Heartbeat]) -> list[str]:
@@ -271,7 +271,7 @@ async def await_paused(m: Migration, group: str, wait: float) -> None:
 
 
 async def translate(
-    m: Migration,
+    m: MigrationContext,
     old: Transport,
     new: Transport,
     topic: str,

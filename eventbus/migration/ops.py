@@ -16,7 +16,9 @@ A group moves with every topic it reads, at once; a dead-letter topic ``<topic>.
 stage with its topic; the control record is written by compare-and-set (see
 ``ControlStore.save``). What is refused, and how to see it: docs/migration.md, "Topologies".
 
-The steps live in modules of their own, each a set of functions over a :class:`Migration`:
+The steps live in modules of their own, each a set of functions over a
+:class:`~eventbus.migration._context.MigrationContext` (what they need of a migration, which
+:class:`Migration` is; they do not import this module):
 ``stages`` (init, advance, rollback and their checks), ``backfill`` (backfill, reverse
 backfill, follow, catch-up, drain), ``verify``, ``cutover``, ``status`` (and the look-ups it
 shares), ``common`` (saving the control record, waiting for producers and the journal) and

@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from eventbus.errors import ConfigurationError, TopicExistsError
+from eventbus.migration._context import MigrationContext
 from eventbus.migration.backfill import catch_up, finish_reverse_backfill
 from eventbus.migration.common import (
     await_producers,
@@ -28,17 +28,15 @@ from eventbus.migration.marks import (
     dead_letter_topic,
     event_id,
 )
+from eventbus.migration.status import groups_reading
 from eventbus.topics import TopicSpec
-
-if TYPE_CHECKING:
-    from eventbus.migration.ops import Migration
 
 LEGACY_QUIET = 60.0
 """Seconds without writes from services outside eventbus that advancing a topic with a
 stream layout to target-only wants (see ``Migration.advance``)."""
 
 
-async def init(m: Migration, topics: list[str]) -> MigrationState:
+async def init(m: MigrationContext, topics: list[str]) -> MigrationState:
     """The work of :meth:`Migration.init` (documented there)."""
     await m.control.ensure()
     state = await m.control.load()
@@ -73,7 +71,7 @@ async def init(m: Migration, topics: list[str]) -> MigrationState:
 
 
 async def advance(
-    m: Migration,
+    m: MigrationContext,
     topic: str,
     *,
     wait: float = 30.0,
@@ -123,7 +121,7 @@ async def advance(
 
 
 async def rollback(
-    m: Migration, topic: str, *, wait: float = 30.0, dry_run: bool = False
+    m: MigrationContext, topic: str, *, wait: float = 30.0, dry_run: bool = False
 ) -> MigrationState:
     """The work of :meth:`Migration.rollback` (documented there)."""
     state = await m.control.require()
@@ -152,7 +150,7 @@ async def rollback(
 
 
 async def set_stage(
-    m: Migration, state: MigrationState, topic: str, stage: Stage
+    m: MigrationContext, state: MigrationState, topic: str, stage: Stage
 ) -> MigrationState:
     """Move ``topic`` and its dead-letter topic (see ``_family``) to ``stage``, in one
     write of the control record."""
@@ -171,7 +169,9 @@ async def set_stage(
     return await m.control.save(state, expected_version=version)
 
 
-async def require_verify_after_copy_failures(m: Migration, topic: str, verified: datetime) -> None:
+async def require_verify_after_copy_failures(
+    m: MigrationContext, topic: str, verified: datetime
+) -> None:
     """Refuse when a member reported (in the last hour of heartbeats) a copy of ``topic``
     that failed after ``verified`` and was journaled after the fact."""
     late = sorted(
@@ -189,12 +189,12 @@ async def require_verify_after_copy_failures(m: Migration, topic: str, verified:
 
 
 async def require_no_group_left(
-    m: Migration, state: MigrationState, topic: str, abandon: Sequence[str]
+    m: MigrationContext, state: MigrationState, topic: str, abandon: Sequence[str]
 ) -> None:
     """Refuse target-only while a group that reads ``topic`` was not cut over."""
     left = {
         group: where
-        for group, where in (await m.groups_reading(topic)).items()
+        for group, where in (await groups_reading(m, topic)).items()
         if group not in abandon
         and not (
             group in state.groups
@@ -212,7 +212,9 @@ async def require_no_group_left(
         )
 
 
-async def require_groups_on(m: Migration, state: MigrationState, topic: str, side: str) -> None:
+async def require_groups_on(
+    m: MigrationContext, state: MigrationState, topic: str, side: str
+) -> None:
     wrong = sorted(g for g, gm in state.groups.items() if gm.reads(topic) and gm.status != side)
     if wrong:
         raise ConfigurationError(
@@ -221,7 +223,7 @@ async def require_groups_on(m: Migration, state: MigrationState, topic: str, sid
         )
 
 
-async def require_legacy_writers_gone(m: Migration, topic: str) -> None:
+async def require_legacy_writers_gone(m: MigrationContext, topic: str) -> None:
     """To target-only, for a topic with a stream layout (a stream shared with services
     outside eventbus): refuse while such a service still writes to the source, that is
     while one of the last ``LEGACY_QUIET`` seconds' entries lacks the migration's marks

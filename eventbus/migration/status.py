@@ -4,18 +4,16 @@ Nothing here changes anything."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eventbus.errors import EventBusError
+from eventbus.migration._context import MigrationContext
 from eventbus.migration.control import MigrationState, TopicMigration
 from eventbus.migration.journal import journal_backlog
 from eventbus.transport import TopicGroups, Transport
 
-if TYPE_CHECKING:
-    from eventbus.migration.ops import Migration
 
-
-async def status(m: Migration) -> dict[str, Any]:
+async def status(m: MigrationContext) -> dict[str, Any]:
     """The work of :meth:`Migration.status` (documented there)."""
     state = await m.control.require()
     live = await m.control.live_members(10.0)
@@ -23,7 +21,7 @@ async def status(m: Migration) -> dict[str, Any]:
     for name, mig in state.topics.items():
         primary = m.side(mig.primary) if mig.dual else m.source
         backlog = await journal_backlog(m.name, name, primary)
-        seen = await m.groups_reading(name)
+        seen = await groups_reading(m, name)
         seen.update({g: "recorded" for g, gm in state.groups.items() if gm.reads(name)})
         readers: dict[str, Any] = {}
         for group in sorted(seen):
@@ -65,7 +63,7 @@ async def status(m: Migration) -> dict[str, Any]:
     return {"name": state.name, "version": state.version, "topics": topics, "groups": groups}
 
 
-async def lag(m: Migration, side: Transport, group: str, topic: str) -> int | None:
+async def lag(m: MigrationContext, side: Transport, group: str, topic: str) -> int | None:
     """The group's backlog on one topic of ``side`` (None: no positions there)."""
     try:
         info = await side.describe_group(group)
@@ -77,7 +75,7 @@ async def lag(m: Migration, side: Transport, group: str, topic: str) -> int | No
     return sum(p.backlog if p.backlog is not None else (p.lag or 0) for p in parts)
 
 
-async def groups_reading(m: Migration, topic: str) -> dict[str, str]:
+async def groups_reading(m: MigrationContext, topic: str) -> dict[str, str]:
     """The work of :meth:`Migration.groups_reading` (documented there)."""
     seen: dict[str, str] = {}
     for beat in (await m.control.live_members(10.0)).values():
@@ -102,7 +100,7 @@ async def groups_reading(m: Migration, topic: str) -> dict[str, str]:
 
 
 async def group_topics(
-    m: Migration, group: str, state: MigrationState | None = None, *, side: str | None = None
+    m: MigrationContext, group: str, state: MigrationState | None = None, *, side: str | None = None
 ) -> list[str]:
     """The work of :meth:`Migration.group_topics` (documented there)."""
     state = state or await m.control.require()

@@ -8,20 +8,17 @@ import asyncio
 import hashlib
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
+from eventbus.migration._context import MigrationContext
 from eventbus.migration.common import family, refuse_companion, update
 from eventbus.migration.control import MigrationState, PartitionDiff, VerifyReport
 from eventbus.migration.copying import Progress, scan
 from eventbus.migration.marks import event_id
 from eventbus.transport import Transport
 
-if TYPE_CHECKING:
-    from eventbus.migration.ops import Migration
-
 
 async def verify(
-    m: Migration, topic: str, *, progress: Progress | None = None, grace: float = 5.0
+    m: MigrationContext, topic: str, *, progress: Progress | None = None, grace: float = 5.0
 ) -> VerifyReport:
     """The work of :meth:`Migration.verify` (documented there)."""
     state = await m.control.require()
@@ -34,7 +31,7 @@ async def verify(
 
 
 async def verify_one(
-    m: Migration, topic: str, progress: Progress | None, grace: float
+    m: MigrationContext, topic: str, progress: Progress | None, grace: float
 ) -> VerifyReport:
     state = await m.control.require()
     mig = state.topic(topic)

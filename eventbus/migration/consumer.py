@@ -7,24 +7,53 @@ import asyncio
 import bisect
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from eventbus.migration.control import MigrationState
+from eventbus.migration.control import MigrationState, TopicMigration
 from eventbus.migration.marks import MIGRATION_HEADERS
 from eventbus.transport import (
     ConsumerOptions,
     LeasedConsumer,
     Offset,
     Outgoing,
+    Position,
     Record,
+    Transport,
     TransportConsumer,
     offset_key,
 )
 
-if TYPE_CHECKING:
-    from eventbus.migration.transport import MigrationTransport
+__all__ = ["ConsumerHost", "MigrationConsumer"]
 
-__all__ = ["MigrationConsumer"]
+
+class ConsumerHost(Protocol):
+    """What a member needs of the transport that opened it (a ``MigrationTransport``, which
+    satisfies this structurally, so this module does not import it)."""
+
+    source: Transport
+    target: Transport
+    state: MigrationState | None
+    """The control record as last read."""
+
+    def group_side(self, group: str) -> str:
+        """``source``, ``target`` or ``paused``: where ``group`` reads now."""
+        ...
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next change of the control record."""
+        ...
+
+    def stage_of(self, topic: str) -> TopicMigration | None: ...
+
+    async def publish(
+        self, topic: str, records: Sequence[Outgoing], *, timeout: float
+    ) -> list[Position]:
+        """Publish as the migration does (dual-written per the topic's stage)."""
+        ...
+
+    def forget(self, member: MigrationConsumer) -> None:
+        """``member`` is closed: no more heartbeats for it."""
+        ...
 
 
 class MigrationConsumer:
@@ -32,7 +61,7 @@ class MigrationConsumer:
 
     def __init__(
         self,
-        transport: MigrationTransport,
+        transport: ConsumerHost,
         topics: tuple[str, ...],
         group: str,
         name: str,
@@ -164,12 +193,12 @@ class MigrationConsumer:
         if self._closed:
             return
         self._closed = True
-        self.transport._consumers.discard(self)
+        self.transport.forget(self)
         if self.inner is not None:
             await self.inner.close()
 
     async def kill(self) -> None:
         self._closed = True
-        self.transport._consumers.discard(self)
+        self.transport.forget(self)
         if self.inner is not None:
             await self.inner.kill()

@@ -1,7 +1,7 @@
-"""One member's side of the journal (:class:`MemberJournal`, owned by a MigrationTransport):
-which topics it sends copies to the journal for, writing them there, rescuing copies whose
-direct write was interrupted, its background replayers, and when it may write copies directly
-again.
+"""One member's side of the journal (:class:`MemberJournal`, owned by a MigrationTransport,
+which it sees as a :class:`JournalOwner`): which topics it sends copies to the journal for,
+writing them there, rescuing copies whose direct write was interrupted, its background
+replayers, and when it may write copies directly again.
 
 A member journals a topic's copies while copies wait in the journal before its own (another
 member's, or history the backfill has not copied yet), and after a direct copy failed; it
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from eventbus.errors import (
     EventBusError,
@@ -23,6 +23,7 @@ from eventbus.errors import (
     TopicExistsError,
     TopicNotFoundError,
 )
+from eventbus.migration.control import MigrationState, Side, TopicMigration
 from eventbus.migration.journal import (
     CHECK_DELAY,
     JournalFullError,
@@ -37,18 +38,56 @@ from eventbus.observability import instruments
 from eventbus.topics import TopicSpec
 from eventbus.transport import Offset, Outgoing, Transport, offset_key
 
-if TYPE_CHECKING:
-    from eventbus.migration.transport import MigrationTransport
-
-__all__ = ["MemberJournal"]
+__all__ = ["JournalOwner", "MemberJournal"]
 
 log = logging.getLogger("eventbus.migration")
+
+
+class JournalOwner(Protocol):
+    """What a member's journal needs of the member (a ``MigrationTransport``, which satisfies
+    this structurally, so this module does not import it)."""
+
+    name: str
+    """The migration's name."""
+    member: str
+    """This member's id (its heartbeats' and the replayers' name)."""
+    state: MigrationState | None
+    """The control record as last read."""
+    poll_interval: float
+    secondary_timeout: float
+    journal_limit: int
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def published(self) -> set[str]:
+        """The topics this member has published to."""
+        ...
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next change of the control record."""
+        ...
+
+    def stage_of(self, topic: str) -> TopicMigration | None: ...
+
+    def side(self, name: Side) -> Transport:
+        """The source or the target, by name."""
+        ...
+
+    def sides(self, primary: Side) -> tuple[Transport, Transport]:
+        """(primary, secondary) when ``primary`` is the primary side."""
+        ...
+
+    def writer_for(self, side: Transport) -> Transport:
+        """What writes copies to ``side`` (the source or the target)."""
+        ...
 
 
 class MemberJournal:
     """The journal as one member of the migration transport writes and replays it."""
 
-    def __init__(self, owner: MigrationTransport) -> None:
+    def __init__(self, owner: JournalOwner) -> None:
         self.owner = owner
         self.topics: set[str] = set()
         """Topics whose copies this member sends to the journal (until its own are replayed)."""

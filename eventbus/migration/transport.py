@@ -504,6 +504,10 @@ class MigrationTransport:
             member.announcing = False
         return member
 
+    def forget(self, member: MigrationConsumer) -> None:
+        """``member`` is closed: no more heartbeats for it."""
+        self._consumers.discard(member)
+
     def group_side(self, group: str) -> str:
         state = self.state
         status = state.groups[group].status if state and group in state.groups else "source"

@@ -229,7 +229,11 @@ class AsyncDelivery:
         return True
 
     async def ack(self) -> None:
-        """Mark the event done for the group; it is not delivered to the group again."""
+        """Mark the event done for the group; it is not delivered to the group again.
+
+        The member sends acks to the server in the background, those made close together in
+        one call, and before its next fetch and when it closes; ``ack`` does not wait for
+        that. If the process dies first, the event is delivered again (at least once)."""
         if self.claim():
             await self._subscription.consumer.ack([self.record])
             self._subscription.count("acked", 1, self.record.topic)

@@ -68,7 +68,8 @@ class Delivery:
         return self._inner.attempt
 
     def ack(self) -> None:
-        """Mark the event done for the group."""
+        """Mark the event done for the group (sent in the background, as
+        :meth:`AsyncDelivery.ack <eventbus.subscription.AsyncDelivery.ack>` says)."""
         self._portal.call(self._inner.ack())
 
     def nack(self, delay: float = 0.0) -> None:

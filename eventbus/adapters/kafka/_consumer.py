@@ -37,6 +37,7 @@ keep flowing.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
@@ -450,7 +451,9 @@ class KafkaConsumer(GroupMembership):
             if self._commit_queued or self._closed:
                 return
             self._commit_queued = True
-        self._worker.submit(self._commit_acked)
+        # queued at the end of this loop turn: acks made one after another (ack each of a
+        # fetched batch) share one job instead of waking the member's thread for each
+        asyncio.get_running_loop().call_soon(self._worker.submit, self._commit_acked)
 
     def _commit_acked(self) -> None:
         with self._lock:

@@ -35,7 +35,7 @@ from tests.reliability.helpers import (
 PARTITIONS = 3
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(scale(300, 900))
 @pytest.mark.parametrize("kind", ["redis", "kafka"])
 def test_consumer_sigkill_mid_batch(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, topic_name: str, figures: object

@@ -22,7 +22,7 @@ from tests.reliability.conftest import poll, scale
 from tests.reliability.helpers import ConsumerLog, kill, publish_numbered, start_consumer
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(scale(240, 600))
 @pytest.mark.parametrize("kind", ["redis", "kafka"])
 def test_sigterm_finishes_in_flight_and_commits(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, topic_name: str, figures: object

@@ -20,7 +20,7 @@ the offsets the first one committed on close; publishers saw only eventbus error
 confluent_kafka exception) and every publish returned or raised within its timeout plus 2 s;
 fetch and ack calls returned within 5 s; the topic is fully in sync again after every fault.
 
-``EVENTBUS_SOAK=1``: 100,000 events and 3 faults per scenario (CI: 3,000 events, 1 fault).
+``EVENTBUS_SOAK=1``: 30,000 events and 3 faults per scenario (CI: 3,000 events, 1 fault).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from eventbus.transport import Offset, Position, offset_key
 from tests.reliability.conftest import Figures, poll, scale
 from tests.reliability.helpers import kafka_committed
 
-EVENTS = scale(3_000, 100_000)
+EVENTS = scale(3_000, 30_000)
 FAULTS = scale(1, 3)
 PUBLISHERS = 3
 PACE = scale(10, 0) / 1000

@@ -29,7 +29,7 @@ SLACK = 2.0
 
 
 @pytest.mark.kafka
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(scale(240, 900))
 def test_kafka_broker_restart_under_load(topic_name: str, figures: object) -> None:
     fig = figures("Kafka broker restart under publish and consume load", "kafka")  # type: ignore[operator]
     restarts = scale(2, 10)

@@ -32,7 +32,7 @@ CALL_LIMIT = 4.0
 
 
 @pytest.mark.redis
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(scale(180, 600))
 def test_redis_through_faulty_network(redis_url: str, topic_name: str, figures: object) -> None:
     fig = figures("network cut / black hole / delay / refuse (TCP proxy)", "redis")  # type: ignore[operator]
     trials = scale(2, 12)

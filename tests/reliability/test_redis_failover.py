@@ -144,7 +144,7 @@ def _groups(port: int, topic: str) -> set[str]:
         client.close()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(scale(240, 600))
 @pytest.mark.parametrize("mode", list(MODES))
 def test_redis_sentinel_failover_under_load(
     sentinel: SentinelSetup, mode: str, topic_name: str, figures: object
@@ -154,7 +154,7 @@ def test_redis_sentinel_failover_under_load(
         f"Redis primary SIGKILL, Sentinel failover, {label}, under publish and consume load",
         "redis",
     )
-    failovers = scale(2, 10)
+    failovers = scale(2, 6)
     url = f"{sentinel.url}?{COMMON}{MODES[mode]}"
     group, held_group = "workers", "holders"
     failover_s: list[float] = []

@@ -142,7 +142,7 @@ def _move_slots(
     return keys_moved, carried
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(scale(150, 600))
 def test_redis_cluster_slot_moves_under_load(
     redis_cluster: local.LocalCluster, figures: object
 ) -> None:

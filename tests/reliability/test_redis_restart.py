@@ -28,7 +28,7 @@ TIMEOUT = 2.0
 SLACK = 1.5
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(scale(180, 600))
 def test_redis_aof_restart_under_publish_load(
     tmp_path: Path, topic_name: str, figures: object
 ) -> None:

@@ -84,3 +84,12 @@ def test_public_api_is_curated() -> None:
     )
     for name in eventbus.__all__:
         assert hasattr(eventbus, name)
+
+
+def test_memory_url_refuses_unknown_options() -> None:
+    """A misspelt option is an error naming it, not silently ignored."""
+    with pytest.raises(ConfigurationError, match=r"auto_creat'.*only option is auto_create"):
+        open_transport("memory://typo?auto_creat=true")
+    with pytest.raises(ConfigurationError, match="'linger'"):
+        open_transport("memory://typo", {"linger": 5})
+    assert open_transport("memory://fine?auto_create=true").capabilities.auto_create_topics

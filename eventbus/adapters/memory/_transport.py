@@ -24,6 +24,7 @@ from eventbus.adapters.memory._broker import (
 from eventbus.adapters.memory._consumer import MemoryConsumer
 from eventbus.errors import (
     ClosedError,
+    ConfigurationError,
     EventTooLargeError,
     GroupNotFoundError,
     InvalidPositionError,
@@ -64,6 +65,12 @@ class MemoryTransport:
     def from_url(cls, url: str, options: Mapping[str, Any]) -> MemoryTransport:
         parts = split(url)
         opts = {**query_options(parts), **options}
+        unknown = sorted(set(opts) - {"auto_create"})
+        if unknown:  # a typo would otherwise be ignored silently
+            raise ConfigurationError(
+                f"unknown memory:// option(s) {', '.join(map(repr, unknown))}; the only option "
+                "is auto_create (true/false)"
+            )
         auto = str(opts.get("auto_create", "false")).lower() in ("1", "true", "yes")
         return cls(parts.netloc + parts.path.rstrip("/"), auto_create=auto)
 

@@ -16,9 +16,11 @@ directory id; the KRaft metadata log kept), started, left to re-replicate.
 
 Checked in each: every publish that returned a position is consumed at exactly that position
 with the same event id (lost == 0); duplicates are counted; the new member gets nothing below
-the offsets the first one committed on close; publishers saw only eventbus errors (never a
-confluent_kafka exception) and every publish returned or raised within its timeout plus 2 s;
-fetch and ack calls returned within 5 s; the topic is fully in sync again after every fault.
+the offsets the first one committed on close; no publish returns a position without an
+offset (counted as ``returned_without_offset``; such events must still be consumed);
+publishers saw only eventbus errors (never a confluent_kafka exception) and every publish
+returned or raised within its timeout plus 2 s; fetch and ack calls returned within 5 s; the
+topic is fully in sync again after every fault.
 
 ``EVENTBUS_SOAK=1``: 30,000 events and 3 faults per scenario (CI: 3,000 events, 1 fault).
 """
@@ -149,6 +151,10 @@ class Seen:
     member: int
 
 
+Positions = dict[tuple[int, tuple[int, int]], str]
+"""Event ids by (partition, offset key)."""
+
+
 @dataclass
 class Member:
     """A group member on its own thread: fetch, record, ack each delivery."""
@@ -198,6 +204,13 @@ class Member:
         assert self.thread is not None
         self.thread.join(60)
         assert not self.thread.is_alive(), "the group member did not stop within 60 s"
+
+    def abandon(self) -> None:
+        """Stop the thread after a failed scenario (before the bus closes under it, which
+        would fail the next test with the thread's error)."""
+        self.halt.set()
+        if self.thread is not None:
+            self.thread.join(60)
 
 
 # -- faults -------------------------------------------------------------------------------------
@@ -331,44 +344,68 @@ def run_scenario(cluster: servers.KafkaCluster, topic: str, fig: Figures, fault:
         bus.create_topic(topic, partitions=PARTITIONS)
         poll(lambda: cluster.in_sync(topic), 60, f"{topic} in sync")
         first = Member(consumer_bus, topic, group, 1).start()
+        second = Member(consumer_bus, topic, group, 2)
         pubs = Publishers(bus, topic)
         pubs.start()
         try:
-            poll(lambda: bool(first.seen), 60, "the first member to get events")
-            for trial in range(FAULTS):
-                mark = time.monotonic()
-                poll(lambda: pubs.ok(mark) >= EVENTS // (2 * FAULTS), 120, "publishes")  # noqa: B023
-                t0 = time.monotonic()
-                what = fault(cluster, topic, pubs, trial)
-                _recovered(cluster, topic)
-                fig.notes.append(f"{what}; recovered in {time.monotonic() - t0:.1f} s")
-                fig.trials += 1
-                fig.faults += 1
-            # the group resumes from committed offsets: a new member after the first one closed
-            first.stop()
-            committed = _committed(bus, group, topic, fig)
-            second = Member(consumer_bus, topic, group, 2).start()
-            poll(lambda: pubs.ok() >= EVENTS, 300, f"{EVENTS} publishes to return")
-        finally:
+            found = _load_and_drain(cluster, topic, group, fig, fault, bus, pubs, first, second)
+        finally:  # a failed scenario must not leave its threads on a closed bus
             pubs.stop()
-        returned = {
-            (o.position.partition, offset_key(o.position.offset)): o.event_id
-            for o in pubs.outcomes
-            if o.position is not None
-        }
-        seen_at: dict[tuple[int, tuple[int, int]], str] = {}
-
-        def drained() -> bool:
-            for s in list(first.seen) + list(second.seen):
-                seen_at[(s.partition, offset_key(s.offset))] = s.event_id
-            return returned.keys() <= seen_at.keys()
-
-        poll(drained, 120, "the group to consume every returned publish")
-        second.stop()
-    _check(fig, pubs, first, second, returned, seen_at, committed)
+            first.abandon()
+            second.abandon()
+    _check(fig, pubs, first, second, *found)
     fig.extra["scenario_seconds"] = round(time.monotonic() - started, 1)
     fig.extra["cluster_start_seconds"] = START_SECONDS[-1]
     fig.extra["heap"] = cluster.nodes[0].heap
+
+
+def _load_and_drain(
+    cluster: servers.KafkaCluster,
+    topic: str,
+    group: str,
+    fig: Figures,
+    fault: Fault,
+    bus: eventbus.EventBus,
+    pubs: Publishers,
+    first: Member,
+    second: Member,
+) -> tuple[Positions, Positions, dict[int, Offset | None]]:
+    """Publish, inject the faults, hand the group over, drain; returns the publishes that
+    returned a position, those consumed (by position) and the offsets committed at the
+    handover."""
+    try:
+        poll(lambda: bool(first.seen), 60, "the first member to get events")
+        for trial in range(FAULTS):
+            mark = time.monotonic()
+            poll(lambda: pubs.ok(mark) >= EVENTS // (2 * FAULTS), 120, "publishes")  # noqa: B023
+            t0 = time.monotonic()
+            what = fault(cluster, topic, pubs, trial)
+            _recovered(cluster, topic)
+            fig.notes.append(f"{what}; recovered in {time.monotonic() - t0:.1f} s")
+            fig.trials += 1
+            fig.faults += 1
+        # the group resumes from committed offsets: a new member after the first one closed
+        first.stop()
+        committed = _committed(bus, group, topic, fig)
+        second.start()
+        poll(lambda: pubs.ok() >= EVENTS, 300, f"{EVENTS} publishes to return")
+    finally:
+        pubs.stop()
+    returned = {
+        (o.position.partition, offset_key(o.position.offset)): o.event_id
+        for o in pubs.outcomes
+        if o.position is not None and o.position.offset is not None
+    }
+    seen_at: dict[tuple[int, tuple[int, int]], str] = {}
+
+    def drained() -> bool:
+        for s in list(first.seen) + list(second.seen):
+            seen_at[(s.partition, offset_key(s.offset))] = s.event_id
+        return returned.keys() <= seen_at.keys()
+
+    poll(drained, 120, "the group to consume every returned publish")
+    second.stop()
+    return returned, seen_at, committed
 
 
 def _check(
@@ -381,7 +418,14 @@ def _check(
     committed: dict[int, Offset | None],
 ) -> None:
     outcomes = pubs.outcomes
-    fig.published = len(returned)
+    # a publish that returned a position without an offset (librdkafka's "persisted, offset
+    # unknown"): stored, but not at a position this test can check; counted, then failed
+    unplaced = [
+        o for o in outcomes if o.position is not None and o.position.offset is None
+    ]  # fmt: skip
+    consumed_ids = set(seen_at.values())
+    fig.published = len(returned) + len(unplaced)
+    fig.extra["returned_without_offset"] = len(unplaced)
     fig.extra["publish_calls"] = len(outcomes)
     for o in outcomes:
         if o.error is not None:
@@ -390,7 +434,8 @@ def _check(
         for name, count in member.errors.items():
             fig.errors[f"consumer {name}"] = fig.errors.get(f"consumer {name}", 0) + count
     lost = {pos: eid for pos, eid in returned.items() if seen_at.get(pos) != eid}
-    fig.lost = len(lost)
+    unplaced_lost = [o.event_id for o in unplaced if o.event_id not in consumed_ids]
+    fig.lost = len(lost) + len(unplaced_lost)
     deliveries = Counter((s.partition, offset_key(s.offset)) for s in first.seen + second.seen)
     fig.duplicates = sum(c - 1 for c in deliveries.values())
     below = [
@@ -404,6 +449,11 @@ def _check(
     fig.extra["longest_publish_gap_seconds"] = round(pubs.longest_gap(), 1)
     fig.extra["max_fetch_or_ack_seconds"] = round(max(first.slowest, second.slowest), 3)
     assert not lost, f"{len(lost)} returned publishes not consumed at their position: {lost}"
+    assert not unplaced_lost, f"{len(unplaced_lost)} returned publishes never consumed"
+    assert not unplaced, (
+        f"{len(unplaced)} publishes returned a position without an offset: "
+        f"{[(o.n, o.position) for o in unplaced[:10]]} (all consumed: {not unplaced_lost})"
+    )
     raw = [o.error for o in outcomes if o.error is not None and _is_raw(o.error)]
     assert not raw, f"publishers saw non-eventbus errors: {raw[:5]}"
     slow = [(o.n, round(o.seconds, 2)) for o in outcomes if o.seconds > PUBLISH_TIMEOUT + SLACK]

@@ -8,7 +8,8 @@ Options: ``--results DIR`` (default ``$EVENTBUS_RELIABILITY_RESULTS`` or
 (a partial run: rows of the page at ``--out`` without figures on disk are kept, marked with
 the run that measured them), ``--soak DIR`` (figures of an ``EVENTBUS_SOAK=1`` run, shown in
 their own section "Soak run" next to the CI-sized table, with totals per transport),
-``--soak-commit REV`` (the code the soak figures were measured on, default ``HEAD``).
+``--soak-commit REV`` (the code the soak figures were measured on, default ``HEAD``),
+``--soak-note TEXT`` (a paragraph under the soak run line: how the run went, what was rerun).
 
 Figures are split by their ``soak`` flag, wherever they were read: CI-sized ones make the first
 table, soak ones the soak section. With ``--merge``, a page section without figures on disk is
@@ -101,8 +102,9 @@ WHAT = """
   controller (read from the nodes' `quorum-state`; SIGTERM, SIGKILL on odd trials); a broker's
   partition data lost (stopped, `log.dirs` deleted and formatted again with the same cluster
   and node id, a new directory id, the metadata log kept; restarted, re-replicates). Checked:
-  every publish that returned a position is consumed at that position with the same event id;
-  the new member gets nothing below the offsets committed when the first one closed; publish
+  every publish that returned a position is consumed at that position with the same event id,
+  and no publish returns a position without an offset; the new member gets nothing below the
+  offsets committed when the first one closed; publish
   errors are eventbus errors (never `confluent_kafka` ones) within the timeout plus 2 s; fetch
   and ack return within 5 s. Duplicates are counted, not limited.
 - **network faults** (`test_proxy_faults.py`, Redis through `proxy.py`): each trial cuts every
@@ -297,6 +299,7 @@ def render(
     previous: str | None = None,
     soak_commit: str = "HEAD",
     soak_when: str | None = None,
+    soak_note: str = "",
 ) -> str:
     """The page; with ``previous`` (an earlier page), its rows and sections that have no
     figures in ``rows`` are kept, marked with the run that measured them. Rows flagged ``soak``
@@ -336,7 +339,7 @@ def render(
         cluster = _kept_cluster_section(previous)
     out.append(cluster)
     out.append(_failover_section(ci, previous))
-    out.append(_soak_section(soaked, lines, previous, soak_commit, soak_when))
+    out.append(_soak_section(soaked, lines, previous, soak_commit, soak_when, soak_note))
     out.append(generated_text())
     return "".join(out)
 
@@ -352,6 +355,7 @@ def _soak_section(
     previous: str | None,
     commit: str,
     when: str | None,
+    note: str = "",
 ) -> str:
     """The figures of a soak run: their table, totals per transport, what was not run."""
     section = _kept_section(previous, _SOAK_HEADER) if previous else ""
@@ -368,6 +372,7 @@ def _soak_section(
         f"reach {SOAK_EVENTS:,} events published and {SOAK_FAULTS} faults.\n\n",
         f"Soak run: {stamp}, EVENTBUS_SOAK=1, code {_commit(commit)}, {_machine()}; "
         f"the tests' own time, summed: {seconds:.0f} s.\n\n",
+        f"{note.strip()}\n\n" if note.strip() else "",
         HEADER,
     ]
     out += [r["line"] for r in sorted(lines, key=lambda r: (r["fault"], r["transport"]))]
@@ -495,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--soak-commit", default="HEAD", help="the code the --soak figures were measured on"
     )
+    parser.add_argument("--soak-note", default="", help="a paragraph under the soak run line")
     args = parser.parse_args(argv)
     rows = _load(Path(args.results))
     soak_when = None
@@ -516,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if previous is None and not any(not r.get("soak") for r in rows):
         print("only soak figures: add --merge to keep the CI-sized table", file=sys.stderr)
         return 1
-    out.write_text(render(rows, _versions(), previous, args.soak_commit, soak_when))
+    out.write_text(render(rows, _versions(), previous, args.soak_commit, soak_when, args.soak_note))
     print(f"wrote {args.out} from {len(rows)} result files")
     return 0
 

@@ -31,7 +31,7 @@ def _soak_part(page: str) -> str:
 def test_soak_figures_get_their_own_section_and_the_ci_table_stays() -> None:
     ci_page = report.render([ROW, {**ROW, "transport": "kafka"}], VERSIONS)
     run_line = next(x for x in ci_page.splitlines() if x.startswith("Run: "))
-    page = report.render(SOAK, VERSIONS, ci_page)
+    page = report.render(SOAK, VERSIONS, ci_page, soak_note="Rerun: one test.")
     assert next(x for x in page.splitlines() if x.startswith("Run: ")) == run_line
     ci_part = page.split("## Soak run", 1)[0]
     assert "Totals: 4 trials, 6 faults, 20 events published, 0 lost." in ci_part
@@ -40,6 +40,7 @@ def test_soak_figures_get_their_own_section_and_the_ci_table_stays() -> None:
     assert "| redis | 2 | 22 | 63 | 110000 | 0 | 2 | yes |" in soak
     assert "| kafka | 1 | 2 | 12 | 90000 | 0 | 0 | **no** |" in soak
     assert "Partial: not in this soak run" in soak and "some fault (kafka)" in soak
+    assert "\n\nRerun: one test.\n\n| fault |" in soak
     assert report.generated_text() in page
 
 

@@ -6,6 +6,7 @@ groups or consumers."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -53,7 +54,14 @@ class FollowPrimary(SentinelManagedConnection):
             return
         if self.connection_pool.is_master:
             self.host, self.port = await self.connection_pool.get_master_address()
-        await super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+        extra = {"retry_socket_connect": False} if _RETRY_ARG else {}
+        await super().connect_check_health(check_health=check_health, **extra)
+
+
+_HEALTH = getattr(SentinelManagedConnection, "connect_check_health", None)
+_RETRY_ARG = _HEALTH is not None and "retry_socket_connect" in inspect.signature(_HEALTH).parameters
+_SENTINEL_CONNECTION = FollowPrimary if _HEALTH is not None else SentinelManagedConnection
+"""redis-py before 6.0 has no ``connect_check_health``: its every connect asks the Sentinels."""
 
 
 class RedisConnection:
@@ -92,7 +100,10 @@ class RedisConnection:
             list(settings.sentinels), sentinel_kwargs=settings.sentinel_kwargs()
         )
         return self._sentinel.master_for(
-            settings.service_name, redis_class=Redis, connection_class=FollowPrimary, **kwargs
+            settings.service_name,
+            redis_class=Redis,
+            connection_class=_SENTINEL_CONNECTION,
+            **kwargs,
         )
 
     def script(self, name: str) -> Any:
@@ -137,7 +148,7 @@ class RedisConnection:
         finally:
             if sentinel is not None:
                 with self.edge("close the Sentinel connections"):
-                    await sentinel.aclose()
+                    await _close_sentinel(sentinel)
 
     def _check(self) -> None:
         if self._closed:
@@ -168,3 +179,13 @@ class RedisConnection:
         if not self.settings.cluster:
             return True
         return len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def _close_sentinel(sentinel: Sentinel) -> None:
+    """``Sentinel.aclose`` where redis-py has it (6.0+); before, close each Sentinel's client."""
+    close = getattr(sentinel, "aclose", None)
+    if close is not None:
+        await close()
+        return
+    for client in sentinel.sentinels:
+        await client.aclose()

@@ -20,6 +20,7 @@ consumed.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -222,6 +223,12 @@ def test_redis_sentinel_failover_under_load(
                 mark = time.monotonic()
                 fig.trials += 1
                 fig.faults += 1
+        except BaseException:  # stop the consumer and the holder before their buses close
+            consumer.halt.set()
+            consumer.join(10)
+            with contextlib.suppress(Exception):
+                holder.close()
+            raise
         finally:
             publisher.halt.set()
             batches.halt.set()

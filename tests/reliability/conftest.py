@@ -6,7 +6,7 @@ duplicates) with the ``figures`` fixture; they are written as JSON to
 and ``tests/reliability/report.py`` turns them into ``docs/reliability.md``.
 
 ``EVENTBUS_SOAK=1`` runs the same tests with larger counts (see :func:`scale`): in all, at least
-100,000 events and 20 faults per transport (Redis, Kafka), in about 30 minutes on 2 CPUs; the
+100,000 events and 20 faults per transport (Redis, Kafka), in about 20 minutes on 2 CPUs; the
 tests' timeouts grow with their counts. ``report.py --soak DIR`` renders such a run's figures
 next to the CI-sized ones.
 """

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from eventbus.adapters.kafka import CAPABILITIES, KafkaSettings, KafkaTransport
 from eventbus.adapters.kafka._admin import _group_partition
 from eventbus.adapters.kafka._metadata import decode_metadata, encode_metadata
+from eventbus.adapters.kafka._producer import _Batch, _Completions
 from eventbus.errors import ConfigurationError
+from eventbus.transport import Position
 
 
 def test_plain_url_with_several_brokers() -> None:
@@ -145,3 +149,31 @@ def test_broker_list_through_the_registry() -> None:
     assert transport.settings.bootstrap_servers == "h1:9092,h2:9093"
     assert transport.settings.config["sasl.password"] == "p@ss"
     assert "p@ss" not in repr(transport) and "p%40ss" not in repr(transport)
+
+
+class _Report:
+    """A delivery report's message: partition and offset (None: stored, offset unknown)."""
+
+    def __init__(self, partition: int, offset: int | None) -> None:
+        self._partition, self._offset = partition, offset
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int | None:
+        return self._offset
+
+
+def test_a_record_stored_without_an_offset_is_not_returned_as_a_position() -> None:
+    """librdkafka reports success with no offset when a resent request had been written;
+    the publish must not return a position without an offset (it raises instead)."""
+    loop = asyncio.new_event_loop()
+    try:
+        batch = _Batch(loop.create_future(), 3, _Completions())
+        batch.delivered(0, None, _Report(1, 7))
+        batch.delivered(1, None, _Report(1, None))
+        batch.delivered(2, None, _Report(2, -1001))
+        assert batch.unplaced == 2 and batch.remaining == 0
+        assert [p for p in batch.positions if p is not None] == [Position(1, 7)]
+    finally:
+        loop.close()

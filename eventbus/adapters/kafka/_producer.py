@@ -61,13 +61,15 @@ def producer_config(base: dict[str, Any], batch_size: int | None = None) -> dict
 class _Batch:
     """The delivery reports of one publish call; resolves ``future`` when all have arrived."""
 
-    __slots__ = ("done", "error", "future", "lock", "positions", "remaining")
+    __slots__ = ("done", "error", "future", "lock", "positions", "remaining", "unplaced")
 
     def __init__(self, future: asyncio.Future[None], count: int, done: _Completions) -> None:
         self.future = future
         self.positions: list[Position | None] = [None] * count
         self.remaining = count
         self.error: Any = None
+        self.unplaced = 0
+        """Records stored without a known offset (see ``delivered``)."""
         self.lock = threading.Lock()
         self.done = done
 
@@ -77,7 +79,13 @@ class _Batch:
             if self.error is None:
                 self.error = err
         else:
-            self.positions[index] = Position(msg.partition(), msg.offset())
+            offset = msg.offset()
+            if offset is None or offset < 0:
+                # stored, offset unknown: the idempotent producer resent a request the broker
+                # had written (its answer: a duplicate sequence), seen on a leader's SIGKILL
+                self.unplaced += 1
+            else:
+                self.positions[index] = Position(msg.partition(), offset)
         with self.lock:
             self.remaining -= 1
             last = self.remaining == 0
@@ -182,6 +190,14 @@ class PolledProducer:
             del waiting[batch]
         if batch.error is not None:
             raise translate(batch.error, f"publish to {topic!r}", where=self._where)
+        if batch.unplaced:
+            raise OperationTimeoutError(
+                f"publish to {topic!r}: the cluster at {self._where} stored {batch.unplaced} of "
+                f"{len(records)} record(s) without reporting their offsets (a produce request "
+                "was sent again after a timeout or a leader change, and the broker had already "
+                "written it). They are written: publishing them again stores them twice "
+                "(consumers dedupe by event id)."
+            )
         return [p for p in batch.positions if p is not None]
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 from eventbus.adapters.kafka._errors import CredentialWatch, kafka_error, translate
 from eventbus.adapters.kafka._metadata import decode_metadata, to_ms
 from eventbus.errors import (
+    ConnectionFailedError,
     EventBusError,
     GroupActiveError,
     GroupNotFoundError,
@@ -283,11 +284,25 @@ class KafkaAdmin:
         result: dict[str, Any] = await self._wait(futures[resource], f"describe topic {topic!r}")
         return result
 
-    async def topic_meta(self, topic: str, max_age: float = 30.0) -> TopicMeta:
-        """Partition count and limit for publish, cached ``max_age`` s. TopicNotFoundError."""
+    async def topic_meta(
+        self, topic: str, max_age: float = 30.0, stale_wait: float = 1.0
+    ) -> TopicMeta:
+        """Partition count and limit for publish, cached ``max_age`` s. TopicNotFoundError.
+
+        An expired entry is refreshed for at most ``stale_wait`` s: if the cluster cannot
+        answer by then (a broker restarting), the old entry serves, so a publish is bounded
+        by its own timeout, not the admin timeout (the producer has its own metadata)."""
         cached = self._meta.get(topic)
-        if cached is not None and time.monotonic() - cached.fetched < max_age:
+        if cached is None:
+            return await self._fetch_meta(topic)
+        if time.monotonic() - cached.fetched < max_age:
             return cached
+        try:
+            return await asyncio.wait_for(self._fetch_meta(topic), max(0.05, stale_wait))
+        except (TimeoutError, OperationTimeoutError, ConnectionFailedError):
+            return cached
+
+    async def _fetch_meta(self, topic: str) -> TopicMeta:
         count = await self.partition_count(topic)
         entries = await self._configs(topic)
         entry = entries.get("max.message.bytes")

@@ -163,10 +163,10 @@ class KafkaTransport:
             producer = self._producers[limit] = PolledProducer(config, self._where, self._watch)
         return producer
 
-    async def _meta_for_publish(self, topic: str) -> TopicMeta:
+    async def _meta_for_publish(self, topic: str, deadline: float) -> TopicMeta:
         admin = self._admin_client()
         try:
-            return await admin.topic_meta(topic)
+            return await admin.topic_meta(topic, stale_wait=min(1.0, deadline - time.monotonic()))
         except TopicNotFoundError:
             if not self.settings.auto_create:
                 raise
@@ -184,7 +184,7 @@ class KafkaTransport:
             return []
         if self._envelope is not None:  # before the size checks: they count what is written
             records = self._envelope(records)
-        meta = await self._meta_for_publish(topic)
+        meta = await self._meta_for_publish(topic, deadline)
         limit = meta.max_event_bytes
         for record in records:
             size = record_size(record)

@@ -300,6 +300,7 @@ class KafkaAdmin:
         try:
             return await asyncio.wait_for(self._fetch_meta(topic), max(0.05, stale_wait))
         except (TimeoutError, OperationTimeoutError, ConnectionFailedError):
+            cached.fetched = time.monotonic() - max_age + 5.0  # next try in 5 s, not each call
             return cached
 
     async def _fetch_meta(self, topic: str) -> TopicMeta:

@@ -1,11 +1,15 @@
-"""URL helpers: scheme lookup and redaction. Nothing here ever returns a password."""
+"""URL helpers: scheme lookup, redaction and option values. Nothing here ever returns a
+password."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
-__all__ = ["query_options", "redact", "split"]
+from eventbus.errors import ConfigurationError
+
+__all__ = ["flag", "query_options", "redact", "split"]
 
 
 def split(url: str) -> SplitResult:
@@ -80,3 +84,24 @@ def redact(url: str) -> str:
 def query_options(parts: SplitResult) -> dict[str, str]:
     """Query parameters as a dict (last one wins)."""
     return dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def flag(name: str, value: Any) -> bool:
+    """A boolean URL option (``?auto_create=true``): a bool as is, else true/false, 1/0,
+    yes/no or on/off in any case (empty is false); raises ConfigurationError naming the
+    option otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigurationError(
+        f"option {name}={value!r} is not a boolean: use true or false (also accepted: "
+        "1/0, yes/no, on/off)"
+    )

@@ -6,7 +6,7 @@ import pytest
 
 import eventbus
 from eventbus._registry import open_transport
-from eventbus._urls import redact
+from eventbus._urls import flag, redact
 from eventbus.errors import ConfigurationError, MissingExtraError, UnknownTransportError
 
 
@@ -93,3 +93,20 @@ def test_memory_url_refuses_unknown_options() -> None:
     with pytest.raises(ConfigurationError, match="'linger'"):
         open_transport("memory://typo", {"linger": 5})
     assert open_transport("memory://fine?auto_create=true").capabilities.auto_create_topics
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, True), ("TRUE", True), (" yes ", True), ("on", True), ("1", True),
+     (False, False), ("False", False), ("no", False), ("off", False), ("0", False), ("", False)],
+)  # fmt: skip
+def test_flag_reads_boolean_options(value: object, expected: bool) -> None:
+    assert flag("auto_create", value) is expected
+
+
+@pytest.mark.parametrize("url", ["redis://h:1/0?auto_create=maybe", "kafka://h:1?auto_create=2"])
+def test_bad_boolean_option_names_the_option_and_the_values(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_transport(url)
+    message = str(info.value)
+    assert "auto_create=" in message and "true or false" in message and "yes/no" in message

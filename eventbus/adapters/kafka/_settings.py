@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from eventbus._urls import query_options, redact, split
+from eventbus._urls import flag, query_options, redact, split
 from eventbus.adapters.kafka._cloudevents import DEFAULT_SOURCE, ENVELOPES, check_source
 from eventbus.errors import ConfigurationError
 
@@ -45,23 +45,10 @@ when the application configured no logging (a broker that is down logs a line pe
 _LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 _SECRET_WORDS = ("password", "secret", "token", "jaas")
 _OWN_KEYS = {"auto_create", "connect_timeout", "client_id", "config", "envelope", "ce_source"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 def _is_secret(key: str) -> bool:
     return any(word in key.lower() for word in _SECRET_WORDS)
-
-
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigurationError(f"option {name}={value!r} is not a boolean: use true or false")
 
 
 def _float(name: str, value: Any) -> float:
@@ -166,7 +153,7 @@ class KafkaSettings:
         return cls(
             bootstrap_servers=hosts,
             scheme=scheme,
-            auto_create=_bool("auto_create", merged.get("auto_create", False)),
+            auto_create=flag("auto_create", merged.get("auto_create", False)),
             connect_timeout=_float("connect_timeout", merged.get("connect_timeout", 5.0)),
             client_id=str(merged.get("client_id", "eventbus")),
             config=config,

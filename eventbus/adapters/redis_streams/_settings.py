@@ -21,13 +21,11 @@ from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from eventbus._urls import query_options, redact, split
+from eventbus._urls import flag, query_options, redact, split
 from eventbus.errors import ConfigurationError
 
 __all__ = ["RedisSettings"]
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 # Options that only shape the transport (not handed to redis-py).
 _OWN = {
@@ -82,9 +80,9 @@ def _seconds(name: str, value: Any) -> float:
 _URL_PASSTHROUGH: dict[str, Callable[[str, Any], Any]] = {
     "health_check_interval": _seconds,
     "client_name": _text,
-    "socket_keepalive": lambda n, v: _flag(n, v),
-    "retry_on_timeout": lambda n, v: _flag(n, v),
-    "single_connection_client": lambda n, v: _flag(n, v),
+    "socket_keepalive": flag,
+    "retry_on_timeout": flag,
+    "single_connection_client": flag,
     "protocol": _protocol,
     "ssl_ca_path": _text,
     "ssl_ciphers": _text,
@@ -159,17 +157,6 @@ def _retry() -> NoAuthRetry:
     return NoAuthRetry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), RETRIES)
 
 
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigurationError(f"option {name}={value!r} is not a boolean: use true or false")
-
-
 def _number(name: str, value: Any, *, minimum: float) -> float:
     try:
         number = float(value)
@@ -202,7 +189,7 @@ def _checked_options(
         raise ConfigurationError("options['redis_options'] must be a mapping of redis-py arguments")
     passthrough = dict(extra)
     passthrough.update({k: v for k, v in opts.items() if k not in _OWN})
-    cluster = _flag("cluster", opts.get("cluster", False))
+    cluster = flag("cluster", opts.get("cluster", False))
     accepted = _client_arguments(cluster)
     if accepted is not None:
         bad = sorted(str(k) for k in passthrough if k not in accepted)
@@ -419,7 +406,7 @@ def _tls_options(opts: Mapping[str, Any], cert_reqs: str) -> dict[str, Any]:
         "ssl_certfile": opts.get("ssl_certfile"),
         "ssl_keyfile": opts.get("ssl_keyfile"),
         "ssl_cert_reqs": cert_reqs,
-        "ssl_check_hostname": _flag("ssl_check_hostname", opts.get("ssl_check_hostname", True)),
+        "ssl_check_hostname": flag("ssl_check_hostname", opts.get("ssl_check_hostname", True)),
     }
 
 
@@ -436,7 +423,7 @@ def _checked_db(safe: str, url_path: str, opts: Mapping[str, Any]) -> int:
 def _tuning(opts: Mapping[str, Any]) -> dict[str, Any]:
     """The transport's behaviour and timeouts from the checked options."""
     return {
-        "auto_create": _flag("auto_create", opts.get("auto_create", False)),
+        "auto_create": flag("auto_create", opts.get("auto_create", False)),
         "socket_timeout": _number("socket_timeout", opts.get("socket_timeout", 10), minimum=0.1),
         "socket_connect_timeout": _number(
             "socket_connect_timeout", opts.get("socket_connect_timeout", 5), minimum=0.1
@@ -448,7 +435,7 @@ def _tuning(opts: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "poll_interval": _number("poll_interval", opts.get("poll_interval", 0.2), minimum=0.01),
         "metadata_ttl": _number("metadata_ttl", opts.get("metadata_ttl", 5), minimum=0),
-        "discover_streams": _flag("discover_streams", opts.get("discover_streams", True)),
+        "discover_streams": flag("discover_streams", opts.get("discover_streams", True)),
     }
 
 

@@ -9,13 +9,17 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import eventbus
 from eventbus.errors import EventBusError
 from eventbus.transport import Offset, Position, offset_key
+
+if TYPE_CHECKING:
+    from tests.reliability.conftest import Figures
 
 APP = Path(__file__).resolve().parent / "consumer_app.py"
 
@@ -215,3 +219,33 @@ class Consumer(threading.Thread):
             self.sub.close()
         except EventBusError as exc:
             self.errors[f"close {type(exc).__name__}"] += 1
+
+
+def publish_figures(
+    fig: Figures,
+    publisher: Publisher,
+    consumer: Consumer,
+    stored: Mapping[tuple[int, str], int],
+) -> list[int]:
+    """Fill ``fig`` from a :class:`Publisher` and its :class:`Consumer` after a fault test:
+    published (returned publishes), errors per type (each failed publish's, then the
+    consumer's as ``consumer <name>``), duplicates (deliveries beyond an event's first),
+    ``publish_calls`` and ``max_call_seconds``. Returns the numbers of returned publishes
+    not in ``stored`` (``{(partition, offset): n}``, read back from the topic) at their
+    position; the caller sets ``fig.lost`` (it may add losses of its own)."""
+    attempts = publisher.attempts
+    returned = [a for a in attempts if a.error is None]
+    fig.published = len(returned)
+    fig.extra["publish_calls"] = len(attempts)
+    for a in attempts:
+        if a.error is not None:
+            fig.error(a.error)
+    for name, count in consumer.errors.items():
+        fig.errors[f"consumer {name}"] = count
+    fig.duplicates = len(consumer.seen) - len(set(consumer.seen))
+    fig.extra["max_call_seconds"] = round(max(a.seconds for a in attempts), 3)
+    return [
+        a.n
+        for a in returned
+        if a.position is None or stored.get((a.position.partition, str(a.position.offset))) != a.n
+    ]

@@ -13,7 +13,6 @@ event (the group resumes from its committed offsets, which survived the restarts
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import pytest
 
@@ -21,7 +20,7 @@ import eventbus
 from eventbus.errors import ConnectionFailedError, OperationTimeoutError
 from eventbus.testing import servers
 from tests.reliability.conftest import poll, scale
-from tests.reliability.helpers import Consumer, Publisher
+from tests.reliability.helpers import Consumer, Publisher, publish_figures
 from tests.reliability.kafka_broker import start_again, stop_broker
 
 TIMEOUT = 3.0
@@ -80,23 +79,8 @@ def test_kafka_broker_restart_under_load(topic_name: str, figures: object) -> No
         broker.stop()
 
     attempts = publisher.attempts
-    ok = [a for a in attempts if a.error is None]
-    fig.published = len(ok)
-    fig.extra["publish_calls"] = len(attempts)
-    for a in attempts:
-        if a.error is not None:
-            fig.error(a.error)
-    for name, count in consumer.errors.items():
-        fig.errors[f"consumer {name}"] = count
-    missing = [
-        a.n
-        for a in ok
-        if a.position is None or stored.get((a.position.partition, str(a.position.offset))) != a.n
-    ]
+    missing = publish_figures(fig, publisher, consumer, stored)
     fig.lost = len(missing)
-    counts = Counter(consumer.seen)
-    fig.duplicates = sum(c - 1 for c in counts.values())
-    fig.extra["max_call_seconds"] = round(max(a.seconds for a in attempts), 3)
     assert not missing, f"returned publishes missing after restart: {missing[:20]}"
     bad = [
         a.error

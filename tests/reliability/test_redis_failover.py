@@ -36,7 +36,7 @@ from eventbus.errors import ConnectionFailedError, EventBusError, OperationTimeo
 from eventbus.testing.servers.redis_sentinel import SentinelSetup, start_redis_sentinel
 from eventbus.transport import Position
 from tests.reliability.conftest import poll, scale
-from tests.reliability.helpers import Consumer, Publisher
+from tests.reliability.helpers import Consumer, Publisher, publish_figures
 
 TIMEOUT = 2.0
 SLACK = 1.5
@@ -251,19 +251,8 @@ def test_redis_sentinel_failover_under_load(
 
     attempts = publisher.attempts
     returned = [a for a in attempts if a.error is None]
-    fig.published = len(returned)
-    fig.extra["publish_calls"] = len(attempts)
-    for a in attempts:
-        if a.error is not None:
-            fig.error(a.error)
-    for name, count in consumer.errors.items():
-        fig.errors[f"consumer {name}"] = count
+    missing = publish_figures(fig, publisher, consumer, stored)
     fig.extra["consumer_error_messages"] = consumer.messages
-    missing = [
-        a.n
-        for a in returned
-        if a.position is None or stored.get((a.position.partition, str(a.position.offset))) != a.n
-    ]
     for exc in batches.errors:
         fig.error(exc)
     missing_batched = [
@@ -276,12 +265,10 @@ def test_redis_sentinel_failover_under_load(
     fig.extra["one_by_one_lost"] = len(missing)
     missing += missing_batched
     fig.lost = len(missing)
-    fig.duplicates = len(consumer.seen) - len(set(consumer.seen))
     fig.extra["lost_events"] = missing[:50]
     fig.extra["failover_seconds"] = [round(s, 2) for s in failover_s]
     fig.extra["first_publish_after_kill_seconds"] = [round(s, 2) for s in resume_s]
     fig.extra["old_primary_rejoined_seconds"] = [round(s, 2) for s in rejoin_s]
-    fig.extra["max_call_seconds"] = round(max(a.seconds for a in attempts), 3)
     fig.extra["consumer_slowest_call_seconds"] = round(consumer.slowest, 3)
     fig.extra["stored_after_failed_publish"] = len(set(stored.values())) - (
         len(returned) + len(batches.returned) - len(missing)

@@ -38,6 +38,8 @@ __all__ = [
     "Capabilities",
     "ConsumerOptions",
     "CopyClients",
+    "DescribesGroups",
+    "DescribesTopics",
     "EntrySample",
     "FencedWriter",
     "FencedWrites",
@@ -443,6 +445,28 @@ class TopicGroups(Protocol):
 
     async def topic_groups(self, topic: str) -> list[str]:
         """Names of the groups with positions on ``topic`` (sorted)."""
+        ...
+
+
+@runtime_checkable
+class DescribesGroups(Protocol):
+    """Optional: every consumer group of the server described in one pass (``eventbus groups
+    list``), where ``describe_group`` of each listed group would look at every topic once per
+    group. Found by type; Redis implements it."""
+
+    async def describe_groups(self) -> list[GroupInfo]:
+        """Every group, as ``describe_group`` describes it, sorted by name."""
+        ...
+
+
+@runtime_checkable
+class DescribesTopics(Protocol):
+    """Optional: every topic of the server described in a few round trips (``eventbus topics
+    list``), not one ``describe_topic`` each. Found by type; Redis implements it."""
+
+    async def describe_topics(self) -> list[TopicInfo]:
+        """Every topic of ``list_topics``, as ``describe_topic`` describes it, in that order
+        (a topic deleted meanwhile is left out)."""
         ...
 
 

@@ -89,7 +89,7 @@ def _list_epilog() -> str:
 def list_topics(url: UrlOption = None, output: OutputOption = Output.table) -> None:
     """List topics with their partitions, event count and retention."""
     with open_bus(url) as bus:
-        infos = [bus.describe_topic(name) for name in bus.list_topics()]
+        infos = bus.describe_topics()
         if output is Output.json:
             emit_json(
                 [

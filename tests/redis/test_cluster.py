@@ -75,6 +75,7 @@ def test_topics_groups_and_dead_letters_on_a_cluster(redis_cluster: LocalCluster
                 other = "b" if name == "a" else "a"
                 mine = {(r.topic, r.partition) for r in seen[name]}
                 assert not mine & {(r.topic, r.partition) for r in seen[other]}
+            await asyncio.gather(a.flush_acks(), b.flush_acks())  # acks go out in the background
             info = await t.describe_group(group)
             assert info.lag == 0 and info.pending == 0
             assert {m.name for m in info.members} == {"a", "b"}

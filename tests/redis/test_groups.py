@@ -285,6 +285,7 @@ def test_nack_delay_does_not_hold_back_later_entries(redis_url: str, topic: str)
         await c.nack(again, 0)
         [third] = await collect(c, 1, timeout=5)
         assert third.attempt == 3
+        await c.flush_acks()  # ack() sends its XACK in the background
         info = await t.describe_group(group)
         assert info.pending == 0 and info.lag == 0
         await c.close()
@@ -428,6 +429,7 @@ def test_describe_and_reset_group(redis_url: str, topic: str) -> None:
         c = await t.open_consumer([topic], group, "m1", FAST)
         got = await collect(c, 4, ack=False)
         await c.ack(got[:3])
+        await c.flush_acks()  # ack() sends its XACK in the background
         info = await t.describe_group(group)
         assert [m.name for m in info.members] == ["m1"]
         assert set(info.members[0].assignments) == {(topic, 0), (topic, 1)}

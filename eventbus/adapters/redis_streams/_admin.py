@@ -40,6 +40,10 @@ __all__ = ["TopicAdmin", "TopicMeta"]
 # ':'), but never braces (they would break the hash tag) nor the internal prefix.
 _NAME = re.compile(r"^(?!eb:)[^{}\s]{1,1000}$")
 
+TOPIC_PAGE = 500
+"""Topics looked up per round trip when going through every topic (``describe_topics``, and
+the group scans of ``_groups.py``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TopicMeta:
@@ -133,6 +137,15 @@ def _parse_layout(topic: str, stored: str) -> StreamLayout | None:
         ) from None
 
 
+def _meta_of(topic: str, raw: Mapping[bytes, bytes], kind: bytes | str) -> TopicMeta | None:
+    """The topic's metadata from its HGETALL and TYPE replies (None: no such topic)."""
+    if raw:
+        return TopicMeta.parse(topic, raw)
+    if layout.text(kind) == "stream":
+        return TopicMeta(name=topic, adopted=True)
+    return None
+
+
 def _check_spec(spec: TopicSpec) -> None:
     if spec.retention_bytes is not None:
         raise UnsupportedError(
@@ -176,12 +189,39 @@ class TopicAdmin(RedisConnection):
                 f"topic {topic!r} does not exist on {self.settings.url}: create it first "
                 "(create_topic / eventbus topics create), or add ?auto_create=true to the URL"
             )
-        self._meta_cache[topic] = (found, time.monotonic() + self.settings.metadata_ttl)
-        if found.layout is not None:
-            self._layouts[topic] = found.layout
-        elif self._layouts:
-            self._layouts.pop(topic, None)
+        self._remember(found)
         return found
+
+    async def metas(self, topics: Sequence[str]) -> list[TopicMeta]:
+        """Fresh metadata of each of ``topics`` that exists (in their order), in one round
+        trip; the topics that do not are left out (a listing that raced a delete)."""
+        self._check()
+        for topic in topics:
+            if not _NAME.match(topic):
+                raise TopicNotFoundError(f"{topic!r} is not a valid topic name")
+        if not topics:
+            return []
+
+        def build(pipe: Any) -> None:
+            for topic in topics:
+                pipe.hgetall(layout.meta_key(topic))
+                pipe.type(topic)
+
+        replies = await self.pipeline(build, f"look up {len(topics)} topics")
+        out = []
+        for i, topic in enumerate(topics):
+            found = _meta_of(topic, replies[2 * i], replies[2 * i + 1])
+            if found is not None:
+                self._remember(found)
+                out.append(found)
+        return out
+
+    def _remember(self, found: TopicMeta) -> None:
+        self._meta_cache[found.name] = (found, time.monotonic() + self.settings.metadata_ttl)
+        if found.layout is not None:
+            self._layouts[found.name] = found.layout
+        elif self._layouts:
+            self._layouts.pop(found.name, None)
 
     def decoder(self, topic: str) -> Any:
         """The entry decoder of ``topic``: ``layout.decode_entry``, or its layout's (as last
@@ -202,11 +242,7 @@ class TopicAdmin(RedisConnection):
         raw, kind = await self.pipeline(
             lambda p: (p.hgetall(layout.meta_key(topic)), p.type(topic)), f"look up {topic!r}"
         )
-        if raw:
-            return TopicMeta.parse(topic, raw)
-        if layout.text(kind) == "stream":
-            return TopicMeta(name=topic, adopted=True)
-        return None
+        return _meta_of(topic, raw, kind)
 
     def check_partition(self, meta: TopicMeta, partition: int) -> None:
         if not 0 <= partition < meta.partitions:
@@ -239,26 +275,47 @@ class TopicAdmin(RedisConnection):
 
     async def describe_topic(self, name: str) -> TopicInfo:
         meta = await self.meta(name, fresh=True)
+        [info] = await self._describe([meta], f"describe topic {name!r}")
+        return info
+
+    async def describe_topics(self) -> list[TopicInfo]:
+        """Every topic of ``list_topics`` described, two round trips per TOPIC_PAGE topics
+        (see DescribesTopics); a topic deleted meanwhile is left out."""
+        names = await self.list_topics()
+        out: list[TopicInfo] = []
+        for start in range(0, len(names), TOPIC_PAGE):
+            metas = await self.metas(names[start : start + TOPIC_PAGE])
+            out += await self._describe(metas, "describe topics")
+        return out
+
+    async def _describe(self, metas: Sequence[TopicMeta], action: str) -> list[TopicInfo]:
+        """Length, first and last id of every partition of ``metas``, in one round trip."""
+        if not metas:
+            return []
 
         def build(pipe: Any) -> None:
-            for key in meta.streams():
-                pipe.xlen(key)
-                pipe.xrange(key, "-", "+", count=1)
-                pipe.xrevrange(key, "+", "-", count=1)
+            for meta in metas:
+                for key in meta.streams():
+                    pipe.xlen(key)
+                    pipe.xrange(key, "-", "+", count=1)
+                    pipe.xrevrange(key, "+", "-", count=1)
 
-        replies = await self.pipeline(build, f"describe topic {name!r}")
-        partitions = []
-        for p in range(meta.partitions):
-            count, first, last = replies[3 * p : 3 * p + 3]
-            partitions.append(
-                PartitionInfo(
-                    p,
-                    layout.text(first[0][0]) if first else None,
-                    layout.text(last[0][0]) if last else None,
-                    int(count),
+        replies = iter(await self.pipeline(build, action))
+        out = []
+        for meta in metas:
+            partitions = []
+            for p in range(meta.partitions):
+                count, first, last = next(replies), next(replies), next(replies)
+                partitions.append(
+                    PartitionInfo(
+                        p,
+                        layout.text(first[0][0]) if first else None,
+                        layout.text(last[0][0]) if last else None,
+                        int(count),
+                    )
                 )
-            )
-        return TopicInfo(meta.spec(), partitions)
+            out.append(TopicInfo(meta.spec(), partitions))
+        return out
 
     async def list_topics(self) -> list[str]:
         """Topics created by eventbus plus (with ``discover_streams``) plain streams."""

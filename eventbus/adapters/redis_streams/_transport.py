@@ -16,10 +16,15 @@ from typing import Any
 from eventbus.adapters.redis_streams import _layout as layout
 from eventbus.adapters.redis_streams._admin import TopicMeta
 from eventbus.adapters.redis_streams._consumer import RedisConsumer
-from eventbus.adapters.redis_streams._groups import describe_group, reset_group, trim_finished
+from eventbus.adapters.redis_streams._groups import (
+    describe_group,
+    describe_groups,
+    group_names,
+    reset_group,
+    trim_finished,
+)
 from eventbus.adapters.redis_streams._publish import Publisher
 from eventbus.adapters.redis_streams._settings import RedisSettings
-from eventbus.errors import TopicNotFoundError
 from eventbus.transport import (
     Capabilities,
     ConsumerOptions,
@@ -122,13 +127,7 @@ class RedisTransport(Publisher):
         return await RedisConsumer.open(self, topics, group, consumer, options)
 
     async def list_groups(self) -> list[str]:
-        names: set[str] = set()
-        for topic in await self.list_topics():
-            try:
-                names |= await self.groups_of(await self.meta(topic, fresh=True))
-            except TopicNotFoundError:
-                continue  # deleted meanwhile
-        return sorted(names)
+        return await group_names(self)
 
     async def topic_groups(self, topic: str) -> list[str]:
         """Groups on any partition stream of ``topic`` (see TopicGroups)."""
@@ -170,6 +169,11 @@ class RedisTransport(Publisher):
 
     async def describe_group(self, group: str) -> GroupInfo:
         return await describe_group(self, group)
+
+    async def describe_groups(self) -> list[GroupInfo]:
+        """Every group, described in one pass over the topics (see DescribesGroups)."""
+        self._check()
+        return await describe_groups(self)
 
     async def reset_group(
         self, group: str, topic: str, to: ResetTarget

@@ -349,10 +349,10 @@ def drain_metric(env: Env, transport: str, url: str) -> Metric:
     }
     target = None
     if count >= 1_000_000:
-        target = judge_value("1M drain < 200 MB RSS", values["peak RSS MB"], 200, transport)
+        target = judge_value("1M drain < 100 MB RSS", values["peak RSS MB"], 100, transport)
     else:
         target = judge_value(
-            f"{count:,} drain < 200 MB RSS (1M in full mode)", values["peak RSS MB"], 200, transport
+            f"{count:,} drain < 100 MB RSS (1M in full mode)", values["peak RSS MB"], 100, transport
         )
     return Metric(
         f"{transport}.drain_rss",

@@ -26,7 +26,9 @@ from eventbus._replay import Replayed, replay_topic
 from eventbus.errors import (
     ClosedError,
     ConfigurationError,
+    GroupNotFoundError,
     TopicExistsError,
+    TopicNotFoundError,
     UnsupportedError,
 )
 from eventbus.event import (
@@ -49,6 +51,8 @@ from eventbus.subscription import (
 )
 from eventbus.topics import Plan, TopicSpec, plan
 from eventbus.transport import (
+    DescribesGroups,
+    DescribesTopics,
     EntrySample,
     GroupInfo,
     Offset,
@@ -377,6 +381,20 @@ class AsyncEventBus:
         self._check()
         return await self.transport.list_topics()
 
+    async def describe_topics(self) -> list[TopicInfo]:
+        """Every topic of :meth:`list_topics`, described, in that order (a topic deleted while
+        they are listed is left out). A few round trips where the transport can
+        (DescribesTopics), else one ``describe_topic`` per topic."""
+        self._check()
+        transport = self.transport
+        if isinstance(transport, DescribesTopics):
+            return await transport.describe_topics()
+        infos = []
+        for name in await transport.list_topics():
+            with contextlib.suppress(TopicNotFoundError):  # deleted while we listed
+                infos.append(await transport.describe_topic(name))
+        return infos
+
     async def alter_topic(self, spec: TopicSpec) -> None:
         self._check()
         await self.transport.alter_topic(spec)
@@ -455,6 +473,23 @@ class AsyncEventBus:
         info = await self.transport.describe_group(group)
         instruments().observe_group(self._system, info)
         return info
+
+    async def describe_groups(self) -> list[GroupInfo]:
+        """Every consumer group, described, sorted by name (a group deleted while they are
+        listed is left out). One pass over the server where the transport can
+        (DescribesGroups), else one ``describe_group`` per group."""
+        self._check()
+        transport = self.transport
+        if isinstance(transport, DescribesGroups):
+            infos = await transport.describe_groups()
+        else:
+            infos = []
+            for name in await transport.list_groups():
+                with contextlib.suppress(GroupNotFoundError):  # deleted while we listed
+                    infos.append(await transport.describe_group(name))
+        for info in infos:
+            instruments().observe_group(self._system, info)
+        return infos
 
     async def reset_group(
         self, group: str, topic: str, to: Start | Mapping[int, Offset]

@@ -18,22 +18,11 @@ from eventbus._portal import Portal
 from eventbus._registry import open_transport
 from eventbus.aio import AsyncEventBus, Replayed
 from eventbus.batching import AsyncBatchSubscription, Batch, subscribe_batches
-from eventbus.errors import GroupNotFoundError, TopicNotFoundError
 from eventbus.event import Codec, Event
-from eventbus.observability import instruments
 from eventbus.runner import AsyncRunner, RunnerStats
 from eventbus.subscription import DEFAULT_TIMEOUT, AsyncDelivery, AsyncSubscription, Start
 from eventbus.topics import Plan, TopicSpec
-from eventbus.transport import (
-    Capabilities,
-    DescribesGroups,
-    DescribesTopics,
-    GroupInfo,
-    Offset,
-    Outgoing,
-    Position,
-    TopicInfo,
-)
+from eventbus.transport import Capabilities, GroupInfo, Offset, Outgoing, Position, TopicInfo
 
 _T = TypeVar("_T")
 
@@ -350,7 +339,7 @@ class EventBus:
     def describe_topics(self) -> list[TopicInfo]:
         """Every topic of :meth:`list_topics`, described, in that order (a topic deleted
         while they are listed is left out). A few round trips where the transport can."""
-        return self._portal.call(_describe_topics(self._bus))
+        return self._portal.call(self._bus.describe_topics())
 
     def alter_topic(self, spec: TopicSpec) -> None:
         self._portal.call(self._bus.alter_topic(spec))
@@ -388,7 +377,7 @@ class EventBus:
     def describe_groups(self) -> list[GroupInfo]:
         """Every consumer group, described, sorted by name (a group deleted while they are
         listed is left out). One pass over the server where the transport can."""
-        return self._portal.call(_describe_groups(self._bus))
+        return self._portal.call(self._bus.describe_groups())
 
     def reset_group(
         self, group: str, topic: str, to: Start | Mapping[int, Offset]
@@ -404,41 +393,6 @@ async def _close(agen: AsyncIterator[Replayed]) -> None:
     aclose = getattr(agen, "aclose", None)
     if aclose is not None:
         await aclose()
-
-
-async def _describe_topics(bus: AsyncEventBus) -> list[TopicInfo]:
-    """What :meth:`EventBus.describe_topics` returns: the transport's ``describe_topics``
-    where it has one (DescribesTopics), else ``describe_topic`` of each listed topic.
-    TODO: belongs on AsyncEventBus (aio.py), with this method forwarding to it."""
-    transport = bus.transport
-    if isinstance(transport, DescribesTopics):
-        return await transport.describe_topics()
-    infos = []
-    for name in await bus.list_topics():
-        try:
-            infos.append(await bus.describe_topic(name))
-        except TopicNotFoundError:  # deleted while we listed
-            continue
-    return infos
-
-
-async def _describe_groups(bus: AsyncEventBus) -> list[GroupInfo]:
-    """What :meth:`EventBus.describe_groups` returns: the transport's ``describe_groups``
-    where it has one (DescribesGroups), else ``describe_group`` of each listed group.
-    TODO: belongs on AsyncEventBus (aio.py), with this method forwarding to it."""
-    transport = bus.transport
-    if isinstance(transport, DescribesGroups):
-        infos = await transport.describe_groups()
-        for info in infos:  # as AsyncEventBus.describe_group does, for the lag gauges
-            instruments().observe_group(transport.capabilities.transport, info)
-        return infos
-    infos = []
-    for name in await bus.list_groups():
-        try:
-            infos.append(await bus.describe_group(name))
-        except GroupNotFoundError:  # deleted while we listed
-            continue
-    return infos
 
 
 def connect(

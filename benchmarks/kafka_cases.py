@@ -323,6 +323,46 @@ def produce_all(producer: Any, topic: str, data: Any, ks: list[str], n: int) -> 
     producer.flush(60)
 
 
+FLOOR_HEADERS = {
+    "eb-id": b"019b0000-0000-7000-8000-000000000000",
+    "eb-time": b"2026-12-06T00:00:00.000000+00:00",
+    "eb-content-type": b"application/json",
+}
+"""The envelope headers every eventbus record carries, as constants (the floor sides do not
+even pay for making an id and a timestamp text per event)."""
+
+FLOOR_PUBLISH = "floor: confluent produce + envelope headers, flush per 1000"
+FLOOR_CONSUME = "floor: confluent consume(1000) + JSON decode + commit"
+
+
+def produce_floor(producer: Any, topic: str, data: Any, ks: list[str], n: int) -> None:
+    """What a raw client must do for eventbus's publish contract, and no more: per event a JSON
+    encode, the envelope headers, a timestamp and a delivery callback (positions); each call of
+    1000 waits for its reports (``flush``) before the next, as ``publish_many`` returns only
+    once the broker has them."""
+    to_json = pydantic_core.to_json
+    positions: list[tuple[int, int]] = []
+
+    def report(err: Any, msg: Any) -> None:
+        positions.append((msg.partition(), msg.offset()))
+
+    for lo, hi in chunks(n):
+        now = int(time.time() * 1000)
+        for i in range(lo, hi):
+            producer.produce(
+                topic,
+                to_json(data),
+                key=ks[i % len(ks)],
+                headers=FLOOR_HEADERS,
+                timestamp=now,
+                on_delivery=report,
+            )
+            if i & 63 == 63:
+                producer.poll(0)
+        producer.flush(60)
+        positions.clear()
+
+
 @contextlib.contextmanager
 def sustained_publish(env: Env, size: int) -> Iterator[Row]:
     """publish_many in calls of 1000 (each waits for its reports) vs a raw loop + final flush,
@@ -346,6 +386,11 @@ def sustained_publish(env: Env, size: int) -> Iterator[Row]:
             produce_all(producer, rtopic, data, ks, n)
         return clock.seconds
 
+    def floor(n: int) -> float:
+        with Clock() as clock:
+            produce_floor(producer, rtopic, data, ks, n)
+        return clock.seconds
+
     try:
         yield Row(
             key=f"kafka.sustained_publish.{size}",
@@ -356,6 +401,7 @@ def sustained_publish(env: Env, size: int) -> Iterator[Row]:
             sides=[
                 Side("eventbus async publish_many", "eventbus", timed_async(env, eb)),
                 Side("confluent produce loop + flush", "reference", raw),
+                Side(FLOOR_PUBLISH, "reference", floor),
             ],
             targets=[
                 Target(
@@ -365,7 +411,8 @@ def sustained_publish(env: Env, size: int) -> Iterator[Row]:
                     "sustained publish >= 0.85x raw produce loop",
                 )
             ],
-            note="calls of 1000, each waiting for its delivery reports; raw: one final flush",
+            note="calls of 1000, each waiting for its delivery reports; raw: one final flush; "
+            "floor: the raw client doing what the contract asks (see produce_floor)",
         )
     finally:
         for name in (topic, rtopic):
@@ -373,9 +420,11 @@ def sustained_publish(env: Env, size: int) -> Iterator[Row]:
         env.run(abus.close())
 
 
-def raw_consume_commit(env: Env, topic: str, n: int) -> float:
+def raw_consume_commit(env: Env, topic: str, n: int, decode: bool = False) -> float:
     """A fresh group reads ``n`` with ``consume(1000)`` + an async commit per batch; seconds
-    from the first batch (group join excluded)."""
+    from the first batch (group join excluded). With ``decode``, each message's value is
+    parsed as JSON and its headers read (the floor: what any consumer of events must do)."""
+    from_json = pydantic_core.from_json
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap(env),
@@ -396,6 +445,9 @@ def raw_consume_commit(env: Env, topic: str, n: int) -> float:
             for m in msgs:
                 if m.error() is not None:
                     raise RuntimeError(str(m.error()))
+                if decode:
+                    from_json(m.value())
+                    m.headers()
             consumer.commit(asynchronous=True)
             done += len(msgs)
         consumer.commit(asynchronous=False)
@@ -434,6 +486,11 @@ def sustained_consume(env: Env, size: int) -> Iterator[Row]:
                     "confluent consume(1000) + commit",
                     "reference",
                     lambda n: raw_consume_commit(env, topic, n),
+                ),
+                Side(
+                    FLOOR_CONSUME,
+                    "reference",
+                    lambda n: raw_consume_commit(env, topic, n, decode=True),
                 ),
             ],
             targets=[

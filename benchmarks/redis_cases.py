@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pydantic_core
 import redis
 import redis.asyncio as aredis
 
@@ -20,6 +21,16 @@ import eventbus
 from benchmarks.harness import Clock, Env, Row, Side, Target, chunks, keys, payload, timed_async
 
 POOL = 1100
+
+FLOOR_FIELDS = {
+    "_eb": "1",
+    "h:eb-id": "019b0000-0000-7000-8000-000000000000",
+    "h:eb-time": "2026-12-06T00:00:00.000000+00:00",
+    "h:eb-content-type": "application/json",
+}
+"""The envelope fields of an eventbus entry, as constants, for the floor sides."""
+FLOOR_PUBLISH = "floor: redis-py sync pipeline of eventbus's entry fields"
+FLOOR_CONSUME = "floor: XREADGROUP 1000 + JSON decode + XACK"
 """Connections for 1000 publishes in flight (redis-py's default pool raises past 100)."""
 
 
@@ -342,6 +353,18 @@ def sustained_publish(env: Env, size: int) -> Iterator[Row]:
                 pipe.execute()
         return clock.seconds
 
+    def floor(n: int) -> float:
+        """The same pipeline writing what an eventbus entry holds: the JSON value encoded per
+        event and the envelope fields (constants here: no id or time text made per event)."""
+        to_json = pydantic_core.to_json
+        with Clock() as clock:
+            for lo, hi in chunks(n):
+                pipe = raw.pipeline(transaction=False)
+                for i in range(lo, hi):
+                    pipe.xadd(stream, {**FLOOR_FIELDS, "_k": ks[i % len(ks)], "_v": to_json(data)})
+                pipe.execute()
+        return clock.seconds
+
     def trim() -> None:
         raw.xtrim(topic, maxlen=0)
         raw.delete(stream)
@@ -356,6 +379,7 @@ def sustained_publish(env: Env, size: int) -> Iterator[Row]:
             sides=[
                 Side("eventbus async publish_many", "eventbus", timed_async(env, eb), trim),
                 Side("redis-py sync pipeline", "reference", raw_sync, trim),
+                Side(FLOOR_PUBLISH, "reference", floor, trim),
             ],
             targets=[
                 Target(
@@ -396,15 +420,20 @@ def sustained_consume(env: Env, size: int) -> Iterator[Row]:
         groups.append(env.name("g"))
         return groups[-1]
 
-    def raw_side(n: int) -> float:
+    def raw_side(n: int, decode: bool = False) -> float:
         g = group()
         raw.xgroup_create(topic, g, id="0")
+        from_json = pydantic_core.from_json
         done, start = 0, 0.0
         while done < n:
             reply: Any = raw.xreadgroup(g, "c1", {topic: ">"}, count=min(1000, n - done))
             if not start:
                 start = time.perf_counter()
             ids = [entry_id for _, entries in reply for entry_id, _fields in entries]
+            if decode:  # the floor: what any consumer of the events must do with each
+                for _, entries in reply:
+                    for _id, fields in entries:
+                        from_json(fields[b"_v"])
             raw.xack(topic, g, *ids)
             done += len(ids)
         return time.perf_counter() - start
@@ -423,6 +452,7 @@ def sustained_consume(env: Env, size: int) -> Iterator[Row]:
                     lambda n: env.run(drain_with_runner(abus, topic, group(), n)),
                 ),
                 Side("redis-py XREADGROUP 1000 + XACK", "reference", raw_side),
+                Side(FLOOR_CONSUME, "reference", lambda n: raw_side(n, decode=True)),
             ],
             targets=[
                 Target(

@@ -171,6 +171,8 @@ class AsyncRunner:
     async def _loop_until_stopped(self, sub: AsyncSubscription) -> None:
         assert self._wake is not None
         lanes: dict[object, deque[Record]] = {}
+        free: deque[Record] = deque()  # keyless records, in no order among them
+        self._free_workers = 0
         tasks: set[asyncio.Task[None]] = set()
         acks: list[Record] = []
         room = self._room = asyncio.Event()
@@ -178,30 +180,14 @@ class AsyncRunner:
         refill = max(1, min(self.batch_size, limit // 2))
         max_bytes = self.max_outstanding_bytes
         stats = self.stats
-        released = self._released
         ack_ready = self._ack_ready = asyncio.Event()
         self._flusher_done = False
         consumer = sub.consumer
         self._refill_at = limit - refill
-        scanner = self._watch_leases(consumer, lanes)
+        scanner = self._watch_leases(consumer, lanes, free)
         self.started.set()
 
         flusher = asyncio.create_task(self._ack_flusher(sub, acks, ack_ready))
-
-        async def lane_worker(lane: object) -> None:
-            queue = lanes[lane]
-            try:
-                while queue:
-                    record = queue[0]
-                    if not released or id(record) not in released:
-                        await self._handle_head(sub, queue, acks)
-                    queue.popleft()
-                    if released and id(record) in released:
-                        released.discard(id(record))  # uncounted when it was released
-                    else:
-                        self._uncount(record)
-            finally:
-                del lanes[lane]
 
         while not self._stop_flag.is_set():
             if flusher.done():  # an ack failed: surface the transport's error
@@ -213,7 +199,7 @@ class AsyncRunner:
                 continue
             records = await consumer.fetch(min(self.batch_size, limit - stats.in_flight), 0.25)
             sub.note_fetched(records)
-            self._enqueue(records, lanes, tasks, lane_worker)
+            self._enqueue(sub, records, (lanes, free), tasks, acks)
         if scanner is not None:
             scanner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -222,28 +208,81 @@ class AsyncRunner:
 
     def _enqueue(
         self,
+        sub: AsyncSubscription,
         records: list[Record],
-        lanes: dict[object, deque[Record]],
+        queues: tuple[dict[object, deque[Record]], deque[Record]],
         tasks: set[asyncio.Task[None]],
-        lane_worker: Callable[[object], Coroutine[Any, Any, None]],
+        acks: list[Record],
     ) -> None:
         """Count fetched records in flight and queue each on its lane; a new lane gets a
-        worker task (one per lane keeps a key's records in order)."""
+        worker task (one per lane keeps a key's records in order). Keyless records go to the
+        free queue, which up to ``concurrency`` workers serve (a task per keyless record
+        cost more than a fast handler's work)."""
         stats = self.stats
+        lanes, free = queues
         for record in records:
-            lane = lane_of(record)
             stats.in_flight += 1
             stats.in_flight_bytes += len(record.value)
-            if lane in lanes:
-                lanes[lane].append(record)
+            work: Coroutine[Any, Any, None] | None = None
+            if record.key is None:
+                free.append(record)
+                if self._free_workers < self.concurrency:
+                    self._free_workers += 1
+                    work = self._free_worker(sub, free, acks)
             else:
-                lanes[lane] = deque([record])
-                task = asyncio.create_task(lane_worker(lane))
+                lane = lane_of(record)
+                if lane in lanes:
+                    lanes[lane].append(record)
+                else:
+                    lanes[lane] = deque([record])
+                    work = self._lane_worker(sub, lanes, lane, acks)
+            if work is not None:
+                task = asyncio.create_task(work)
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
+    async def _lane_worker(
+        self,
+        sub: AsyncSubscription,
+        lanes: dict[object, deque[Record]],
+        lane: object,
+        acks: list[Record],
+    ) -> None:
+        """Handle a lane's records one after another, until it is empty."""
+        queue, released = lanes[lane], self._released
+        try:
+            while queue:
+                record = queue[0]
+                if not released or id(record) not in released:
+                    await self._handle_head(sub, queue, acks)
+                queue.popleft()
+                self._leave(record)
+        finally:
+            del lanes[lane]
+
+    async def _free_worker(
+        self, sub: AsyncSubscription, free: deque[Record], acks: list[Record]
+    ) -> None:
+        """Handle keyless records in arrival order, until none is left."""
+        released = self._released
+        try:
+            while free:
+                record = free.popleft()
+                if not released or id(record) not in released:
+                    await self._settle(sub, record, acks)
+                self._leave(record)
+        finally:
+            self._free_workers -= 1
+
+    def _leave(self, record: Record) -> None:
+        """A queued record is done with: uncount it (a released one was uncounted then)."""
+        if self._released and id(record) in self._released:
+            self._released.discard(id(record))
+        else:
+            self._uncount(record)
+
     def _watch_leases(
-        self, consumer: object, lanes: dict[object, deque[Record]]
+        self, consumer: object, lanes: dict[object, deque[Record]], free: deque[Record]
     ) -> asyncio.Task[None] | None:
         """Where the consumer keeps leases, start the scan that gives back queued records it
         no longer holds."""
@@ -251,7 +290,7 @@ class AsyncRunner:
         if self._leases is None:
             return None
         self._epoch_checked = self._leases.lease_epoch
-        return asyncio.create_task(self._release_moved(lanes))
+        return asyncio.create_task(self._release_moved(lanes, free))
 
     def _uncount(self, record: Record) -> None:
         """A held record is settled or given back: make room for the next fetch."""
@@ -276,12 +315,16 @@ class AsyncRunner:
         """Handle the first record of a lane; if it was given back instead, what waits behind
         it in the lane goes back too (it would otherwise run before the record comes again)."""
         record = queue[0]
+        await self._settle(sub, record, acks)
+        if self._released and id(record) in self._released:
+            await self._release_rest(queue)
+
+    async def _settle(self, sub: AsyncSubscription, record: Record, acks: list[Record]) -> None:
+        """Handle one record; a transport failure settling it gives it back."""
         try:
             await self._process(sub, record, acks)
         except Exception as exc:  # a transport failure settling it
             await self._lost_in_lane(record, exc)
-        if self._released and id(record) in self._released:
-            await self._release_rest(queue)
 
     async def _release_rest(self, queue: deque[Record]) -> None:
         """Give back the records behind the head of a lane (none of them started)."""
@@ -306,7 +349,7 @@ class AsyncRunner:
             with contextlib.suppress(Exception):  # it comes back after the visibility timeout
                 await self._release([record])
 
-    async def _release_moved(self, lanes: dict[object, deque[Record]]) -> None:
+    async def _release_moved(self, lanes: dict[object, deque[Record]], free: deque[Record]) -> None:
         """Every second, release queued records this member no longer holds (their partition
         moved while they waited), so the new owner need not wait for this member's queue."""
         leases = self._leases
@@ -327,6 +370,11 @@ class AsyncRunner:
                             r for r in itertools.islice(queue, i, None) if id(r) not in released
                         ]
                         break
+            lost += [
+                r
+                for r in free
+                if id(r) not in running and id(r) not in released and not leases.holds(r)
+            ]
             if lost:
                 log.info("releasing %d queued events this member no longer holds", len(lost))
                 try:

@@ -1,6 +1,7 @@
 """The runner and failing handlers: retries then the dead-letter topic, typed validation
 that dead-letters invalid payloads, dead-letter writes retried until they land, per-key order
-under concurrency and a graceful shutdown that loses nothing acked."""
+under concurrency, keyless events in parallel around a slow one, and a graceful shutdown
+that loses nothing acked."""
 
 from __future__ import annotations
 
@@ -140,6 +141,39 @@ class HandlerTests(SuiteBase):
             assert seqs == sorted(seqs), f"key {key} handled out of order"
         assert sum(len(s) for s in order.values()) == total
         assert peak[0] > 1, "handlers of different keys should overlap"
+
+    def test_runner_keyless_events_run_in_parallel_around_a_slow_one(
+        self, bus: EventBus, make_topic: Callable[..., str]
+    ) -> None:
+        topic = make_topic(partitions=2)
+        total = 60
+        bus.publish_many(topic, [eventbus.Event(data={"seq": i}) for i in range(total)])
+        lock = threading.Lock()
+        active, peak = [0], [0]
+        finished: list[int] = []
+        others_done = threading.Event()
+        slow_waited: list[bool] = []
+
+        def handler(d: Delivery) -> None:
+            seq = d.event.data["seq"]
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            if seq == 0:  # an agent's long call: the other keyless events go on around it
+                slow_waited.append(others_done.wait(self.deadline))
+            else:
+                time.sleep(0.001)  # simulated work inside the handler, not a wait
+            with lock:
+                active[0] -= 1
+                finished.append(seq)
+                if len(finished) == total - 1 and 0 not in finished:
+                    others_done.set()
+
+        runner = bus.runner(handler, topic, group=unique("g"), concurrency=4)
+        self._run_until(runner, lambda: runner.stats.handled == total)
+        assert slow_waited == [True], "keyless events waited behind a slow one"
+        assert sorted(finished) == list(range(total))
+        assert 1 < peak[0] <= 4
 
     def test_graceful_shutdown_loses_nothing_acked(
         self, bus: EventBus, make_topic: Callable[..., str]

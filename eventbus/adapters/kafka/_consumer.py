@@ -217,7 +217,8 @@ class KafkaConsumer(GroupMembership):
             # all skipped (done before) or dropped (revoked): wait on for others
             if out or self._error is not None or time.monotonic() >= deadline:
                 break
-        self._commit(list(self._parts), asynchronous=True)
+        if not self._commit(list(self._parts), asynchronous=True):
+            self._ack_commit_due = True  # held back by those in flight: _tick sends it later
         return out
 
     def _poll_for(self, max_records: int, deadline: float) -> None:
@@ -329,7 +330,7 @@ class KafkaConsumer(GroupMembership):
             self._keepalive()
             now = time.monotonic()
         due = min(self._last_poll + self._keepalive_every, self._next_lease_check)
-        if self._ack_commit_due:
+        if self._ack_commit_due and not self._commits_backed_up():
             self._commit_after_acks(now)
             if self._ack_commit_due:
                 due = min(due, self._last_ack_commit + _ACK_COMMIT_EVERY)
@@ -473,7 +474,8 @@ class KafkaConsumer(GroupMembership):
         self._ack_commit_due = False
         self._last_ack_commit = now
         try:
-            self._commit(list(self._parts), asynchronous=True)
+            if not self._commit(list(self._parts), asynchronous=True):
+                self._ack_commit_due = True  # sent once a commit in flight is answered
         except KafkaException as exc:
             log.info("commit after ack failed (sent again with the next one): %s", exc)
 

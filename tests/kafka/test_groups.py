@@ -107,6 +107,39 @@ def test_only_the_contiguous_acked_prefix_is_committed(kafka_url: str) -> None:
     run(main())
 
 
+def test_commits_in_flight_stay_bounded_and_the_last_ack_commits(kafka_url: str) -> None:
+    """fetch(1) + ack each asks for two commits per record, faster than a coordinator answers:
+    the member keeps at most a few in flight (unbounded, they queued ahead of the heartbeats
+    until the session timed out), and the held-back commit of the last ack still goes out."""
+    from eventbus.adapters.kafka._consumer import KafkaConsumer
+    from eventbus.adapters.kafka._membership import _MAX_UNANSWERED
+
+    total = 2000
+
+    async def main() -> None:
+        async with connected(kafka_url) as t:
+            topic = await make_topic(t, partitions=1)
+            group = unique("g")
+            await t.publish(topic, [Outgoing(b"%d" % i) for i in range(total)], timeout=30)
+            c = await t.open_consumer([topic], group, "c", options())
+            assert isinstance(c, KafkaConsumer)
+            most, done = 0, 0
+            while done < total:
+                for record in await c.fetch(1, 5.0):
+                    await c.ack([record])
+                    done += 1
+                most = max(most, c._unanswered)
+            assert most <= _MAX_UNANSWERED
+
+            async def all_committed() -> bool:
+                return (await committed(t, group, topic)).get(0) == total
+
+            await wait_for(all_committed, 10, "the last ack's commit")
+            await c.close()
+
+    run(main())
+
+
 def test_nack_redelivers_after_delay_without_holding_back_the_partition(kafka_url: str) -> None:
     async def main() -> None:
         async with connected(kafka_url) as t:

@@ -140,6 +140,24 @@ def test_commits_in_flight_stay_bounded_and_the_last_ack_commits(kafka_url: str)
     run(main())
 
 
+def test_consumer_prefetch_is_bounded_unless_the_url_says_otherwise(kafka_url: str) -> None:
+    async def config_of(url: str) -> dict[str, object]:
+        async with connected(url) as t:
+            topic = await make_topic(t, partitions=1)
+            c = await t.open_consumer([topic], unique("g"), "c", options())
+            try:
+                return dict(c._config)  # type: ignore[attr-defined]
+            finally:
+                await c.close()
+
+    default = run(config_of(kafka_url))
+    assert default["queued.min.messages"] == 20000
+    assert default["fetch.queue.backoff.ms"] == 50
+    sep = "&" if "?" in kafka_url else "?"
+    chosen = run(config_of(f"{kafka_url}{sep}queued.min.messages=5000"))
+    assert chosen["queued.min.messages"] == "5000"
+
+
 def test_nack_redelivers_after_delay_without_holding_back_the_partition(kafka_url: str) -> None:
     async def main() -> None:
         async with connected(kafka_url) as t:

@@ -224,7 +224,7 @@ class Consumer(threading.Thread):
 def publish_figures(
     fig: Figures,
     publisher: Publisher,
-    consumer: Consumer,
+    consumer: Consumer | None,
     stored: Mapping[tuple[int, str], int],
 ) -> list[int]:
     """Fill ``fig`` from a :class:`Publisher` and its :class:`Consumer` after a fault test:
@@ -232,7 +232,8 @@ def publish_figures(
     consumer's as ``consumer <name>``), duplicates (deliveries beyond an event's first),
     ``publish_calls`` and ``max_call_seconds``. Returns the numbers of returned publishes
     not in ``stored`` (``{(partition, offset): n}``, read back from the topic) at their
-    position; the caller sets ``fig.lost`` (it may add losses of its own)."""
+    position; the caller sets ``fig.lost`` (it may add losses of its own). Without a
+    consumer (a publish-only test) the consumer figures are left alone."""
     attempts = publisher.attempts
     returned = [a for a in attempts if a.error is None]
     fig.published = len(returned)
@@ -240,9 +241,10 @@ def publish_figures(
     for a in attempts:
         if a.error is not None:
             fig.error(a.error)
-    for name, count in consumer.errors.items():
-        fig.errors[f"consumer {name}"] = count
-    fig.duplicates = len(consumer.seen) - len(set(consumer.seen))
+    if consumer is not None:
+        for name, count in consumer.errors.items():
+            fig.errors[f"consumer {name}"] = count
+        fig.duplicates = len(consumer.seen) - len(set(consumer.seen))
     fig.extra["max_call_seconds"] = round(max(a.seconds for a in attempts), 3)
     return [
         a.n

@@ -22,7 +22,7 @@ import eventbus
 from eventbus.errors import ConnectionFailedError, EventBusError, OperationTimeoutError
 from eventbus.testing import servers
 from tests.reliability.conftest import poll, scale
-from tests.reliability.helpers import Publisher
+from tests.reliability.helpers import Publisher, publish_figures
 
 TIMEOUT = 2.0
 SLACK = 1.5
@@ -74,18 +74,8 @@ def test_redis_aof_restart_under_publish_load(
 
     attempts = publisher.attempts
     returned = [a for a in attempts if a.error is None]
-    fig.published = len(returned)
-    fig.extra["publish_calls"] = len(attempts)
-    for a in attempts:
-        if a.error is not None:
-            fig.error(a.error)
-    missing = [
-        a.n
-        for a in returned
-        if a.position is None or stored.get((a.position.partition, str(a.position.offset))) != a.n
-    ]
+    missing = publish_figures(fig, publisher, None, stored)
     fig.lost = len(missing)
-    fig.extra["max_call_seconds"] = round(max(a.seconds for a in attempts), 3)
     fig.extra["stored_after_failed_publish"] = len(set(stored.values())) - len(returned)
     assert not missing, f"returned publishes missing after restart: {missing[:20]}"
     unexpected = [

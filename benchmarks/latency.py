@@ -143,7 +143,7 @@ async def _eventbus_latency(
             async def handler(d: eventbus.AsyncDelivery) -> None:
                 sink.add(d.event.data)
 
-            runner = sub.runner(handler, topic, group="latency", start="latest", batch_size=100)
+            runner = sub.runner(handler, topic, group=f"{topic}-g", start="latest", batch_size=100)
             task = asyncio.create_task(runner.run())
             while not runner.started.is_set():
                 await asyncio.sleep(0.01)
@@ -217,7 +217,7 @@ def _kafka_consumer(
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_of(url),
-            "group.id": "latency-raw",
+            "group.id": f"{topic}-raw",  # fresh: no member of an earlier run to wait for
             "auto.offset.reset": "latest",
             "enable.auto.commit": False,
         }
@@ -264,33 +264,61 @@ def raw_stream(transport: str, topic: str) -> str:
     return topic if transport == "kafka" else f"{topic}:raw-latency"
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def latency_metrics(env: Env, transport: str, url: str) -> list[Metric]:
-    """eventbus vs raw at 1,000 events/s, publisher in this process and in another one; each
-    pair runs back to back (eventbus first, then raw) so they share the machine's state."""
+    """eventbus vs raw at 1,000 events/s, publisher in this process and in another one.
+
+    Each layout runs in rounds (2 quick, 3 full) of one eventbus run and one raw run, the order
+    alternating between rounds so neither side always meets the broker's state first. The
+    row reports the median over rounds of each side's p50 and p99 (a single 20 s window's p99
+    is decided by a few stalls of a shared machine) and the worst round's p99 and max next to
+    it; the targets judge the medians."""
     seconds = 5.0 if env.quick else 20.0
+    rounds = 2 if env.quick else 3
     out = []
     for separate in (False, True):
         where = "publisher in another process" if separate else "one process"
-        title = f"e2e latency at 1,000 events/s, {transport}, {where} ({seconds:.0f} s)"
+        title = (
+            f"e2e latency at 1,000 events/s, {transport}, {where} "
+            f"({rounds} rounds of {seconds:.0f} s)"
+        )
         key = f"{transport}.latency.{'2proc' if separate else '1proc'}"
+        eb: list[tuple[float, float, float]] = []
+        raw: list[tuple[float, float, float]] = []
         try:
-            eb = _quantiles(
-                env.run(_eventbus_latency(url, env.name("lat"), 1000, seconds, separate, transport))
-            )
-            raw_samples = _raw_latency(transport, url, env.name("rawlat"), 1000, seconds, separate)
-            raw = _quantiles(raw_samples)
+            for r in range(rounds):
+                for side in ("eventbus", "raw") if r % 2 == 0 else ("raw", "eventbus"):
+                    if side == "eventbus":
+                        run = _eventbus_latency(
+                            url, env.name("lat"), 1000, seconds, separate, transport
+                        )
+                        eb.append(_quantiles(env.run(run)))
+                    else:
+                        topic = env.name("rawlat")
+                        raw.append(
+                            _quantiles(_raw_latency(transport, url, topic, 1000, seconds, separate))
+                        )
         except Exception as exc:  # report, do not abort the whole run
             out.append(Metric(key, title, {}, "ms", error=repr(exc)[:300]))
             continue
+        eb50, eb99 = _median([q[0] for q in eb]), _median([q[1] for q in eb])
+        raw50, raw99 = _median([q[0] for q in raw]), _median([q[1] for q in raw])
         values = {
-            "eventbus p50 ms": eb[0],
-            "raw p50 ms": raw[0],
-            "p50 diff ms": eb[0] - raw[0],
-            "eventbus p99 ms": eb[1],
-            "raw p99 ms": raw[1],
-            "p99 ratio": eb[1] / raw[1],
-            "eventbus max ms": eb[2],
-            "raw max ms": raw[2],
+            "eventbus p50 ms": eb50,
+            "raw p50 ms": raw50,
+            "p50 diff ms": eb50 - raw50,
+            "eventbus p99 ms": eb99,
+            "raw p99 ms": raw99,
+            "p99 ratio": eb99 / raw99,
+            "eventbus worst round p99 ms": max(q[1] for q in eb),
+            "raw worst round p99 ms": max(q[1] for q in raw),
+            "eventbus max ms": max(q[2] for q in eb),
+            "raw max ms": max(q[2] for q in raw),
         }
         if transport == "kafka":
             targets = [
@@ -299,11 +327,12 @@ def latency_metrics(env: Env, transport: str, url: str) -> list[Metric]:
             ]
         else:
             targets = [
-                judge_value("Redis e2e p50 <= 1 ms", eb[0], 1.0, where, True),
-                judge_value("Redis e2e p99 <= 3 ms", eb[1], 3.0, where, True),
+                judge_value("Redis e2e p50 <= 1 ms", eb50, 1.0, where, True),
+                judge_value("Redis e2e p99 <= 3 ms", eb99, 3.0, where, True),
             ]
         note = (
-            "eventbus: async bus.publish as tasks at a steady rate, runner batch_size=100; raw: "
+            "medians over rounds (order alternating); eventbus: async bus.publish as tasks at "
+            "a steady rate, runner batch_size=100; raw: "
             + (
                 "confluent produce + poll(0) (idempotent, acks=all, linger.ms 5), a consumer "
                 "thread: poll + async commit per message"

@@ -10,10 +10,12 @@ Records librdkafka fetched but ``fetch`` has not returned yet sit in the local b
 for nothing: they are not delivered. The committable position is ``min(outstanding)``, or
 ``high`` when nothing is outstanding: only the contiguous acked prefix, whatever order acks
 arrive in, and offset gaps (compaction, transaction markers) never stall it. Commits go out from
-the member's thread: after acks (one queued commit job covers every ack before it runs), at the
-end of every ``fetch`` that changed something (asynchronously, to record deliveries),
-synchronously on revoke and on ``close``. A failed commit (say, ``REBALANCE_IN_PROGRESS``
-during a rebalance) is sent again with the next one while the partition is still ours. At most
+the member's thread: after acks (one queued commit job covers every ack before it runs) and at
+the end of every ``fetch`` that changed something (to record deliveries), asynchronously and
+at most once per 5 ms (one due sooner is sent by the keepalive tick; a fetch per event at
+1,000 events/s sent 1,000 commits/s before), and synchronously on revoke and on ``close``.
+A failed commit (say, ``REBALANCE_IN_PROGRESS`` during a rebalance) is sent again with the
+next one while the partition is still ours. At most
 ``_MAX_UNANSWERED`` asynchronous commits are in flight: the next waits for an answer
 (``_on_commit``) and then carries every ack made meanwhile. Without that bound a busy runner
 sent commits faster than the coordinator answered (8,459 sent, 2,369 answered after 14 s at

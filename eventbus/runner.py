@@ -32,12 +32,13 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
+from eventbus._handling import backoff_delay, call_handler, log_fields, wait_any
 from eventbus.errors import SerializationError
 from eventbus.observability import instruments
 from eventbus.subscription import (
@@ -53,11 +54,6 @@ from eventbus.transport import LeasedConsumer, Record
 __all__ = ["AsyncRunner", "RunnerStats", "backoff_delay", "call_handler"]
 
 log = logging.getLogger("eventbus.runner")
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Delay before retry number ``attempt`` (1-based): base * 2**(attempt-1), capped."""
-    return float(min(cap, base * (2 ** max(attempt - 1, 0))))
 
 
 @dataclass
@@ -195,7 +191,7 @@ class AsyncRunner:
             # fetch when a useful batch fits
             if stats.in_flight > limit - refill or stats.in_flight_bytes >= max_bytes:
                 room.clear()
-                await _wait_any(room, self._wake, 0.5)
+                await wait_any(room, self._wake, 0.5)
                 continue
             records = await consumer.fetch(min(self.batch_size, limit - stats.in_flight), 0.25)
             sub.note_fetched(records)
@@ -343,7 +339,7 @@ class AsyncRunner:
             record.partition,
             record.offset,
             exc,
-            extra=_fields(record, self.group, "", record.attempt),
+            extra=log_fields(record, self.group, "", record.attempt),
         )
         if self._leases is not None:
             with contextlib.suppress(Exception):  # it comes back after the visibility timeout
@@ -467,7 +463,7 @@ class AsyncRunner:
                     attempt,
                     self.max_attempts,
                     exc,
-                    extra=_fields(record, self.group, delivery.event.id, attempt),
+                    extra=log_fields(record, self.group, delivery.event.id, attempt),
                 )
                 if await self._sleep_or_stop(
                     backoff_delay(attempt, self.backoff, self.max_backoff)
@@ -518,7 +514,7 @@ class AsyncRunner:
             sub.dead_letter_topic,
             attempt,
             exc,
-            extra=_fields(record, self.group, event_id, attempt),
+            extra=log_fields(record, self.group, event_id, attempt),
         )
 
     async def _dead_letter(
@@ -540,7 +536,7 @@ class AsyncRunner:
                     record.offset,
                     failures,
                     exc,
-                    extra=_fields(record, self.group, "", attempt),
+                    extra=log_fields(record, self.group, "", attempt),
                 )
                 if await self._sleep_or_stop(
                     backoff_delay(failures, self.backoff, self.max_backoff)
@@ -552,7 +548,7 @@ class AsyncRunner:
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
         assert self._wake is not None
-        await _wait_any(self._wake, self._wake, seconds)
+        await wait_any(self._wake, self._wake, seconds)
         return self._stop_flag.is_set()
 
     _sem: asyncio.Semaphore | None = None
@@ -568,40 +564,3 @@ class AsyncRunner:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.concurrency)
         return self._sem
-
-
-def _fields(record: Record, group: str, event_id: str, attempt: int) -> dict[str, object]:
-    """Structured log fields (``extra=``): where the event is and which attempt failed."""
-    return {
-        "topic": record.topic,
-        "partition": record.partition,
-        "position": str(record.position),
-        "event_id": event_id,
-        "group": group,
-        "attempt": attempt,
-    }
-
-
-async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
-    waiters = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
-async def call_handler(
-    handler: Callable[[Any], Any],
-    delivery: Any,
-    run_sync: Callable[..., Awaitable[Any]],
-    is_async: bool | None = None,
-) -> None:
-    """Call a sync or async handler with a delivery; sync ones run via ``run_sync``.
-    ``is_async`` saves the per-call check when the caller knows it."""
-    if is_async if is_async is not None else asyncio.iscoroutinefunction(handler):
-        await handler(delivery)
-    else:
-        result = await run_sync(handler, delivery)
-        if asyncio.iscoroutine(result):
-            await result

@@ -69,6 +69,7 @@ from eventbus._urls import redact
 from eventbus.errors import (
     ConnectionFailedError,
     EventBusError,
+    GroupNotFoundError,
     TopicExistsError,
 )
 from eventbus.migration._fenced import copy_writer
@@ -109,6 +110,7 @@ from eventbus.topics import TopicSpec
 from eventbus.transport import (
     Capabilities,
     ConsumerOptions,
+    DescribesGroups,
     GroupInfo,
     Offset,
     Outgoing,
@@ -544,6 +546,26 @@ class MigrationTransport:
 
     async def describe_group(self, group: str) -> GroupInfo:
         return await self._group_transport(group).describe_group(group)
+
+    async def describe_groups(self) -> list[GroupInfo]:
+        """Every group of either side, described by the side it reads from (as
+        ``describe_group``), sorted by name; one pass per side where the side can (a Redis
+        side: ``describe_group`` of each group would scan every topic once per group). A group
+        its side does not know (deleted, or not created there yet) is left out."""
+        wanted: dict[int, tuple[Transport, list[str]]] = {}
+        for name in await self.list_groups():
+            side = self._group_transport(name)
+            wanted.setdefault(id(side), (side, []))[1].append(name)
+        out: list[GroupInfo] = []
+        for side, names in wanted.values():
+            if isinstance(side, DescribesGroups):
+                found = {info.group: info for info in await side.describe_groups()}
+                out.extend(found[name] for name in names if name in found)
+                continue
+            for name in names:
+                with contextlib.suppress(GroupNotFoundError):
+                    out.append(await side.describe_group(name))
+        return sorted(out, key=lambda info: info.group)
 
     async def reset_group(
         self, group: str, topic: str, to: ResetTarget

@@ -22,7 +22,12 @@ from urllib.parse import quote
 import pytest
 
 import eventbus
-from eventbus.errors import AuthenticationError, ConnectionFailedError, EventBusError
+from eventbus.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionFailedError,
+    EventBusError,
+)
 from eventbus.testing import servers
 from eventbus.testing.fixtures import unavailable
 
@@ -115,6 +120,11 @@ def test_redis_over_tls(tmp_path: Path) -> None:
         assert "certificate" in str(caught.value).lower() or "ssl" in str(caught.value).lower()
         with pytest.raises(ConnectionFailedError):  # plain text to the TLS port
             eventbus.connect(f"redis://127.0.0.1:{tls_port}/0?socket_timeout=2")
+        # TLS to the plain port: the handshake never completes; said after one attempt, not
+        # after the retries (about a minute)
+        with pytest.raises(ConfigurationError) as plain:
+            eventbus.connect(f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={certs['ca_pem']}")
+        assert "plain text" in str(plain.value) and "redis://" in str(plain.value)
 
 
 # -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ groups or consumers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from eventbus.adapters.redis_streams import _scripts as scripts
 from eventbus.adapters.redis_streams._cluster import MigrationTolerantCluster
 from eventbus.adapters.redis_streams._errors import edge
 from eventbus.adapters.redis_streams._settings import RedisSettings
-from eventbus.errors import ClosedError, OperationTimeoutError
+from eventbus.errors import ClosedError, ConfigurationError, OperationTimeoutError
 
 __all__ = ["Client", "RedisConnection"]
 
@@ -131,9 +132,32 @@ class RedisConnection:
         return edge(self.settings.url, action)
 
     async def connect(self) -> None:
-        """PING the server (checks reachability and credentials)."""
+        """PING the server (checks reachability and credentials).
+
+        With ``rediss://`` a first attempt that has not finished after
+        ``socket_connect_timeout`` checks whether the port speaks plain Redis: then it raises
+        ConfigurationError at once (a TLS handshake to a plain port never completes, and the
+        retries would take about a minute to fail)."""
+        settings = self.settings
         with self.edge("connect"):
-            await self.client.ping()
+            if not settings.tls or settings.sentinels:
+                await self.client.ping()
+                return
+            first = asyncio.ensure_future(self.client.ping())
+            try:
+                await asyncio.wait({first}, timeout=settings.socket_connect_timeout + 0.5)
+                if not first.done() and await _answers_plain_text(settings.host, settings.port):
+                    first.cancel()
+                    with contextlib.suppress(BaseException):
+                        await first
+                    raise ConfigurationError(
+                        f"{settings.url} uses TLS (rediss://), but the server at that port "
+                        "answers in plain text: it serves no TLS there. Use redis:// for this "
+                        "port, or the server's TLS port (its tls-port setting)."
+                    )
+                await first
+            finally:
+                first.cancel()  # only if this call was cancelled while the PING went on
 
     async def close(self) -> None:
         if self._closed:
@@ -189,3 +213,21 @@ async def _close_sentinel(sentinel: Sentinel) -> None:
         return
     for client in sentinel.sentinels:
         await client.aclose()
+
+
+async def _answers_plain_text(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when ``host:port`` answers a plain-text PING with a RESP status or error."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(b"PING\r\n")
+                await writer.drain()
+                reply = await reader.read(64)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return reply[:1] in (b"+", b"-")

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.crc import key_slot
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbus.adapters.redis_streams import _scripts as scripts
 from eventbus.adapters.redis_streams._cluster import MigrationTolerantCluster
@@ -135,9 +136,9 @@ class RedisConnection:
         """PING the server (checks reachability and credentials).
 
         With ``rediss://`` a first attempt that has not finished after
-        ``socket_connect_timeout`` checks whether the port speaks plain Redis: then it raises
-        ConfigurationError at once (a TLS handshake to a plain port never completes, and the
-        retries would take about a minute to fail)."""
+        ``socket_connect_timeout`` (or has timed out) checks whether the port speaks plain
+        Redis: then it raises ConfigurationError at once (a TLS handshake to a plain port
+        never completes, and the retries would take about a minute to fail)."""
         settings = self.settings
         with self.edge("connect"):
             if not settings.tls or settings.sentinels:
@@ -146,7 +147,8 @@ class RedisConnection:
             first = asyncio.ensure_future(self.client.ping())
             try:
                 await asyncio.wait({first}, timeout=settings.socket_connect_timeout + 0.5)
-                if not first.done() and await _answers_plain_text(settings.host, settings.port):
+                # still trying (redis-py 8 retries the handshake) or timed out (5.3 does not)
+                if _stuck(first) and await _answers_plain_text(settings.host, settings.port):
                     first.cancel()
                     with contextlib.suppress(BaseException):
                         await first
@@ -213,6 +215,15 @@ async def _close_sentinel(sentinel: Sentinel) -> None:
         return
     for client in sentinel.sentinels:
         await client.aclose()
+
+
+def _stuck(attempt: asyncio.Future[Any]) -> bool:
+    """The connect attempt has not finished, or it ended in a timeout."""
+    if not attempt.done():
+        return True
+    if attempt.cancelled():
+        return False
+    return isinstance(attempt.exception(), RedisTimeoutError | TimeoutError)
 
 
 async def _answers_plain_text(host: str, port: int, timeout: float = 1.0) -> bool:

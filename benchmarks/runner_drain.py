@@ -1,10 +1,9 @@
 """Runner drain on its own: ``python benchmarks/runner_drain.py URL [--events N] [--keys K]``.
 
 Fills a fresh one-partition topic with ``--events`` small events (keyless, or over ``--keys``
-keys), then times a runner
-(``batch_size=1000``, a no-op async handler) draining it, and prints events per second. It is
-the runner row of ``benchmarks.run`` without the harness, small enough to run against an older
-checkout of eventbus for a before/after comparison::
+keys), then times a runner (``batch_size=1000``, a no-op async handler) draining it, and prints
+events per second. It is the runner row of ``benchmarks.run`` without the harness, small enough
+to run against an older checkout of eventbus for a before/after comparison::
 
     git worktree add /tmp/before <commit>
     cd /tmp && PYTHONPATH=/tmp/before python /path/to/eventbus/benchmarks/runner_drain.py URL

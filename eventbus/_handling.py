@@ -31,6 +31,7 @@ def log_fields(record: Record, group: str, event_id: str, attempt: int) -> dict[
 
 
 async def wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    """Return once ``a`` or ``b`` is set, or after ``timeout`` s (never raises on timeout)."""
     waiters = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
